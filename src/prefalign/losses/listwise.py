@@ -1,0 +1,1 @@
+"""listwise objectives (filled in by the objective-library work)."""

@@ -1,0 +1,1 @@
+"""multi_objective objectives (filled in by the objective-library work)."""

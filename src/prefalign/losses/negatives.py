@@ -1,0 +1,1 @@
+"""negatives objectives (filled in by the objective-library work)."""

@@ -1,0 +1,1 @@
+"""reference_free objectives (filled in by the objective-library work)."""

@@ -1,0 +1,120 @@
+"""The one list of objective names.
+
+An objective is a pure function `fn(batch: SeqLogps, *, hyper=default, ...) -> LossOut`. Its
+hyper-parameters are its keyword-only arguments; their defaults are read from the signature, so
+there is no second list to keep in sync. CLI help, `prefalign objectives`, the README table and
+the test parametrisation all come from `OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from prefalign.types import LossOut, SeqLogps
+
+# What an objective may ask the data/trainer for, beyond summed policy log-probs. A family module
+# that needs another one declares it with `declare_feature` next to the objective that uses it.
+KNOWN_FEATURES: dict[str, str] = {
+    "lengths": "response token counts (always supplied by the trainer)",
+    "token_logps": "per-token policy (and reference) log-probs with their mask",
+    "gold": "a gold/reference response as an extra list entry (TPO: K = 3, column 0 gold)",
+    "scores": "a list of K responses with scalar scores or ranks in `target`",
+    "soft_label": "an empirical preference probability per pair (feature 'soft_label' [B])",
+    "reward_margins": "margins of other rewards per pair (feature 'reward_margins' [B, M])",
+    "samples": "self-generated samples as extra list entries",
+    "unpaired": "one response per example with a 0/1 desirability label in `target`",
+    "aligned_logps": "log-probs of the response under one or more aligned models",
+    "contrast_logps": "per-token log-probs under contrastive (good/bad) prompts",
+    "mask_logits": "per-token mask logits from a learned head",
+}
+
+
+
+def declare_feature(name: str, description: str) -> None:
+    """Add a feature name (what the trainer must supply in `SeqLogps.features`)."""
+    if KNOWN_FEATURES.get(name, description) != description:
+        raise ValueError(f"feature {name!r} is already declared as {KNOWN_FEATURES[name]!r}")
+    KNOWN_FEATURES[name] = description
+
+
+KINDS = ("pairwise", "listwise", "unpaired", "token_level", "multi_objective", "sft")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fn: Callable[..., LossOut]
+    kind: str
+    paper: str  # arXiv id of the paper whose final objective this implements ("" for plain SFT)
+    needs_reference: bool
+    features: tuple[str, ...]
+    couples_batch: bool  # True when one example's loss depends on others in the micro-batch
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.fn) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def params(self) -> dict[str, object]:
+        """Hyper-parameters and their defaults, read from the keyword-only arguments."""
+        sig = inspect.signature(self.fn)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    def __call__(self, batch: SeqLogps, **params) -> LossOut:
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise TypeError(unknown_params_message(self, sorted(unknown)))
+        return self.fn(batch, **params)
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def objective(
+    name: str,
+    *,
+    kind: str,
+    paper: str,
+    reference: bool,
+    features: tuple[str, ...] = (),
+    couples_batch: bool = False,
+):
+    """Decorator registering `fn` under `name`."""
+    if kind not in KINDS:
+        raise ValueError(f"objective {name!r}: kind {kind!r} is not one of {KINDS}")
+    bad = [f for f in features if f not in KNOWN_FEATURES]
+    if bad:
+        raise ValueError(f"objective {name!r}: unknown features {bad}; known: {sorted(KNOWN_FEATURES)}")
+
+    def register(fn: Callable[..., LossOut]) -> Callable[..., LossOut]:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is registered twice")
+        OBJECTIVES[name] = Objective(name, fn, kind, paper, reference, tuple(features), couples_batch)
+        return fn
+
+    return register
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        close = difflib.get_close_matches(name, OBJECTIVES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown objective {name!r}.{hint} Available: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
+
+
+def unknown_params_message(obj: Objective, unknown: list[str]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, obj.params, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    valid = ", ".join(obj.params) or "none"
+    return f"objective {obj.name!r} has no parameter {', '.join(parts)}; its parameters: {valid}"

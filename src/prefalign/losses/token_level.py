@@ -1,0 +1,1 @@
+"""token_level objectives (filled in by the objective-library work)."""

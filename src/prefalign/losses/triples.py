@@ -1,0 +1,1 @@
+"""triples objectives (filled in by the objective-library work)."""

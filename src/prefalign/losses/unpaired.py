@@ -1,0 +1,1 @@
+"""unpaired objectives (filled in by the objective-library work)."""
