@@ -1,0 +1,199 @@
+"""Typed run configuration. YAML and `key=value` overrides are thin layers over these dataclasses.
+
+Each field's `help` is the single description used by `prefalign train --help` and the README.
+Components never receive these objects: `train.run` unpacks them into explicit arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def opt(default, help: str, **kw):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    train: str = opt("", "training data: a .jsonl/.json/.parquet/.csv file (gzip allowed)")
+    eval: str | None = opt(None, "held-out data file; if unset, a seeded split of data.train")
+    format: str = opt("auto", "pairs | hh | ranked | unpaired | triples | auto (detected from the fields)")
+    eval_fraction: float = opt(0.05, "share of data.train held out when data.eval is unset")
+    on_bad_row: str = opt("error", "error: stop at the first bad row; skip: skip it and count it in the summary")
+    score_aspect: str | None = opt(None, "which aspect score ranks multi-aspect responses (e.g. overall)")
+    list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives")
+    max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
+    group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
+
+
+@dataclass
+class TrainConfig:
+    model: str = opt("", "local folder of a Hugging Face causal LM (nothing is downloaded)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
+    objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
+    beta: float = opt(0.1, "KL strength / inverse temperature of the objective")
+    objective_args: dict = opt({}, "other hyper-parameters of the objective, e.g. {label_smoothing: 0.1}")
+    output_dir: str = opt("runs/prefalign", "run folder: config, metrics.jsonl, checkpoints, final model")
+    max_steps: int = opt(100, "optimizer steps to train")
+    batch_size: int = opt(4, "examples (prompts) per device per micro-batch")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
+    learning_rate: float = opt(1e-6, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_ratio: float = opt(0.1, "share of max_steps spent warming the learning rate up linearly")
+    lr_scheduler: str = opt("cosine", "cosine | linear | constant (after warm-up)")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
+    max_length: int = opt(512, "maximum tokens of prompt + response")
+    max_prompt_length: int = opt(256, "maximum prompt tokens (truncated from the left)")
+    seed: int = opt(42, "seed for initialisation, data order and splits")
+    reference: str = opt("auto", "frozen | adapter_off | precomputed | none | auto")
+    precompute_ref: bool = opt(False, "compute reference log-probs once before training and cache them on disk")
+    ref_cache_dir: str = opt("~/.cache/prefalign/reference", "where precomputed reference log-probs are cached")
+    save_steps: int = opt(0, "save a checkpoint every N steps (0: only the final model)")
+    keep_last: int = opt(2, "checkpoints to keep (older ones are deleted)")
+    resume: bool = opt(False, "continue from the last checkpoint in output_dir")
+    eval_steps: int = opt(0, "evaluate on the held-out set every N steps (0: at the start and end only)")
+    eval_batch_size: int = opt(8, "examples per evaluation batch")
+    logging_steps: int = opt(10, "log metrics every N steps")
+    dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
+    mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    logps_impl: str = opt("lean", "lean: chunked output projection, no full-vocabulary logits; full: model logits")
+    lora: bool = opt(False, "train a LoRA adapter (needs peft); the reference is the adapter switched off")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    tensorboard: bool = opt(False, "also write TensorBoard event files")
+    progress: bool = opt(True, "show a progress bar")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert one value against its annotation (override strings arrive YAML-parsed)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{key} cannot be null")
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key} must be {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def build(cls, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
+    types = field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {name!r}{hint}")
+        if dataclasses.is_dataclass(types[key]):
+            kwargs[key] = build(types[key], value, f"{name}.")
+        else:
+            kwargs[key] = coerce(value, types[key], name)
+    return cls(**kwargs)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    tree: dict = {}
+    if path:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (dotted keys for nesting)")
+        key, raw = item.split("=", 1)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    cfg = build(TrainConfig, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if not cfg.model:
+        raise ConfigError("model is required: a local folder of a Hugging Face causal LM")
+    if not cfg.data.train:
+        raise ConfigError("data.train is required")
+    choices = {"reference": ("auto", "frozen", "adapter_off", "precomputed", "none"),
+               "lr_scheduler": ("cosine", "linear", "constant"), "logps_impl": ("lean", "full"),
+               "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16", "float16")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if cfg.max_prompt_length >= cfg.max_length:
+        raise ConfigError("max_prompt_length must be below max_length")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def help_rows(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every option, nested ones dotted: the CLI's and README's table."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(field_types(cls)[f.name]):
+            rows += help_rows(field_types(cls)[f.name], f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,228 @@
+"""Preference records: one prompt with K responses and a target, validated row by row.
+
+Every format becomes an `Example`. Pairs are K = 2 with target [1, 0]; ranked lists keep all
+responses with scores (higher is better); unpaired rows are K = 1 with a 0/1 label.
+A bad row raises `DataError` naming file, row and field, or, when the caller asked to skip bad
+rows, is counted in `LoadReport.skipped` by reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Messages = list[dict[str, str]]
+Text = Union[str, Messages]
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+class DataError(ValueError):
+    def __init__(self, source: str, row: int, field_name: str, message: str):
+        self.source, self.row, self.field, self.reason = source, row, field_name, message
+        super().__init__(f"{source}, row {row}, field {field_name!r}: {message}")
+
+
+@dataclass
+class Example:
+    prompt: Text
+    responses: list[Text]
+    target: list[float]
+    kind: str  # "pair" | "list" | "unpaired" | "triple"
+    source: str = ""  # "file:row", for messages about this example
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadReport:
+    rows: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    first_errors: list[str] = field(default_factory=list)
+
+    def skip(self, err: DataError) -> None:
+        self.skipped[f"{err.field}: {err.reason}"] += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(str(err))
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "kept": self.kept, "skipped": sum(self.skipped.values()),
+                "skipped_by_reason": dict(self.skipped), "first_errors": self.first_errors}
+
+
+def check_text(value: Any, source: str, row: int, name: str, allow_messages: bool = True) -> Text:
+    """A non-empty string, or a non-empty list of {role, content} messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(source, row, name, "is empty")
+        return value
+    if allow_messages and isinstance(value, list):
+        if not value:
+            raise DataError(source, row, name, "is an empty message list")
+        for i, msg in enumerate(value):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) \
+                    or not isinstance(msg.get("content"), str):
+                raise DataError(source, row, f"{name}[{i}]", "must be a {role: str, content: str} message")
+        if not any(m["content"].strip() for m in value):
+            raise DataError(source, row, name, "has only empty messages")
+        return value
+    if value is None:
+        raise DataError(source, row, name, "is missing")
+    kind = "string or message list" if allow_messages else "string"
+    raise DataError(source, row, name, f"must be a {kind}, got {type(value).__name__}")
+
+
+def require(row: dict, name: str, source: str, row_no: int) -> Any:
+    if name not in row or row[name] is None:
+        raise DataError(source, row_no, name, f"is missing (row has: {', '.join(sorted(row)) or 'nothing'})")
+    return row[name]
+
+
+def split_hh_dialogue(chosen: str, rejected: str, source: str, row: int) -> tuple[str, str, str]:
+    """Split HH-RLHF transcripts at the last "\\n\\nAssistant:" they share.
+
+    Both transcripts repeat the conversation and differ only in the final assistant turn, so
+    the prompt is everything up to and including the last common assistant marker.
+    """
+    limit = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        limit += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, limit)  # the whole marker must lie in the shared part
+    if cut < 0:
+        raise DataError(source, row, "chosen", f"no shared {HH_ASSISTANT!r} turn to split the prompt at")
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
+    if fmt == "hh":
+        chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen", False)
+        rejected = check_text(require(row, "rejected", source, row_no), source, row_no, "rejected", False)
+        if chosen == rejected:
+            raise DataError(source, row_no, "rejected", "is identical to chosen")
+        prompt, chosen, rejected = split_hh_dialogue(chosen, rejected, source, row_no)
+    else:
+        prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
+        chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen")
+        rejected = check_text(require(row, "rejected", source, row_no), source, row_no, "rejected")
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if isinstance(value, str) and not value.strip():
+            raise DataError(source, row_no, name, "response is empty")
+    if chosen == rejected:
+        raise DataError(source, row_no, "rejected", "is identical to chosen")
+    extra = {k: row[k] for k in ("id", "score_chosen", "score_rejected", "subset") if k in row}
+    return Example(prompt, [chosen, rejected], [1.0, 0.0], "pair", f"{source}:{row_no}", extra)
+
+
+def response_score(resp: dict, source: str, row: int, i: int, aspect: str | None) -> float:
+    if "score" in resp:
+        value = resp["score"]
+    elif "rank" in resp:
+        value = resp["rank"]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DataError(source, row, f"responses[{i}].rank", "must be an integer (0 = best)")
+        return -float(value)  # rank 0 is best: negate so that higher is better
+    elif "scores" in resp and isinstance(resp["scores"], dict):
+        key = aspect or ("overall" if "overall" in resp["scores"] else None)
+        if key is None or key not in resp["scores"]:
+            raise DataError(source, row, f"responses[{i}].scores",
+                            f"set data.score_aspect to one of {sorted(resp['scores'])}")
+        value = resp["scores"][key]
+    else:
+        raise DataError(source, row, f"responses[{i}]", "needs a 'score', 'rank' or 'scores' field")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(source, row, f"responses[{i}].score", f"must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def make_list(row: dict, source: str, row_no: int, aspect: str | None = None) -> Example:
+    prompt_key = "messages" if "messages" in row else "prompt"
+    prompt = check_text(require(row, prompt_key, source, row_no), source, row_no, prompt_key)
+    responses = require(row, "responses", source, row_no)
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise DataError(source, row_no, "responses", "must be a list of at least 2 responses")
+    texts, scores = [], []
+    if "scores" in row and all(isinstance(r, (str, list)) for r in responses):
+        raw = row["scores"]
+        if not isinstance(raw, list) or len(raw) != len(responses):
+            raise DataError(source, row_no, "scores", "must be a list with one number per response")
+        for i, (r, s) in enumerate(zip(responses, raw)):
+            texts.append(check_text(r, source, row_no, f"responses[{i}]"))
+            scores.append(response_score({"score": s}, source, row_no, i, aspect))
+    else:
+        for i, r in enumerate(responses):
+            if not isinstance(r, dict):
+                raise DataError(source, row_no, f"responses[{i}]", "must be {text, score|rank|scores}")
+            texts.append(check_text(r.get("text"), source, row_no, f"responses[{i}].text"))
+            scores.append(response_score(r, source, row_no, i, aspect))
+    if len(set(map(str, texts))) < len(texts):
+        raise DataError(source, row_no, "responses", "contains identical responses")
+    if len(set(scores)) == 1:
+        raise DataError(source, row_no, "responses", "all responses have the same score: no preference")
+    return Example(prompt, texts, scores, "list", f"{source}:{row_no}", {k: row[k] for k in ("id",) if k in row})
+
+
+def make_unpaired(row: dict, source: str, row_no: int) -> Example:
+    prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
+    completion = check_text(require(row, "completion", source, row_no), source, row_no, "completion")
+    label = require(row, "label", source, row_no)
+    if not isinstance(label, bool):
+        raise DataError(source, row_no, "label", f"must be true or false, got {label!r}")
+    return Example(prompt, [completion], [float(label)], "unpaired", f"{source}:{row_no}")
+
+
+def make_triple(row: dict, source: str, row_no: int) -> Example:
+    prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
+    texts = [check_text(require(row, k, source, row_no), source, row_no, k) for k in ("gold", "chosen", "rejected")]
+    if texts[1] == texts[2]:
+        raise DataError(source, row_no, "rejected", "is identical to chosen")
+    return Example(prompt, texts, [2.0, 1.0, 0.0], "triple", f"{source}:{row_no}")
+
+
+FORMATS = ("pairs", "hh", "ranked", "unpaired", "triples")
+
+
+def detect_format(row: dict, source: str) -> str:
+    keys = set(row)
+    if {"gold", "chosen", "rejected"} <= keys:
+        return "triples"
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return "pairs"
+    if {"chosen", "rejected"} <= keys:
+        return "hh"
+    if "responses" in keys and keys & {"prompt", "messages"}:
+        return "ranked"
+    if {"prompt", "completion", "label"} <= keys:
+        return "unpaired"
+    raise DataError(source, 1, "*", f"cannot tell the format from the fields {sorted(keys)}; set data.format "
+                                    f"to one of {FORMATS}")
+
+
+def make_example(row: Any, fmt: str, source: str, row_no: int, aspect: str | None = None) -> Example:
+    if not isinstance(row, dict):
+        raise DataError(source, row_no, "*", f"a row must be an object, got {type(row).__name__}")
+    if fmt in ("pairs", "hh"):
+        return make_pair(row, source, row_no, fmt)
+    if fmt == "ranked":
+        return make_list(row, source, row_no, aspect)
+    if fmt == "unpaired":
+        return make_unpaired(row, source, row_no)
+    if fmt == "triples":
+        return make_triple(row, source, row_no)
+    raise ValueError(f"unknown data format {fmt!r}; choose one of {FORMATS}")
+
+
+def best_vs_worst(example: Example) -> Example:
+    """A ranked list as one pair: the highest-scored response over the lowest-scored one."""
+    if example.kind == "pair":
+        return example
+    if example.kind != "list":
+        raise ValueError(f"{example.source}: cannot make a pair from a {example.kind} example")
+    best = max(range(len(example.target)), key=lambda i: example.target[i])
+    worst = min(range(len(example.target)), key=lambda i: example.target[i])
+    extra = dict(example.extra, score_chosen=example.target[best], score_rejected=example.target[worst])
+    return Example(example.prompt, [example.responses[best], example.responses[worst]], [1.0, 0.0], "pair",
+                   example.source, extra)

@@ -1,0 +1,141 @@
+"""Examples -> token ids with an exact prompt/response boundary.
+
+The boundary is found on tokens, not characters: the prompt and prompt+response are tokenized
+separately and only the tokens the two share at the start count as prompt. When a BPE merge
+crosses the boundary (prompt "...Assistant:" + response " Sure" can merge ": S"), the merged
+token contains response characters, so it is scored as part of the response rather than
+silently masked or mis-sliced (trl#2054, OpenRLHF's slicing by string length).
+
+Special tokens are added in one place: plain text is tokenized with the tokenizer's own
+special tokens (BOS where it uses one); chat text is rendered by the template, which already
+holds them, and tokenized without. EOS is appended to a response unless it already ends with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefalign.data.records import DataError, Example, Text
+
+
+@dataclass
+class TokenizedExample:
+    sequences: list[list[int]]  # K token-id lists: prompt + response (+ EOS)
+    response_starts: list[int]  # index of the first response token in each sequence
+    target: list[float]
+    kind: str
+    source: str
+    truncated: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    @property
+    def max_len(self) -> int:
+        return max(len(s) for s in self.sequences)
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated_prompt: int = 0
+    truncated_response: int = 0
+
+    def as_dict(self) -> dict:
+        return {"examples": self.examples, "truncated_prompt": self.truncated_prompt,
+                "truncated_response": self.truncated_response}
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def render_chat(tokenizer, prompt: Text, response: Text, source: str) -> tuple[str, str]:
+    """(prompt text with the generation prompt, prompt + response text) from the chat template."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(source, 0, "prompt", "is a message list but the tokenizer has no chat template")
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    reply = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages + reply, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        # Some templates render the last turn differently once a reply follows; we refuse
+        # rather than guess where the response starts.
+        raise DataError(source, 0, "prompt", "the chat template does not render the prompt as a prefix of "
+                                             "prompt + response; cannot place the boundary")
+    return prompt_text, full_text
+
+
+def tokenize_response(tokenizer, prompt: Text, response: Text, source: str) -> tuple[list[int], int]:
+    """Token ids of prompt + response and the index of the first response token."""
+    chat = isinstance(prompt, list) or isinstance(response, list)
+    if chat:
+        prompt_text, full_text = render_chat(tokenizer, prompt, response, source)
+        special = False
+    else:
+        prompt_text, full_text = prompt, prompt + response
+        special = True
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=special)["input_ids"]
+    start = common_prefix_len(prompt_ids, full_ids)
+    if start >= len(full_ids):
+        raise DataError(source, 0, "response", "tokenizes to nothing after the prompt")
+    eos = tokenizer.eos_token_id
+    tail = full_ids[start:]
+    # templates often close a turn with EOS followed by a newline: both count as "already ends"
+    if eos is not None and eos not in tail[-2:]:
+        full_ids = full_ids + [eos]
+    return full_ids, start
+
+
+def truncate(ids: list[int], start: int, max_length: int, max_prompt_length: int, bos: int | None):
+    """Prompt truncated from the left (keeping a leading BOS), response from the right."""
+    prompt, response = ids[:start], ids[start:]
+    cut_prompt = cut_response = False
+    if len(prompt) > max_prompt_length:
+        keep_bos = bos is not None and prompt and prompt[0] == bos
+        tail = prompt[len(prompt) - (max_prompt_length - int(keep_bos)):]
+        prompt = ([bos] if keep_bos else []) + tail
+        cut_prompt = True
+    room = max_length - len(prompt)
+    if len(response) > room:
+        response = response[:room]
+        cut_response = True
+    return prompt + response, len(prompt), cut_prompt, cut_response
+
+
+def tokenize_examples(
+    examples: list[Example], tokenizer, max_length: int, max_prompt_length: int, stats: TokenizeStats | None = None
+) -> list[TokenizedExample]:
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}) "
+                         "so that every response keeps at least one token")
+    stats = stats if stats is not None else TokenizeStats()
+    bos = tokenizer.bos_token_id
+    out = []
+    for ex in examples:
+        seqs, starts, any_prompt_cut, any_response_cut = [], [], False, False
+        for response in ex.responses:
+            try:
+                ids, start = tokenize_response(tokenizer, ex.prompt, response, ex.source)
+            except DataError as err:
+                file, _, row = ex.source.rpartition(":")
+                raise DataError(file, int(row) if row.isdigit() else 0, err.field, err.reason) from None
+            ids, start, cut_p, cut_r = truncate(ids, start, max_length, max_prompt_length, bos)
+            seqs.append(ids)
+            starts.append(start)
+            any_prompt_cut |= cut_p
+            any_response_cut |= cut_r
+        stats.examples += 1
+        stats.truncated_prompt += any_prompt_cut
+        stats.truncated_response += any_response_cut
+        out.append(TokenizedExample(seqs, starts, list(ex.target), ex.kind, ex.source,
+                                    any_prompt_cut or any_response_cut, dict(ex.extra)))
+    return out

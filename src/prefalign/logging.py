@@ -1,0 +1,60 @@
+"""Metric sinks: metrics.jsonl, the console, TensorBoard. Only the main process writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class JsonlSink:
+    def __init__(self, path: Path, append: bool = False):
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
+
+    def log(self, step: int, metrics: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self.file.write(json.dumps({"step": step, **clean}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder))
+
+    def log(self, step: int, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Progress:
+    """A rich progress bar showing loss, accuracy and tokens/s; silent when disabled."""
+
+    def __init__(self, total: int, start: int, enabled: bool, description: str = "train"):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self.task = self.bar.add_task(description, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, advance: int = 1, **info) -> None:
+        if self.bar is not None:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+            kwargs = {"info": text} if info else {}
+            self.bar.update(self.task, advance=advance, **kwargs)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

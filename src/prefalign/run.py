@@ -1,0 +1,205 @@
+"""The training recipe: build every component from a TrainConfig, then call the one loop.
+
+This is the only module below the CLI that reads a config object; everything it calls takes
+explicit arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from prefalign.config import TrainConfig, save_config, to_dict
+from prefalign.data.readers import load_examples, seeded_split
+from prefalign.data.records import best_vs_worst
+from prefalign.data.tokenize import TokenizeStats, tokenize_examples
+from prefalign.losses import get_objective
+from prefalign.losses.registry import Objective, unknown_params_message
+from prefalign.models import (AdapterOffReference, FrozenReference, PolicyLogps, add_lora, load_model,
+                              load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums)
+from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
+from prefalign.train.step import batch_to_device
+
+# Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
+ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
+           "sft": {"pair", "list", "triple"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
+# Features the data pipeline and trainer know how to supply today.
+SUPPLIED = {"lengths", "token_logps", "scores", "unpaired", "gold"}
+
+
+def objective_params(obj: Objective, beta: float, args: dict) -> dict:
+    unknown = sorted(set(args) - set(obj.params))
+    if unknown:
+        raise ValueError(unknown_params_message(obj, unknown))
+    params = dict(args)
+    if "beta" in obj.params:
+        params.setdefault("beta", beta)
+    return params
+
+
+def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: str) -> list:
+    """Check that the data can feed the objective; narrow lists to pairs where it needs pairs."""
+    kinds = {e.kind for e in examples}
+    accepted = ACCEPTS.get(obj.kind, set())
+    if kinds <= accepted:
+        pass
+    elif kinds <= {"list", "pair"} and "pair" in accepted:
+        if list_to_pairs != "best_vs_worst":
+            raise ValueError(f"data.list_to_pairs={list_to_pairs!r}: only best_vs_worst is built in; other "
+                             "pairing rules come with the data builders")
+        examples = [best_vs_worst(e) for e in examples]
+    else:
+        raise ValueError(f"objective {obj.name!r} ({obj.kind}) needs {sorted(accepted)} examples but {label} "
+                         f"holds {sorted(kinds)}")
+    missing = [f for f in obj.features if f not in SUPPLIED]
+    if missing:
+        raise ValueError(f"objective {obj.name!r} needs {missing}, which prefalign cannot supply from {label} yet; "
+                         "see the objective's docstring for what it expects")
+    if "gold" in obj.features and kinds != {"triple"}:
+        raise ValueError(f"objective {obj.name!r} needs gold/chosen/rejected triples; {label} holds {sorted(kinds)}")
+    return examples
+
+
+def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
+    if cfg.reference != "auto":
+        mode = cfg.reference
+    elif not obj.needs_reference:
+        mode = "none"
+    elif cfg.precompute_ref:
+        mode = "precomputed"
+    elif cfg.lora:
+        mode = "adapter_off"
+    else:
+        mode = "frozen"
+    if obj.needs_reference and mode == "none":
+        raise ValueError(f"objective {obj.name!r} needs a reference policy; reference=none is not possible")
+    if mode == "adapter_off" and not cfg.lora:
+        raise ValueError("reference=adapter_off needs lora=true")
+    if mode == "precomputed" and "token_logps" in obj.features:
+        raise ValueError(f"objective {obj.name!r} needs per-token reference log-probs; precompute_ref caches "
+                         "sequence sums only: use reference=frozen")
+    return mode
+
+
+@torch.no_grad()
+def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int):
+    """[N, K] summed log-probs of every response under the (not yet trained) policy."""
+    k = max(len(e.sequences) for e in examples)
+    out = torch.zeros(len(examples), k)
+    policy.eval()
+    for s in range(0, len(examples), batch_size):
+        idx = list(range(s, min(s + batch_size, len(examples))))
+        batch = batch_to_device(make_batch(examples, idx, pad_id, None), device)
+        sums, _ = sequence_sums(policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"]), batch)
+        out[idx, : sums.shape[1]] = sums.float().cpu()
+    policy.train()
+    return out
+
+
+def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
+    train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, cfg.data.score_aspect)
+    if cfg.data.eval:
+        held_out, eval_report = load_examples(cfg.data.eval, cfg.data.format, cfg.data.on_bad_row,
+                                              cfg.data.score_aspect)
+    else:
+        train, held_out = seeded_split(train, cfg.data.eval_fraction, cfg.seed)
+        eval_report = None
+    if cfg.data.max_examples:
+        train = train[: cfg.data.max_examples]
+    train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train)
+    held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split")
+    stats = TokenizeStats()
+    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats)
+    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
+              "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
+    return train_tok, eval_tok, report
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training job; returns the summary also written to output_dir/summary.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.time()
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    obj = get_objective(cfg.objective)
+    params = objective_params(obj, cfg.beta, cfg.objective_args)
+    mode = resolve_reference(cfg, obj)
+    tokenizer = load_tokenizer(cfg.model)
+    train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
+    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
+    reference, train_ref, eval_ref, cache_hit = None, None, None, None
+    if mode == "frozen":
+        reference = FrozenReference(model, cfg.logps_impl).to(acc.device)
+    if mode == "precomputed":
+        # the untouched policy IS the reference: compute before the first update, no copy kept
+        probe = PolicyLogps(model, cfg.logps_impl).to(acc.device)
+        all_examples = train_set + eval_set
+        path = reference_cache_path(cfg.ref_cache_dir, cfg.model, all_examples, cfg.logps_impl, cfg.dtype)
+        if acc.is_main_process:
+            logps, cache_hit = load_or_compute_reference(
+                path, lambda: compute_reference_logps(probe, all_examples, tokenizer.pad_token_id, acc.device,
+                                                      cfg.eval_batch_size))
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            logps, cache_hit = load_or_compute_reference(path, lambda: None)
+        train_ref, eval_ref = logps[: len(train_set)], logps[len(train_set):]
+    if cfg.lora:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    policy = PolicyLogps(model, cfg.logps_impl)
+    if mode == "adapter_off":
+        reference = AdapterOffReference(policy)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    # The scheduler is stepped by us once per optimizer step; accelerate's prepared scheduler
+    # would step once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
+    policy, optimizer = acc.prepare(policy, optimizer)
+    sinks = []
+    if acc.is_main_process:
+        from prefalign.logging import JsonlSink, TensorBoardSink
+
+        sinks.append(JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume))
+        if cfg.tensorboard:
+            sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    components = Components(acc, policy, optimizer, scheduler, obj, params, reference, train_set, eval_set,
+                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks)
+    settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps,
+                            cfg.max_grad_norm, cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps,
+                            cfg.eval_batch_size, cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
+    try:
+        history = train_loop(components, settings)
+    finally:
+        for sink in sinks:
+            sink.close()
+    summary = {"objective": obj.name, "objective_params": params, "reference": mode,
+               "reference_cache_hit": cache_hit, "data": data_report, "steps": history["state"]["step"],
+               "eval_start": history["eval_start"], "eval_end": history["eval_end"],
+               "wall_time_s": round(time.time() - started, 2), "num_processes": acc.num_processes,
+               "config": to_dict(cfg)}
+    if acc.is_main_process:
+        from prefalign.train.checkpoint import save_model_atomic
+
+        save_model_atomic(acc.unwrap_model(policy).model, tokenizer, out_dir / "final")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        summary["final_model"] = str(out_dir / "final")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def clean_run_dir(out_dir: Path) -> None:
+    """Remove a previous run's outputs (used by quickstart, which always starts fresh)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)

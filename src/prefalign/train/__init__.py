@@ -1,0 +1,1 @@
+"""Training: the step (forward -> objective -> reduce -> metrics), checkpoints and the one loop."""

@@ -1,0 +1,45 @@
+"""One micro-batch: forward (policy and reference) -> SeqLogps -> objective -> metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from prefalign.losses import Objective
+from prefalign.models import sequence_sums, to_slots
+from prefalign.train.metrics import batch_metrics
+from prefalign.types import LossOut, SeqLogps
+
+
+def batch_to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLogps:
+    """Chosen and rejected (all K responses) go through the policy in one concatenated forward."""
+    tok = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    policy_sums, n_tokens = sequence_sums(tok, batch)
+    ref_sums, ref_tok = None, None
+    if "reference_logps" in batch:
+        ref_sums = batch["reference_logps"].to(policy_sums.dtype)
+    elif reference is not None:
+        ref_tok = reference(batch)
+        ref_sums, _ = sequence_sums(ref_tok, batch)
+    features = {}
+    if "token_logps" in objective.features:
+        shape = tuple(batch["valid"].shape)
+        mask = torch.zeros_like(batch["response_mask"])
+        mask[:, 1:] = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
+        features["policy_token_logps"] = to_slots(tok, batch["row_index"], shape)
+        features["token_mask"] = to_slots(mask, batch["row_index"], shape)
+        if ref_tok is not None:
+            features["reference_token_logps"] = to_slots(ref_tok, batch["row_index"], shape)
+    for key, value in batch.items():
+        if key.startswith("feature/"):
+            features[key.split("/", 1)[1]] = value
+    return SeqLogps(policy=policy_sums, reference=ref_sums, n_tokens=n_tokens, valid=batch["valid"],
+                    target=batch["target"].to(policy_sums.dtype), features=features)
+
+
+def run_objective(objective: Objective, seq: SeqLogps, params: dict) -> tuple[LossOut, dict]:
+    out = objective(seq, **params)
+    return out, batch_metrics(seq, out)
