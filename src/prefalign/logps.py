@@ -23,9 +23,11 @@ class ChunkedTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        # float32 at least (log-sum-exp over a large vocabulary in bf16 loses the answer)
+        work = torch.promote_types(hidden.dtype, torch.float32)
+        out = torch.empty(hidden.shape[0], dtype=work, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            logits = (hidden[start:start + chunk] @ weight.T).float()
+            logits = (hidden[start:start + chunk] @ weight.T).to(work)
             picked = logits.gather(1, targets[start:start + chunk, None]).squeeze(1)
             out[start:start + chunk] = picked - torch.logsumexp(logits, dim=1)
         ctx.save_for_backward(hidden, weight, targets)
@@ -37,20 +39,20 @@ class ChunkedTokenLogps(torch.autograd.Function):
         hidden, weight, targets = ctx.saved_tensors
         chunk = ctx.chunk
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
+        work = torch.promote_types(hidden.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=work, device=weight.device) if ctx.needs_input_grad[1] else None
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start:start + chunk]
-            g_out = grad_out[start:start + chunk].float()
+            g_out = grad_out[start:start + chunk].to(work)
             # d logp[t] / d logits = onehot(t) - softmax(logits), scaled by the incoming grad.
-            grad_logits = torch.softmax((h @ weight.T).float(), dim=1).mul_(-g_out[:, None])
+            grad_logits = torch.softmax((h @ weight.T).to(work), dim=1).mul_(-g_out[:, None])
             grad_logits[rows[: h.shape[0]], targets[start:start + chunk]] += g_out
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk] = grad_logits @ weight
             if grad_weight is not None:
-                grad_weight += grad_logits.float().T @ h.float()
+                grad_weight += grad_logits.to(work).T @ h.to(work)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None
@@ -85,13 +87,16 @@ def token_logps(
     target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
     targets = input_ids[:, 1:][target_mask]
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    # positions count real tokens only, so left-padded rows (generation) score as they were sampled
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if impl == "lean" and lean_path_supported(model):
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position_ids).last_hidden_state
         selected = hidden[:, :-1][target_mask]
         weight = model.get_output_embeddings().weight
-        logps = ChunkedTokenLogps.apply(selected, weight, targets, chunk_rows(weight.shape[0]))
+        logps = ChunkedTokenLogps.apply(selected, weight, targets, chunk_rows(weight.shape[0])).float()
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         selected = logits[:, :-1][target_mask]
         logps = selective_log_softmax(selected, targets)
     out[:, 1:][target_mask] = logps

@@ -1,1 +1,197 @@
-"""token_level objectives (filled in by the objective-library work)."""
+"""Token-level objectives: per-token log-ratios weighted, masked or regularised inside the loss.
+
+Per-token inputs (feature "token_logps"): features["policy_token_logps"] [B, K, T] (with grad),
+features["reference_token_logps"] [B, K, T] and features["token_mask"] [B, K, T] bool (True on
+response tokens). Column 0 of K = 2 is the chosen response, column 1 the rejected one. Every
+per-token input is read through `tokens`, which zeroes positions where token_mask is False, so
+padding may hold anything (even -inf) without reaching the loss or the gradients.
+`longpo` is here for its data layout (short and long contexts) but works on sequence log-probs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from prefalign.losses.registry import declare_feature, objective
+from prefalign.types import LossOut, SeqLogps
+
+declare_feature(
+    "token_kl",
+    "'token_kl' [B, K, T]: per response position t, KL(pi_ref(.|x, y_<t) || pi(.|x, y_<t)) over the "
+    "full vocabulary, sum_v p_ref(v) (log p_ref(v) - log p(v)), >= 0, with grad through the policy",
+)
+declare_feature(
+    "activation_mask",
+    "'activation_mask' [B, K, T] in [0, 1]: per-token weights from the reference model's "
+    "activations (SparsePO's activation masks; recipe in token_level.sparsepo_act), no grad",
+)
+declare_feature(
+    "contrast_token_rewards",
+    "'contrast_token_rewards' [B, K, T] in [-0.5, 0.5]: sigmoid(log p(y_t | x_better, y_<t) - "
+    "log p(y_t | x_worse, y_<t)) - 0.5 under the reference model with contrastive prompts (T-REG)",
+)
+declare_feature(
+    "long_chosen_nll",
+    "'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (long context, "
+    "instruction and response) under the policy, with grad (LongPO)",
+)
+
+
+def require_pairs(batch: SeqLogps, name: str) -> None:
+    if batch.policy.shape[1] != 2:
+        raise ValueError(f"{name} needs exactly 2 responses per prompt (chosen, rejected), got "
+                         f"{batch.policy.shape[1]}")
+
+
+def tokens(batch: SeqLogps, name: str) -> torch.Tensor:
+    """Feature `name` [B, K, T, ...] with non-response positions set to 0 before any arithmetic:
+    masking first (masked_fill, not a product) keeps padding junk out of values and gradients."""
+    mask = batch.feature("token_mask")
+    value = batch.feature(name)
+    return value.masked_fill(~mask.reshape(mask.shape + (1,) * (value.dim() - mask.dim())), 0.0)
+
+
+def token_logratio(batch: SeqLogps) -> torch.Tensor:
+    """[B, K, T] log pi(y_t) - log pi_ref(y_t) on response tokens, 0 elsewhere."""
+    return tokens(batch, "policy_token_logps") - tokens(batch, "reference_token_logps")
+
+
+def masked_tdpo(batch: SeqLogps, reward_mask: torch.Tensor, kl_mask: torch.Tensor, beta: float):
+    """SparsePO's loss given its two [B, 2, T] masks: [B] losses and [B, 2] detached rewards."""
+    # TDPO's implicit reward of a response is beta (sum_t log-ratio_t + SeqKL); SparsePO weights
+    # both sums per token. The Bradley-Terry logit is the chosen minus the rejected reward.
+    weighted = reward_mask * token_logratio(batch) + kl_mask * tokens(batch, "token_kl")
+    rewards = beta * weighted.sum(-1)
+    return -F.logsigmoid(rewards[:, 0] - rewards[:, 1]), rewards.detach()
+
+
+@objective("sparsepo", kind="token_level", paper="2410.05102", reference=True,
+           features=("token_logps", "token_kl", "mask_logits"))
+def sparsepo(batch: SeqLogps, *, beta: float = 0.1, l1_u: float = 0.0, l1_d: float = 0.0) -> LossOut:
+    """SparsePO with learned sparse masks: TDPO whose per-token rewards and KLs carry masks ReLU(head).
+
+    Christopoulou et al., "SparsePO: Controlling Preference Alignment of LLMs via Sparse Token
+    Masks", arXiv:2410.05102, the masked TDPO objective (eq. 3 of the ICLR 2025 submission, per
+its public reviews; m(y_t) in both sums):
+        U(y) = sum_t m_u(y_t) log pi/pi_ref(y_t),  D(y) = sum_t m_d(y_t) KL_t(pi_ref || pi)
+        loss = -log sigmoid(beta [(U(y_w) + D(y_w)) - (U(y_l) + D(y_l))])
+               + l1_u (|m_u(y_w)|_1 + |m_u(y_l)|_1) + l1_d (|m_d(y_w)|_1 + |m_d(y_l)|_1).
+    With all masks 1 it is TDPO-1 (u - delta, delta = beta D(y_l) - beta D(y_w)); with all masks 1
+    and token_kl = 0 it is DPO. The paper body could not be read here: the mask head, its
+    activation and the sparsity penalty follow the authors' release (huawei-noah/HEBO, SparsePO:
+    `simple_all` head, per-token ReLU masks, L1 weights l1_norm_param_u/_d, default 0; 1e-3 in
+    their HH runs). Sparsity comes from the ReLU (exact zeros); masks are not capped at 1.
+
+    Features: 'mask_logits' [B, 2, T] are the head's pre-activation outputs (one common mask for
+    rewards and KL, the paper's SparsePO-common), or [B, 2, T, 2] for independent masks
+    (SparsePO-indp: [..., 0] -> m_u, [..., 1] -> m_d). The release's head reads the frozen
+    reference model's hidden states of every layer: per layer LayerNorm -> Linear(H, 1) -> ReLU
+    (dropout), then a bias-free Linear(L, 1) across layers; the objective applies the final ReLU
+    so that gradients reach the head through 'mask_logits'. Also 'token_kl' (see declare_feature)
+    and the token_logps tensors. Sums over response tokens (no length normalisation).
+    rewards: beta (U + D) per response, [B, 2]; their difference is the loss logit.
+    extras: "mask_sparsity" (share of response tokens with m_u = 0), "l1" (mean penalty).
+    """
+    require_pairs(batch, "sparsepo")
+    m = F.relu(tokens(batch, "mask_logits"))
+    m_u, m_d = (m[..., 0], m[..., 1]) if m.dim() == 4 else (m, m)
+    losses, rewards = masked_tdpo(batch, m_u, m_d, beta)
+    l1 = l1_u * m_u.sum((1, 2)) + l1_d * m_d.sum((1, 2))
+    sparsity = (m_u == 0)[batch.feature("token_mask")].to(m_u.dtype).mean()
+    return LossOut(losses + l1, rewards, {"mask_sparsity": sparsity.detach(), "l1": l1.detach().mean()})
+
+
+@objective("sparsepo_act", kind="token_level", paper="2410.05102", reference=True,
+           features=("token_logps", "token_kl", "activation_mask"))
+def sparsepo_act(batch: SeqLogps, *, beta: float = 0.1) -> LossOut:
+    """SparsePO with masks from the reference model's activations (the paper's "MaPO" variant).
+
+    Christopoulou et al., arXiv:2410.05102, the masked TDPO objective (see `sparsepo`) with one
+    common, fixed mask m(y_t) in [0, 1] on the token log-ratios and the token KLs:
+        loss = -log sigmoid(beta [(U(y_w) + D(y_w)) - (U(y_l) + D(y_l))]),
+        U(y) = sum_t m_t log pi/pi_ref(y_t),  D(y) = sum_t m_t KL_t(pi_ref || pi).
+    No penalty: nothing is learned in the mask. Named sparsepo_act here because `mapo` is Margin-
+    aware PO (arXiv:2406.06424) in this registry.
+
+    What the trainer computes for 'activation_mask' [B, 2, T] (per the authors' release,
+    huawei-noah/HEBO SparsePO, activation_hook="all", activation_mapping="zn_rescale"), from one
+    no-grad forward of the reference model on each prompt + response: for every hooked activation
+    a [T, D] of the sequence (each layer's MLP post-activation; attention q, k, v (also after rotary
+    embedding) and pre-output-projection values, heads flattened; the residual stream at each
+    sub-layer input/output; the embeddings and final-norm output; the logits), take the mean over D
+    at each position, z-normalise it over the response tokens (masked mean and std), then min-max
+    rescale it to [0, 1] over the response tokens; the mask is the average of these maps over all
+    hooked activations, set to 0 off the response. Position t is the state that predicts y_t.
+    Also 'token_kl' and the token_logps tensors. Sums over response tokens.
+    rewards: beta (U + D) per response, [B, 2]. extras: "mask_mean" (mean mask on response tokens).
+    """
+    require_pairs(batch, "sparsepo_act")
+    m = tokens(batch, "activation_mask").detach()
+    losses, rewards = masked_tdpo(batch, m, m, beta)
+    return LossOut(losses, rewards, {"mask_mean": m[batch.feature("token_mask")].mean()})
+
+
+@objective("treg", kind="token_level", paper="2412.02685", reference=True,
+           features=("token_logps", "contrast_token_rewards"))
+def treg(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.25) -> LossOut:
+    """T-REG: DPO plus a regulariser pulling token rewards toward self-generated contrastive ones.
+
+    Zhou et al., "T-REG: Preference Optimization with Token-Level Reward Regularization",
+    arXiv:2412.02685, the DPO-REG objective (Sec. 3):
+        L = L_DPO + alpha * w * (L_REG(y_w) + L_REG(y_l)),
+        L_REG(y) = -beta sum_t r_hat_t log pi/pi_ref(y_t)   (minus the token rewards' similarity),
+        w = sg(sigmoid(beta (h_l - h_w))), the sequence weight of DPO's own gradient,
+    with r_hat_t = sigmoid(log p(y_t | x_better, y_<t) - log p(y_t | x_worse, y_<t)) - 0.5 from the
+    reference model under "make it better / worse" revision prompts ('contrast_token_rewards').
+    The paper simplifies L_REG to the weighted LM loss -beta sum_t r_hat_t log pi(y_t); the form
+    here differs only by a constant in theta (same gradients) and is 0 at pi = pi_ref, so the loss
+    starts at ln 2. The paper body could not be read here (form from a third-party reading of its
+    Sec. 3; no code release found). Assumed: token sums without length normalisation, w detached.
+    alpha was searched in {0.1, 0.25, 0.5} (default: the middle); beta: DPO's usual 0.1 (set it
+    as for your DPO runs).
+
+    Shapes: batch.policy / batch.reference [B, 2] summed log-probs (the DPO term and w); the
+    token_logps tensors and 'contrast_token_rewards' [B, 2, T] (the regulariser, no grad in r_hat).
+    rewards: beta * (policy - reference), [B, 2]. extras: "dpo", "reg" (mean L_REG sum), "weight".
+    alpha = 0, or r_hat = 0, gives DPO.
+    """
+    require_pairs(batch, "treg")
+    h = batch.logratio()
+    logits = beta * (h[:, 0] - h[:, 1])
+    weight = torch.sigmoid(-logits).detach()
+    r_hat = tokens(batch, "contrast_token_rewards").detach()
+    reg = -beta * (r_hat * token_logratio(batch)).sum((1, 2))
+    dpo = -F.logsigmoid(logits)
+    extras = {"dpo": dpo.detach().mean(), "reg": reg.detach().mean(), "weight": weight.mean()}
+    return LossOut(dpo + alpha * weight * reg, (beta * h).detach(), extras)
+
+
+@objective("longpo", kind="pairwise", paper="2502.13922", reference=True, features=("long_chosen_nll",))
+def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> LossOut:
+    """LongPO: NLL on the long-context chosen sequence + lambda * short-to-long DPO.
+
+    Chen et al., "LongPO: Long Context Self-Evolution of Large Language Models through
+    Short-to-Long Preference Optimization", arXiv:2502.13922 (ICLR 2025), the LongPO objective:
+        L = NLL(x_L + y_w) + lambda_ * -log sigmoid(beta [log pi(y_w|x_L)/pi_ref(y_w|x_S)
+                                                          - log pi(y_l|x_L)/pi_ref(y_l|x_S)]).
+    Data layout: per instruction, x_S is a short chunk of a long document x_L; y_w was generated
+    by the (short-context) model from x_S, y_l by the same model from x_L. batch.policy [B, 2] =
+    summed log-probs of (y_w, y_l) under the policy given the LONG context x_L; batch.reference
+    [B, 2] = summed log-probs of (y_w, y_l) under the reference given the SHORT context x_S (the
+    short-to-long KL constraint; for multi-chunk data, the sum over the chunks' short contexts).
+    'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (document, instruction
+    and y_w) under the policy. The paper body could not be read here: the form (NLL + lambda_ x
+    preference, NLL over every token of the long chosen sequence) and the defaults (beta = 0.01,
+    lambda_ = 0.01) follow the authors' release (DAMO-NLP-SG/LongPO, LongPOMTLMUlyssesTrainer
+    and its README command).
+    rewards: beta * (policy - reference), [B, 2] (long-context policy against short-context
+    reference). extras: "nll" and "preference" (batch means). With the same context on both sides
+    the preference term is DPO.
+    """
+    require_pairs(batch, "longpo")
+    h = batch.logratio()
+    preference = -F.logsigmoid(beta * (h[:, 0] - h[:, 1]))
+    nll = batch.feature("long_chosen_nll")
+    extras = {"nll": nll.detach().mean(), "preference": preference.detach().mean()}
+    return LossOut(nll + lambda_ * preference, (beta * h).detach(), extras)
