@@ -15,7 +15,7 @@ import torch
 
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.records import best_vs_worst
+from prefalign.data.records import DATA_FEATURES, best_vs_worst
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
@@ -26,9 +26,11 @@ from prefalign.train.step import batch_to_device
 
 # Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
-           "sft": {"pair", "list", "triple"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
-# Features the data pipeline and trainer know how to supply today.
-SUPPLIED = {"lengths", "token_logps", "scores", "unpaired", "gold"}
+           "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
+# Features the data pipeline and trainer know how to supply today: computed by the trainer
+# (lengths, token_logps, kl_logratio), read from the examples' structure (scores, samples as
+# list entries, gold, unpaired labels) or read from row fields (DATA_FEATURES).
+SUPPLIED = {"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold"} | set(DATA_FEATURES)
 
 
 def objective_params(obj: Objective, beta: float, args: dict) -> dict:
@@ -61,6 +63,10 @@ def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: 
                          "see the objective's docstring for what it expects")
     if "gold" in obj.features and kinds != {"triple"}:
         raise ValueError(f"objective {obj.name!r} needs gold/chosen/rejected triples; {label} holds {sorted(kinds)}")
+    for name in (f for f in obj.features if f in DATA_FEATURES):
+        lacking = next((e for e in examples if name not in e.extra.get("features", {})), None)
+        if lacking is not None:
+            raise ValueError(f"objective {obj.name!r} needs the field {name!r} on every row; {lacking.source} has none")
     return examples
 
 
@@ -79,6 +85,9 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
         raise ValueError(f"objective {obj.name!r} needs a reference policy; reference=none is not possible")
     if mode == "adapter_off" and not cfg.lora:
         raise ValueError("reference=adapter_off needs lora=true")
+    if mode == "precomputed" and "kl_logratio" in obj.features:
+        raise ValueError(f"objective {obj.name!r} estimates its KL reference point from mismatched pairs of each "
+                         "batch, which needs a live reference: use reference=frozen")
     if mode == "precomputed" and "token_logps" in obj.features:
         raise ValueError(f"objective {obj.name!r} needs per-token reference log-probs; precompute_ref caches "
                          "sequence sums only: use reference=frozen")
@@ -135,6 +144,8 @@ def train(cfg: TrainConfig) -> dict:
     obj = get_objective(cfg.objective)
     params = objective_params(obj, cfg.beta, cfg.objective_args)
     mode = resolve_reference(cfg, obj)
+    if obj.couples_batch and cfg.batch_size < 2:
+        raise ValueError(f"objective {obj.name!r} couples the examples of a micro-batch; batch_size must be >= 2")
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)

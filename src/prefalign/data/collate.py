@@ -35,9 +35,30 @@ def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tens
         target[b, : len(e.target)] = torch.tensor(e.target)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
              "row_index": row_index, "valid": valid, "target": target}
+    for name in examples[0].extra.get("features", {}):
+        batch[f"feature/{name}"] = torch.tensor([e.extra["features"][name] for e in examples])
     if reference is not None:
         batch["reference_logps"] = reference
     return batch
+
+
+def mismatched(examples: list[TokenizedExample]) -> list[TokenizedExample]:
+    """Prompt i with the completion of example i+1 (mod B): KTO's in-batch KL reference point.
+
+    The result is never longer than the longer of the two source sequences, so it stays within
+    max_length.
+    """
+    if len(examples) < 2:
+        raise ValueError("mismatched prompt/completion pairs need at least 2 examples per micro-batch")
+    out = []
+    for i, e in enumerate(examples):
+        other = examples[(i + 1) % len(examples)]
+        prompt = e.sequences[0][: e.response_starts[0]]
+        response = other.sequences[0][other.response_starts[0]:]
+        limit = max(len(e.sequences[0]), len(other.sequences[0]))
+        seq = (prompt + response)[:limit]
+        out.append(TokenizedExample([seq], [len(prompt)], [0.0], "unpaired", e.source))
+    return out
 
 
 def epoch_batches(

@@ -17,6 +17,11 @@ Text = Union[str, Messages]
 
 HH_ASSISTANT = "\n\nAssistant:"
 
+# Per-example statistics an objective may need that come with the data itself (row fields of
+# these names): iREPO's empirical preference, MODPO's other-reward margins, PoFT's aligned-model
+# scores. "scalar" fields are one number, "vector" fields a list of numbers.
+DATA_FEATURES = {"soft_label": "scalar", "reward_margins": "vector", "aligned_logps": "vector"}
+
 
 class DataError(ValueError):
     def __init__(self, source: str, row: int, field_name: str, message: str):
@@ -97,6 +102,22 @@ def split_hh_dialogue(chosen: str, rejected: str, source: str, row: int) -> tupl
     return chosen[:end], chosen[end:], rejected[end:]
 
 
+def data_features(row: dict, source: str, row_no: int) -> dict:
+    found = {}
+    for name, shape in DATA_FEATURES.items():
+        if name not in row or row[name] is None:
+            continue
+        value = row[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if shape == "scalar" else \
+            isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in value)
+        if not ok:
+            kind = "a number" if shape == "scalar" else "a non-empty list of numbers"
+            raise DataError(source, row_no, name, f"must be {kind}, got {value!r}")
+        found[name] = float(value) if shape == "scalar" else [float(v) for v in value]
+    return found
+
+
 def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
     if fmt == "hh":
         chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen", False)
@@ -114,6 +135,7 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
     if chosen == rejected:
         raise DataError(source, row_no, "rejected", "is identical to chosen")
     extra = {k: row[k] for k in ("id", "score_chosen", "score_rejected", "subset") if k in row}
+    extra["features"] = data_features(row, source, row_no)
     return Example(prompt, [chosen, rejected], [1.0, 0.0], "pair", f"{source}:{row_no}", extra)
 
 
@@ -165,6 +187,13 @@ def make_list(row: dict, source: str, row_no: int, aspect: str | None = None) ->
     return Example(prompt, texts, scores, "list", f"{source}:{row_no}", {k: row[k] for k in ("id",) if k in row})
 
 
+def make_sft(row: dict, source: str, row_no: int) -> Example:
+    prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
+    completion = check_text(require(row, "completion", source, row_no), source, row_no, "completion")
+    return Example(prompt, [completion], [1.0], "sft", f"{source}:{row_no}",
+                   {"features": data_features(row, source, row_no)})
+
+
 def make_unpaired(row: dict, source: str, row_no: int) -> Example:
     prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
     completion = check_text(require(row, "completion", source, row_no), source, row_no, "completion")
@@ -182,7 +211,7 @@ def make_triple(row: dict, source: str, row_no: int) -> Example:
     return Example(prompt, texts, [2.0, 1.0, 0.0], "triple", f"{source}:{row_no}")
 
 
-FORMATS = ("pairs", "hh", "ranked", "unpaired", "triples")
+FORMATS = ("pairs", "hh", "ranked", "unpaired", "sft", "triples")
 
 
 def detect_format(row: dict, source: str) -> str:
@@ -197,6 +226,8 @@ def detect_format(row: dict, source: str) -> str:
         return "ranked"
     if {"prompt", "completion", "label"} <= keys:
         return "unpaired"
+    if {"prompt", "completion"} <= keys:
+        return "sft"
     raise DataError(source, 1, "*", f"cannot tell the format from the fields {sorted(keys)}; set data.format "
                                     f"to one of {FORMATS}")
 
@@ -210,6 +241,8 @@ def make_example(row: Any, fmt: str, source: str, row_no: int, aspect: str | Non
         return make_list(row, source, row_no, aspect)
     if fmt == "unpaired":
         return make_unpaired(row, source, row_no)
+    if fmt == "sft":
+        return make_sft(row, source, row_no)
     if fmt == "triples":
         return make_triple(row, source, row_no)
     raise ValueError(f"unknown data format {fmt!r}; choose one of {FORMATS}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.data.collate import collate, epoch_batches
+from prefalign.data.collate import collate, epoch_batches, mismatched
 from prefalign.logging import Progress
 from prefalign.losses import Objective
 from prefalign.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
@@ -66,13 +66,21 @@ class LoopSettings:
     progress: bool
 
 
-def make_batch(examples: list, indices: list[int], pad_id: int, ref: torch.Tensor | None) -> dict:
+def make_batch(examples: list, indices: list[int], pad_id: int, ref: torch.Tensor | None,
+               with_mismatched: bool = False) -> dict:
     chosen = [examples[i] for i in indices]
     ref_rows = None
     if ref is not None:
         k = max(len(e.sequences) for e in chosen)
         ref_rows = ref[indices][:, :k]
-    return collate(chosen, pad_id, ref_rows)
+    batch = collate(chosen, pad_id, ref_rows)
+    if with_mismatched:
+        batch["mismatched"] = collate(mismatched(chosen), pad_id)
+    return batch
+
+
+def needs_mismatched(objective: Objective) -> bool:
+    return "kl_logratio" in objective.features
 
 
 @torch.no_grad()
@@ -83,7 +91,8 @@ def evaluate(c: Components, batch_size: int) -> dict[str, float]:
     mine = list(range(rank, len(c.eval_set), world))
     for s in range(0, len(mine), batch_size):
         idx = mine[s:s + batch_size]
-        batch = batch_to_device(make_batch(c.eval_set, idx, c.pad_id, c.eval_ref), c.accelerator.device)
+        batch = batch_to_device(make_batch(c.eval_set, idx, c.pad_id, c.eval_ref, needs_mismatched(c.objective)),
+                                c.accelerator.device)
         with c.accelerator.autocast():
             seq = forward_batch(c.policy, batch, c.reference, c.objective)
             _, metrics = run_objective(c.objective, seq, c.objective_params)
@@ -125,7 +134,8 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
             step_batches = batches[state["batch_in_epoch"]: state["batch_in_epoch"] + s.accumulation]
             for i, global_idx in enumerate(step_batches):
                 idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = batch_to_device(make_batch(c.train_set, idx, c.pad_id, c.train_ref), acc.device)
+                batch = batch_to_device(make_batch(c.train_set, idx, c.pad_id, c.train_ref,
+                                                   needs_mismatched(c.objective)), acc.device)
                 tokens += int(batch["attention_mask"].sum())
                 padded += batch["attention_mask"].numel()
                 sync = i == s.accumulation - 1

@@ -36,8 +36,22 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
     for key, value in batch.items():
         if key.startswith("feature/"):
             features[key.split("/", 1)[1]] = value
+    if "kl_logratio" in objective.features:
+        features["kl_logratio"] = mismatched_logratio(policy, reference, batch["mismatched"])
     return SeqLogps(policy=policy_sums, reference=ref_sums, n_tokens=n_tokens, valid=batch["valid"],
                     target=batch["target"].to(policy_sums.dtype), features=features)
+
+
+@torch.no_grad()
+def mismatched_logratio(policy, reference, mis: dict) -> torch.Tensor:
+    """[B] policy - reference log-probs of mismatched (prompt, completion) pairs, no gradient:
+    KTO's z0 is detached, so this forward needs no graph."""
+    if reference is None:
+        raise ValueError("the KL reference point needs a live reference model (reference=frozen or adapter_off)")
+    args = (mis["input_ids"], mis["attention_mask"], mis["response_mask"])
+    pol, _ = sequence_sums(policy(*args), mis)
+    ref, _ = sequence_sums(reference(mis), mis)
+    return (pol - ref)[:, 0]
 
 
 def run_objective(objective: Objective, seq: SeqLogps, params: dict) -> tuple[LossOut, dict]:
