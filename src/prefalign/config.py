@@ -40,7 +40,8 @@ class TrainConfig:
     model: str = opt("", "local folder of a Hugging Face causal LM (nothing is downloaded)")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
     objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
-    beta: float = opt(0.1, "KL strength / inverse temperature of the objective")
+    beta: float | None = opt(None, "KL strength / inverse temperature; unset: the objective's own default "
+                                   "(dpo 0.1, simpo 2.0, ...; see `prefalign objectives`)")
     objective_args: dict = opt({}, "other hyper-parameters of the objective, e.g. {label_smoothing: 0.1}")
     output_dir: str = opt("runs/prefalign", "run folder: config, metrics.jsonl, checkpoints, final model")
     max_steps: int = opt(100, "optimizer steps to train")
@@ -66,6 +67,8 @@ class TrainConfig:
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
     mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    pad_to_multiple_of: int | None = opt(None, "pad batch lengths to a multiple of N; unset: 64 on CUDA (few "
+                                               "distinct shapes for attention kernels), 1 on CPU")
     logps_impl: str = opt("lean", "lean: chunked output projection, no full-vocabulary logits; full: model logits")
     lora: bool = opt(False, "train a LoRA adapter (needs peft); the reference is the adapter switched off")
     lora_r: int = opt(16, "LoRA rank")
@@ -125,7 +128,7 @@ def build(cls, values: dict, prefix: str = ""):
         name = f"{prefix}{key}"
         if key not in types:
             close = difflib.get_close_matches(key, types, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key {name!r}{hint}")
         if dataclasses.is_dataclass(types[key]):
             kwargs[key] = build(types[key], value, f"{name}.")

@@ -31,6 +31,9 @@ def load_tokenizer(path: str):
     if tok.pad_token_id is None:
         # padding positions are masked everywhere, so any id works; EOS is the usual choice
         tok.pad_token = tok.eos_token
+    # prefalign truncates prompt and response itself (data/tokenize.py); the tokenizer's own
+    # length warning fires on the untruncated text and would only mislead
+    tok.model_max_length = 1 << 30
     return tok
 
 

@@ -33,13 +33,17 @@ ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"p
 SUPPLIED = {"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold"} | set(DATA_FEATURES)
 
 
-def objective_params(obj: Objective, beta: float, args: dict) -> dict:
+def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
+    """The objective's keyword arguments: its own defaults, then `beta`, then objective_args."""
     unknown = sorted(set(args) - set(obj.params))
     if unknown:
         raise ValueError(unknown_params_message(obj, unknown))
-    params = dict(args)
-    if "beta" in obj.params:
-        params.setdefault("beta", beta)
+    if beta is not None and "beta" not in obj.params:
+        raise ValueError(f"objective {obj.name!r} has no beta; remove it from the config")
+    params = dict(obj.params)
+    if beta is not None:
+        params["beta"] = beta
+    params.update(args)
     return params
 
 
@@ -149,11 +153,12 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
-    reference, train_ref, eval_ref, cache_hit = None, None, None, None
+    reference, train_ref, eval_ref, cache_hit, precompute_s = None, None, None, None, None
     if mode == "frozen":
         reference = FrozenReference(model, cfg.logps_impl).to(acc.device)
     if mode == "precomputed":
         # the untouched policy IS the reference: compute before the first update, no copy kept
+        t_ref = time.time()
         probe = PolicyLogps(model, cfg.logps_impl).to(acc.device)
         all_examples = train_set + eval_set
         path = reference_cache_path(cfg.ref_cache_dir, cfg.model, all_examples, cfg.logps_impl, cfg.dtype)
@@ -165,6 +170,7 @@ def train(cfg: TrainConfig) -> dict:
         if not acc.is_main_process:
             logps, cache_hit = load_or_compute_reference(path, lambda: None)
         train_ref, eval_ref = logps[: len(train_set)], logps[len(train_set):]
+        precompute_s = round(time.time() - t_ref, 2)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     policy = PolicyLogps(model, cfg.logps_impl)
@@ -184,8 +190,9 @@ def train(cfg: TrainConfig) -> dict:
         sinks.append(JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume))
         if cfg.tensorboard:
             sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
     components = Components(acc, policy, optimizer, scheduler, obj, params, reference, train_set, eval_set,
-                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks)
+                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks, pad_multiple)
     settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps,
                             cfg.max_grad_norm, cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps,
                             cfg.eval_batch_size, cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
@@ -195,7 +202,7 @@ def train(cfg: TrainConfig) -> dict:
         for sink in sinks:
             sink.close()
     summary = {"objective": obj.name, "objective_params": params, "reference": mode,
-               "reference_cache_hit": cache_hit, "data": data_report, "steps": history["state"]["step"],
+               "reference_cache_hit": cache_hit, "reference_precompute_s": precompute_s, "data": data_report, "steps": history["state"]["step"],
                "eval_start": history["eval_start"], "eval_end": history["eval_end"],
                "wall_time_s": round(time.time() - started, 2), "num_processes": acc.num_processes,
                "config": to_dict(cfg)}

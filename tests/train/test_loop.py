@@ -65,7 +65,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_model_dir, tmp_
 
     real, calls = loop.check_finite, {"n": 0}
 
-    def killed_in_step_6(*args):  # called once per training micro-step, before backward
+    def killed_in_step_6(*args):  # called once per optimizer step, before the update
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt("killed")
@@ -91,7 +91,8 @@ def test_checkpoints_rotate_and_a_crashed_save_leaves_no_checkpoint(tiny_model_d
     train(config(tiny_model_dir, out, "max_steps=6", "save_steps=2", "keep_last=2"))
     assert [p.name for p in checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
     ck = checkpoints(out)[-1]
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"):
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.json", "rng.safetensors",
+                 "trainer_state.json"):
         assert (ck / name).exists(), name
     assert json.loads((ck / "trainer_state.json").read_text())["step"] == 6
 

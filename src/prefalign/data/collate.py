@@ -9,7 +9,8 @@ import torch
 from prefalign.data.tokenize import TokenizedExample
 
 
-def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tensor | None = None) -> dict:
+def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tensor | None = None,
+            pad_multiple: int = 1) -> dict:
     """Flatten B examples x K_b responses into one [N, T] batch padded to the longest row.
 
     Only real responses become rows (ragged lists waste no compute); `row_index` maps each row
@@ -18,6 +19,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tens
     k_max = max(len(e.sequences) for e in examples)
     rows = [(b, k, seq, e.response_starts[k]) for b, e in enumerate(examples) for k, seq in enumerate(e.sequences)]
     t_max = max(len(seq) for _, _, seq, _ in rows)
+    t_max = -(-t_max // pad_multiple) * pad_multiple  # few distinct shapes keep GPU kernels' plans cached
     n = len(rows)
     input_ids = torch.full((n, t_max), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, t_max), dtype=torch.long)

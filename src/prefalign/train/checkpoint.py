@@ -3,7 +3,8 @@
 A checkpoint is written into a hidden temporary folder and renamed into place only when
 complete, so a crash mid-save never leaves a half-written `checkpoint-N` (OpenRLHF#128).
 It holds the model (save_pretrained, safetensors), optimizer, scheduler, every RNG state and
-the data cursor. Optimizer/RNG files are loaded with torch.load(weights_only=True).
+the data cursor. Nothing is unpickled on resume: optimizer and scheduler states are read with
+torch.load(weights_only=True), RNG states are JSON and safetensors.
 """
 
 from __future__ import annotations
@@ -16,24 +17,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def save_rng_state(folder: Path) -> None:
+    """Every RNG state, without pickle: JSON for Python/NumPy, safetensors for torch."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    (folder / "rng.json").write_text(json.dumps({
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_kind, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)]}))
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, str(folder / "rng.safetensors"))
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_rng_state(folder: Path) -> None:
+    state = json.loads((folder / "rng.json").read_text())
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    kind, keys, pos, has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, np_gauss))
+    tensors = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_model_atomic(model, tokenizer, folder: Path) -> None:
@@ -60,7 +72,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
         tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    save_rng_state(tmp)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -112,5 +124,5 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     load_weights(model, folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+    load_rng_state(folder)
     return json.loads((folder / STATE_FILE).read_text())

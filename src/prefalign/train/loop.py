@@ -46,6 +46,7 @@ class Components:
     pad_id: int
     tokenizer: object
     sinks: list
+    pad_multiple: int = 1
 
 
 @dataclass
@@ -67,15 +68,15 @@ class LoopSettings:
 
 
 def make_batch(examples: list, indices: list[int], pad_id: int, ref: torch.Tensor | None,
-               with_mismatched: bool = False) -> dict:
+               with_mismatched: bool = False, pad_multiple: int = 1) -> dict:
     chosen = [examples[i] for i in indices]
     ref_rows = None
     if ref is not None:
         k = max(len(e.sequences) for e in chosen)
         ref_rows = ref[indices][:, :k]
-    batch = collate(chosen, pad_id, ref_rows)
+    batch = collate(chosen, pad_id, ref_rows, pad_multiple)
     if with_mismatched:
-        batch["mismatched"] = collate(mismatched(chosen), pad_id)
+        batch["mismatched"] = collate(mismatched(chosen), pad_id, None, pad_multiple)
     return batch
 
 
@@ -91,8 +92,8 @@ def evaluate(c: Components, batch_size: int) -> dict[str, float]:
     mine = list(range(rank, len(c.eval_set), world))
     for s in range(0, len(mine), batch_size):
         idx = mine[s:s + batch_size]
-        batch = batch_to_device(make_batch(c.eval_set, idx, c.pad_id, c.eval_ref, needs_mismatched(c.objective)),
-                                c.accelerator.device)
+        batch = batch_to_device(make_batch(c.eval_set, idx, c.pad_id, c.eval_ref, needs_mismatched(c.objective),
+                                           c.pad_multiple), c.accelerator.device)
         with c.accelerator.autocast():
             seq = forward_batch(c.policy, batch, c.reference, c.objective)
             _, metrics = run_objective(c.objective, seq, c.objective_params)
@@ -124,6 +125,7 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
         log(c, state["step"], history["eval_start"])
     progress = Progress(s.max_steps, state["step"], s.progress and acc.is_main_process)
     window, tokens, padded, t0, last_good = MetricAccumulator(), 0, 0, time.perf_counter(), None
+    window_steps = 0
     c.policy.train()
     while state["step"] < s.max_steps:
         batches = epoch_batches(len(c.train_set), global_micro, s.seed, state["epoch"], lengths, s.group_by_length)
@@ -132,20 +134,24 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
                              f"{examples_per_step * world} examples; lower batch_size or accumulation")
         while state["batch_in_epoch"] + s.accumulation <= len(batches) and state["step"] < s.max_steps:
             step_batches = batches[state["batch_in_epoch"]: state["batch_in_epoch"] + s.accumulation]
+            step_loss = torch.zeros((), device=acc.device)
             for i, global_idx in enumerate(step_batches):
                 idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = batch_to_device(make_batch(c.train_set, idx, c.pad_id, c.train_ref,
-                                                   needs_mismatched(c.objective)), acc.device)
-                tokens += int(batch["attention_mask"].sum())
+                batch = make_batch(c.train_set, idx, c.pad_id, c.train_ref, needs_mismatched(c.objective),
+                                   c.pad_multiple)
+                tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
                 padded += batch["attention_mask"].numel()
+                batch = batch_to_device(batch, acc.device)
                 sync = i == s.accumulation - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(c.policy)), acc.autocast():
                     seq = forward_batch(c.policy, batch, c.reference, c.objective)
                     out, metrics = run_objective(c.objective, seq, c.objective_params)
                     loss = reduce_loss(out.per_example, examples_per_step)
-                check_finite(acc, loss, state["step"] + 1, s.out_dir, last_good)
                 acc.backward(loss)
+                step_loss = step_loss + loss.detach()
                 window.add(metrics)
+            # one host sync per step: a non-finite loss is caught before the update reaches the weights
+            check_finite(acc, step_loss, state["step"] + 1, s.out_dir, last_good)
             grad_norm = clip_and_norm(acc, c.policy, s.max_grad_norm)
             c.optimizer.step()
             c.scheduler.step()
@@ -153,6 +159,7 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
             state["step"] += 1
             state["batch_in_epoch"] += s.accumulation
             step = state["step"]
+            window_steps += 1
             if step % s.logging_steps == 0 or step == s.max_steps:
                 elapsed = time.perf_counter() - t0
                 stats = window.reduce(acc)
@@ -160,11 +167,12 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
                                     reduction="sum").tolist() if world > 1 else [tokens, padded]
                 stats.update({"grad_norm": grad_norm, "learning_rate": c.scheduler.get_last_lr()[0],
                               "tokens_per_s": counts[0] / elapsed, "padded_tokens_per_s": counts[1] / elapsed,
-                              "epoch": state["epoch"]})
+                              "tokens": counts[0], "padded_tokens": counts[1],
+                              "step_time_s": elapsed / window_steps, "epoch": state["epoch"]})
                 log(c, step, stats)
                 progress.update(0, loss=stats["loss"], acc=stats.get("rewards/accuracy", float("nan")),
                                 tok_s=stats["tokens_per_s"])
-                window, tokens, padded, t0 = MetricAccumulator(), 0, 0, time.perf_counter()
+                window, tokens, padded, t0, window_steps = MetricAccumulator(), 0, 0, time.perf_counter(), 0
             if s.eval_steps and step % s.eval_steps == 0 and c.eval_set and step != s.max_steps:
                 log(c, step, evaluate(c, s.eval_batch_size))
             if s.save_steps and step % s.save_steps == 0:

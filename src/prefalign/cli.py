@@ -1,0 +1,153 @@
+"""`prefalign` command line: thin subcommands that load a config, build, and call one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = "Run `prefalign COMMAND --help` for a command's options."
+
+
+def options_table() -> str:
+    from prefalign.config import help_rows
+
+    rows = help_rows()
+    width = max(len(k) for k, _, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {h} (default {d})" for k, d, h in rows)
+
+
+def cmd_train(args) -> int:
+    from prefalign.config import load_config
+    from prefalign.run import train
+
+    cfg = load_config(args.config, args.overrides + (["resume=true"] if args.resume else []))
+    summary = train(cfg)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    before, after = summary.get("eval_start", {}), summary.get("eval_end", {})
+    table = Table(title=f"held-out metrics: {summary['objective']} ({summary['steps']} steps)")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key in sorted(set(before) | set(after)):
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(key.removeprefix("eval/"), fmt(before.get(key)), fmt(after.get(key)))
+    console = Console()
+    if before or after:
+        console.print(table)
+    skipped = summary["data"]["train"]["skipped"]
+    if skipped:
+        console.print(f"[yellow]{skipped} bad training rows skipped[/]: {summary['data']['train']['skipped_by_reason']}")
+    if "final_model" in summary:
+        console.print(f"final model: {summary['final_model']}")
+
+
+DATA_BY_KIND = {"pairwise": "pairs", "multi_objective": "pairs", "token_level": "pairs",
+                "listwise": "ranked lists (or pairs)", "unpaired": "unpaired rows (prompt, completion, label)",
+                "sft": "SFT rows or pairs"}
+
+
+def yaml_value(value) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def objective_rows() -> list[dict]:
+    """One row per registered objective: the CLI table and the README table."""
+    from prefalign.data.records import DATA_FEATURES
+    from prefalign.losses import OBJECTIVES
+    from prefalign.run import SUPPLIED
+
+    rows = []
+    for o in sorted(OBJECTIVES.values(), key=lambda o: o.name):
+        data = "gold/chosen/rejected triples" if "gold" in o.features else DATA_BY_KIND[o.kind]
+        fields = [f for f in o.features if f in DATA_FEATURES]
+        if fields:
+            data += " + row field " + ", ".join(fields)
+        pending = [f for f in o.features if f not in SUPPLIED]
+        params = {k: v for k, v in o.params.items() if k != "beta"}
+        example = f"objective: {o.name}" + (f", beta: {o.params['beta']}" if "beta" in o.params else "")
+        if params:
+            example += ", objective_args: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in params.items()) + "}"
+        rows.append({"name": o.name, "paper": f"arXiv:{o.paper}" if o.paper else "-", "kind": o.kind,
+                     "reference": "yes" if o.needs_reference else "no", "data": data,
+                     "trainer": "yes" if not pending else "loss only: needs " + ", ".join(pending),
+                     "example": example, "summary": o.summary})
+    return rows
+
+
+def cmd_objectives(args) -> int:
+    rows = objective_rows()
+    if args.markdown:
+        print("| objective | paper | reference | data | trains end to end | config |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| `{r['name']}` | {r['paper']} | {r['reference']} | {r['data']} | {r['trainer']} | "
+                  f"`{r['example']}` |")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} objectives")
+    for col in ("objective", "paper", "reference", "data", "trains", "summary"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["paper"], r["reference"], r["data"], r["trainer"], r["summary"])
+    Console(width=220).print(table)
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from prefalign.quickstart import run_quickstart
+
+    run_quickstart(model=args.model, output_dir=args.output_dir, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefalign", description="Preference alignment for local causal LMs.",
+                                     epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("train", help="train a policy on preference data", formatter_class=argparse.RawTextHelpFormatter,
+                       description="Train with CONFIG.yaml; override any key with key=value (dotted for nesting).",
+                       epilog="options (YAML keys and key=value overrides):\n" + options_table())
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 data.train=pairs.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("objectives", help="list the registered objectives")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
+    p.set_defaults(fn=cmd_objectives)
+    p = sub.add_parser("quickstart", help="align the embedded tiny model on real HH-RLHF pairs, offline")
+    p.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                   help="tiny: the shipped toy base model; smollm2: SmolLM2-135M-Instruct with LoRA")
+    p.add_argument("--output-dir", default="runs/quickstart")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.set_defaults(fn=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the CLI's contract: one clear message on stderr, non-zero exit
+        print(f"prefalign {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

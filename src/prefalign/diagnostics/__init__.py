@@ -1,0 +1,1 @@
+"""Diagnostics: pure metrics, sample-based estimates and plots of a run."""
