@@ -56,8 +56,9 @@ def test_readme_minimal_config_trains(tiny_model_dir, tmp_path):
     cfg.write_text(block)
     out = run_cli("train", str(cfg), f"model={tiny_model_dir}", f"data.train={ROOT / 'tests/fixtures/hh_harmless_64.jsonl'}",
                   f"output_dir={tmp_path / 'run'}", "max_steps=3", "max_length=96", "max_prompt_length=64",
-                  "progress=false")
+                  "progress=false", "tensorboard=true")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["objective"] == "dpo"
     assert "held-out metrics" in out.stdout

@@ -26,6 +26,21 @@ def win_share(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a > b).float() + 0.5 * (a == b).float()
 
 
+def ndcg(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-list NDCG of the order given by `scores` against the order of `target`, and a mask of
+    lists where it is defined (not all tied). Relevance of an item is the number of valid items
+    with a strictly lower target (the worst is 0), gain 2^rel - 1, discount 1/log2(1 + rank)."""
+    rel = ((target[:, :, None] > target[:, None, :]) & valid[:, None, :]).sum(2).float() * valid
+    gain = torch.exp2(rel) - 1
+    k = scores.shape[1]
+    discount = 1 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float32))
+    order = scores.float().masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    dcg = (gain.gather(1, order) * discount).sum(1)
+    idcg = (gain.sort(dim=1, descending=True).values * discount).sum(1)
+    defined = idcg > 0
+    return torch.where(defined, dcg / idcg.clamp(min=1e-12), torch.zeros_like(dcg)), defined
+
+
 def batch_metrics(seq: SeqLogps, out: LossOut) -> dict[str, tuple]:
     m: dict[str, tuple] = {}
     n = float(seq.batch_size)
@@ -47,6 +62,9 @@ def batch_metrics(seq: SeqLogps, out: LossOut) -> dict[str, tuple]:
         if seq.n_tokens is not None:
             l_w, l_l = pick(seq.n_tokens, best).clamp(min=1), pick(seq.n_tokens, worst).clamp(min=1)
             m["ranking/accuracy_len_norm"] = (win_share(p_w / l_w, p_l / l_l).sum(), n)
+        if seq.policy.shape[1] > 2:
+            values, defined = ndcg(out.rewards.detach(), seq.target, seq.valid)
+            m["rewards/ndcg"] = ((values * defined).sum(), defined.sum().double())
         if seq.reference is not None:
             # mean log-ratio of the responses in the data: a cheap (off-policy) KL proxy
             h = (seq.policy - seq.reference).detach().float()
