@@ -3,6 +3,7 @@
 This is the measurement later performance changes are judged by. It is a script, not a test:
 
     python benchmarks/dpo_throughput.py                        # all modes, 30 timed steps each
+    python benchmarks/dpo_throughput.py --modes bare,frozen    # prefalign vs a hand-written loop
     python benchmarks/dpo_throughput.py --steps 4 --warmup-steps 1   # a quick smoke run
 
 What runs
@@ -27,22 +28,20 @@ How it is timed (and why this way)
     RSS (resource.getrusage ru_maxrss, per process and monotonic) belongs to that configuration
     alone. The child prints one JSON line that the parent collects.
 
-    The trainer logs, every step, tokens_per_s = real_tokens / elapsed and padded_tokens_per_s =
-    padded_tokens / elapsed, where `elapsed` is the wall time between two consecutive step logs
-    (data collation, forward, backward, clipping, optimizer step). Averaging those rates over
-    steps would be wrong: steps carry different token counts, so the mean of ratios is not the
-    ratio of sums. The batch order is deterministic (seeded permutation), so the child rebuilds
-    the exact per-step token counts from the same tokenized data and batch schedule the trainer
-    uses, recovers each step's elapsed time as real_tokens / tokens_per_s, checks that
-    padded_tokens / padded_tokens_per_s gives the same time (to 1e-6 relative; the run fails
-    otherwise, so a change in the trainer's batching cannot silently skew the numbers), and
-    reports over the timed steps (those after --warmup-steps):
+    The trainer logs, every step (logging_steps=1), the step's real (non-pad) and padded token
+    counts and its wall time (data collation, forward, backward, clipping, optimizer step). Over
+    the timed steps (those after --warmup-steps) the script reports ratios of sums, never means
+    of per-step rates (steps carry different token counts):
 
-        real tokens/s   = sum(real tokens) / sum(elapsed)
-        padded tokens/s = sum(padded tokens) / sum(elapsed)
-        steps/s         = timed steps / sum(elapsed)
-        median step ms  = median of the timed steps' elapsed (one-off spikes show as a gap
-                          between this and 1 / steps/s; every step's time is in the JSON)
+        real tokens/s   = sum(real tokens) / sum(step time)
+        padded tokens/s = sum(padded tokens) / sum(step time)
+        steps/s         = timed steps / sum(step time)
+        median step ms  = median step time (one-off spikes show as a gap between this and
+                          1 / steps/s; every step's time is in the JSON)
+
+    Mode `bare` is the baseline: a hand-written PyTorch DPO loop (full logits, log_softmax,
+    gather, frozen reference copy, AdamW, clipping) on the same model, tokenized data, batch
+    order and padding, timed the same way around each step.
 
     This uses the trainer's own per-step clock, so model loading, tokenization, the reference
     precompute, evaluation (start and end, on the 7 eval pairs) and the final save are all
@@ -174,31 +173,63 @@ def peak_rss_mib() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def step_token_counts(cfg, n_steps: int) -> list[tuple[int, int]]:
-    """(real, padded) tokens of each optimizer step, rebuilt from the trainer's own batch schedule."""
-    from prefalign.data.collate import epoch_batches
+def bare_dpo_loop(spec: dict, cfg) -> dict:
+    """The baseline: a bare PyTorch DPO loop on the same model, batches and order.
+
+    Full logits, log_softmax over the whole vocabulary, gather, a frozen reference copy, AdamW,
+    clipping: what one writes by hand without a library. prefalign should not be slower.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from prefalign.data.collate import collate, epoch_batches
     from prefalign.losses import get_objective
-    from prefalign.models import load_tokenizer
+    from prefalign.models import load_model, load_tokenizer
     from prefalign.run import load_data
 
-    train_set, _, _ = load_data(cfg, get_objective(cfg.objective), load_tokenizer(cfg.model))
+    device = torch.device("cuda" if spec["device"] == "cuda" else "cpu")
+    tok = load_tokenizer(cfg.model)
+    train_set, _, _ = load_data(cfg, get_objective("dpo"), tok)
+    model = load_model(cfg.model, cfg.dtype).to(device).train()
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    pad_multiple = 64 if device.type == "cuda" else 1
     lengths = [e.max_len for e in train_set]
-    accum, counts, epoch = cfg.gradient_accumulation_steps, [], 0
-    while len(counts) < n_steps:
-        batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, lengths, cfg.data.group_by_length)
-        if len(batches) < accum:
-            raise RuntimeError("too few training examples for one step")
-        for start in range(0, len(batches) - accum + 1, accum):
-            real = padded = 0
-            for idx in batches[start:start + accum]:
-                seqs = [seq for i in idx for seq in train_set[i].sequences]
-                real += sum(len(s) for s in seqs)
-                padded += len(seqs) * max(len(s) for s in seqs)
-            counts.append((real, padded))
-            if len(counts) == n_steps:
+
+    def seq_logps(m, b):
+        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, b["input_ids"][:, 1:, None]).squeeze(2)
+        mask = b["response_mask"][:, 1:] & b["attention_mask"][:, 1:].bool()
+        return (logp * mask).sum(1).view(-1, 2)
+
+    rows, step, epoch = [], 0, 0
+    while step < cfg.max_steps:
+        for idx in epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch, lengths):
+            if step == cfg.max_steps:
                 break
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            host = collate([train_set[i] for i in idx], tok.pad_token_id, None, pad_multiple)
+            b = {k: v.to(device) for k, v in host.items()}
+            policy = seq_logps(model, b)
+            with torch.no_grad():
+                reference = seq_logps(ref, b)
+            h = policy - reference
+            loss = -F.logsigmoid(0.1 * (h[:, 0] - h[:, 1])).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_value = loss.item()  # one sync per step, like the trainer's
+            step += 1
+            rows.append({"step": step, "tokens": int(host["attention_mask"].sum()),
+                         "padded_tokens": host["attention_mask"].numel(),
+                         "step_time_s": time.perf_counter() - t0, "loss": loss_value})
         epoch += 1
-    return counts
+    return {"rows": rows, "reference": "frozen (bare loop)", "summary": None}
 
 
 def run_one(spec: dict) -> dict:
@@ -213,7 +244,7 @@ def run_one(spec: dict) -> dict:
         shutil.rmtree(out_dir)
     cfg = load_config(None, [
         f"model={spec['model']}", f"data.train={spec['train']}", f"data.eval={spec['eval']}",
-        f"objective={spec['objective']}", f"reference={spec['mode']}", f"logps_impl={spec['logps_impl']}",
+        f"objective={spec['objective']}", f"reference={'frozen' if spec['mode'] == 'bare' else spec['mode']}", f"logps_impl={spec['logps_impl']}",
         f"dtype={spec['dtype']}", f"output_dir={out_dir}", f"ref_cache_dir={spec['ref_cache_dir']}",
         f"max_steps={spec['warmup_steps'] + spec['steps']}", f"batch_size={BATCH_PAIRS}",
         f"eval_batch_size={EVAL_ROWS}", f"max_length={MAX_LENGTH}", f"max_prompt_length={MAX_PROMPT_LENGTH}",
@@ -240,39 +271,37 @@ def run_one(spec: dict) -> dict:
     run_mod.compute_reference_logps = timed_precompute
     rss_start = peak_rss_mib()
     t0 = time.perf_counter()
-    summary = run_mod.train(cfg)
+    if spec["mode"] == "bare":
+        bare = bare_dpo_loop(spec, cfg)
+        summary, step_rows = None, {r["step"]: r for r in bare["rows"]}
+    else:
+        summary = run_mod.train(cfg)
+        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        step_rows = {r["step"]: r for r in rows if "step_time_s" in r}
     sync()
     train_wall = time.perf_counter() - t0
     rss_peak = peak_rss_mib()  # read before the bookkeeping below can add to it
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     device_used = (torch.cuda.get_device_name(0) if cuda else "cpu")
 
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    step_rows = {r["step"]: r for r in rows if "tokens_per_s" in r}
     total = cfg.max_steps
     if sorted(step_rows) != list(range(1, total + 1)):
-        raise RuntimeError(f"metrics.jsonl has step rows {sorted(step_rows)}, expected 1..{total}")
-    counts = step_token_counts(cfg, total)
-    step_s = []
-    for step, (real, padded) in enumerate(counts, start=1):
-        r = step_rows[step]
-        t_real, t_padded = real / r["tokens_per_s"], padded / r["padded_tokens_per_s"]
-        if abs(t_real - t_padded) > 1e-6 * max(t_real, t_padded):
-            raise RuntimeError(f"step {step}: rebuilt token counts ({real}, {padded}) do not match the trainer's "
-                               f"rates (elapsed {t_real:.6f} s vs {t_padded:.6f} s); its batching changed")
-        step_s.append(t_real)
+        raise RuntimeError(f"step rows {sorted(step_rows)}, expected 1..{total} (logging_steps must be 1)")
+    # the trainer logs, per step, its real and padded token counts and the step's wall time
+    step_s = [step_rows[i]["step_time_s"] for i in range(1, total + 1)]
     warm = spec["warmup_steps"]
     timed = step_s[warm:]
-    real_tokens = sum(c[0] for c in counts[warm:])
-    padded_tokens = sum(c[1] for c in counts[warm:])
+    real_tokens = sum(step_rows[i]["tokens"] for i in range(warm + 1, total + 1))
+    padded_tokens = sum(step_rows[i]["padded_tokens"] for i in range(warm + 1, total + 1))
     timed_s = sum(timed)
     if timed_s > train_wall:
         raise RuntimeError(f"timed steps take {timed_s:.3f} s, more than the whole train() call ({train_wall:.3f} s)")
     median = sorted(timed)[len(timed) // 2]
+    data = summary["data"] if summary else {"train_examples": None, "eval_examples": None, "train": {"skipped": None}}
     return {
         "mode": spec["mode"], "objective": spec["objective"], "logps_impl": spec["logps_impl"],
         "dtype": spec["dtype"], "device": spec["device"], "device_name": device_used, "threads": spec["threads"],
-        "reference": summary["reference"], "warmup_steps": warm, "timed_steps": len(timed),
+        "reference": summary["reference"] if summary else "frozen (bare loop)", "warmup_steps": warm, "timed_steps": len(timed),
         "real_tokens": real_tokens, "padded_tokens": padded_tokens, "timed_s": round(timed_s, 4),
         "real_tokens_per_s": real_tokens / timed_s, "padded_tokens_per_s": padded_tokens / timed_s,
         "steps_per_s": len(timed) / timed_s, "padding_share": 1 - real_tokens / padded_tokens,
@@ -282,10 +311,10 @@ def run_one(spec: dict) -> dict:
         "peak_gpu_mib": round(gpu_peak, 1) if gpu_peak is not None else None,
         "precompute_s": round(precompute["s"], 3) if "s" in precompute else None,
         "precompute_examples": precompute.get("examples"),
-        "reference_cache_hit": summary["reference_cache_hit"],
+        "reference_cache_hit": summary["reference_cache_hit"] if summary else None,
         "train_wall_s": round(train_wall, 3), "untimed_s": round(train_wall - timed_s, 3),
-        "train_examples": summary["data"]["train_examples"], "eval_examples": summary["data"]["eval_examples"],
-        "train_rows_skipped": summary["data"]["train"]["skipped"],
+        "train_examples": data["train_examples"], "eval_examples": data["eval_examples"],
+        "train_rows_skipped": data["train"]["skipped"],
         "final_loss": step_rows[total].get("loss"),
     }
 
@@ -327,6 +356,9 @@ def plan(modes: list[str], impl: str) -> list[tuple[str, str, str]]:
     runs = []
     for mode in modes:
         objective = "simpo" if mode == "none" else "dpo"
+        if mode == "bare":  # the hand-written loop has one path: full logits
+            runs.append((mode, objective, "full"))
+            continue
         if impl == "auto":
             impls = ["lean", "full"] if mode == "frozen" else ["lean"]
         else:
@@ -373,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=str(REPO / ".bench"), help="cache of model/tokenizer/data and run folders")
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per configuration")
     p.add_argument("--warmup-steps", type=int, default=3, help="steps run first and excluded from timing")
-    p.add_argument("--modes", default="frozen,precomputed,none",
-                   help="comma-separated reference modes: frozen, precomputed, none (SimPO)")
+    p.add_argument("--modes", default="bare,frozen,precomputed,none",
+                   help="comma-separated: bare (hand-written PyTorch DPO loop, the baseline), frozen, "
+                        "precomputed, none (SimPO)")
     p.add_argument("--logps-impl", choices=["lean", "full", "both", "auto"], default="auto",
                    help="log-prob path; auto (default): lean and full for frozen, lean for the other modes")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available, else cpu")
@@ -391,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup_steps < 0:
         p.error("--steps must be at least 1 and --warmup-steps at least 0")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("frozen", "precomputed", "none")]
+    bad = [m for m in modes if m not in ("bare", "frozen", "precomputed", "none")]
     if bad or not modes:
-        p.error(f"--modes: unknown {bad}; choose from frozen, precomputed, none")
+        p.error(f"--modes: unknown {bad}; choose from bare, frozen, precomputed, none")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
