@@ -84,3 +84,20 @@ def test_epoch_batches_deterministic_and_length_grouped():
     assert spread(grouped) < spread(a)
     assert sorted(i for b in grouped for i in b) == sorted(i for b in a for i in b) or len(grouped) == 12
     assert torch.tensor([len(b) for b in grouped]).eq(8).all()
+
+
+def test_tokenizer_without_bos_gets_none_added(tmp_path, tokenizer):
+    """A tokenizer with no BOS (GPT-2 style) must not get one invented; EOS is still appended once."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    plain = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    assert plain.bos_token_id is None
+    ids, start = tokenize_response(plain, "Hello", " world", "t:1")
+    assert ids == plain("Hello world")["input_ids"] + [plain.eos_token_id]
+    assert tokenizer.bos_token_id not in ids and ids.count(plain.eos_token_id) == 1
+    ex = Example("word " * 50, [" yes"], [1.0], "sft", "t:1")
+    (tok,) = tokenize_examples([ex], plain, max_length=40, max_prompt_length=16)
+    assert tok.response_starts[0] == 16 and tok.sequences[0][0] != tokenizer.bos_token_id
