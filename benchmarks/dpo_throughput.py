@@ -146,7 +146,12 @@ def prepare_assets(work: Path) -> dict:
     build = {"version": BUILD_VERSION, "tokenizer_text": text_file.name, "vocab": VOCAB, "model": MODEL,
              "seed": MODEL_SEED}
     model_dir, stamp = work / "model", work / "model-build.json"
-    cached = (stamp.exists() and json.loads(stamp.read_text()) == build
+    stamped = json.loads(stamp.read_text()) if stamp.exists() else None
+    if stamped and not SHARED_TEXT.exists() and stamped.get("tokenizer_text") == SHARED_TEXT.name:
+        # a model built elsewhere from the shared text (e.g. carried to a GPU machine): reuse it
+        text_file = SHARED_TEXT
+        build["tokenizer_text"] = SHARED_TEXT.name
+    cached = (stamped == build
               and (model_dir / "model.safetensors").exists() and (model_dir / "tokenizer.json").exists())
     if not cached:
         t0 = time.perf_counter()
