@@ -26,11 +26,11 @@ PRESETS = {
     "tiny": dict(model=str(ASSETS / "tiny-base"), max_steps=300, batch_size=8, learning_rate=5e-4, beta=0.1,
                  max_length=256, max_prompt_length=160, lr_scheduler="cosine", warmup_ratio=0.05,
                  eval_batch_size=32, logging_steps=10, eval_steps=0),
-    "smollm2": dict(max_steps=40, batch_size=4, learning_rate=5e-4, beta=0.1, max_length=192,
-                    max_prompt_length=128, lora=True, lora_r=16, lora_alpha=32, eval_batch_size=16,
-                    logging_steps=5, eval_steps=0),
+    "smollm2": dict(max_steps=24, batch_size=4, learning_rate=5e-4, beta=0.1, max_length=160,
+                    max_prompt_length=96, lora=True, lora_r=16, lora_alpha=32, eval_batch_size=16,
+                    logging_steps=4, eval_steps=0),
 }
-HELD_OUT = {"tiny": 300, "smollm2": 64}
+HELD_OUT = {"tiny": 300, "smollm2": 48}
 TRAIN_LIMIT = {"tiny": None, "smollm2": 400}
 
 
