@@ -39,7 +39,7 @@ def test_losses_import_with_transformers_blocked():
 
 
 # A module may import only from its own layer or below (DESIGN.md's layout).
-LAYERS = {"types": 0, "losses": 0, "logps": 1, "data": 1, "logging": 1, "diagnostics": 1, "models": 2,
+LAYERS = {"types": 0, "losses": 0, "logps": 1, "data": 1, "logging": 1, "diagnostics": 1, "activations": 2, "models": 2,
           "train": 3, "run": 5, "config": 5, "quickstart": 6, "cli": 6}
 
 

@@ -73,6 +73,9 @@ class TrainConfig:
     lora: bool = opt(False, "train a LoRA adapter (needs peft); the reference is the adapter switched off")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
+    mask_head: str = opt("common", "sparsepo's learned mask head: common (one mask for rewards and KL, "
+                                   "mask_logits [B, K, T]) | independent (two, [B, K, T, 2])")
+    mask_head_dropout: float = opt(0.01, "dropout inside sparsepo's mask head (the authors' default)")
     tensorboard: bool = opt(False, "also write TensorBoard event files")
     progress: bool = opt(True, "show a progress bar")
 
@@ -171,13 +174,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("data.train is required")
     choices = {"reference": ("auto", "frozen", "adapter_off", "precomputed", "none"),
                "lr_scheduler": ("cosine", "linear", "constant"), "logps_impl": ("lean", "full"),
-               "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16", "float16")}
+               "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16", "float16"),
+               "mask_head": ("common", "independent")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if not 0 <= cfg.mask_head_dropout < 1:
+        raise ConfigError("mask_head_dropout must be in [0, 1)")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError("max_prompt_length must be below max_length")
 

@@ -6,9 +6,13 @@ memory while SFT fits (trl#3168, trl#2452). Here the decoder's hidden states are
 positions whose next token is a response token, and the output projection, log-sum-exp and
 target gather run on chunks of those rows inside one autograd function that recomputes each
 chunk's logits in backward instead of storing them. Peak extra memory is one [chunk, V] block.
+The full-vocabulary token KL against a reference (SparsePO) works the same way: both models'
+rows at response positions only, a chunk of rows at a time, recomputed in backward.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +75,53 @@ def lean_path_supported(model: torch.nn.Module) -> bool:
     return not any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORM_ATTRS)
 
 
+class ResponseForward(NamedTuple):
+    """One forward of a model over a batch, kept at the M positions that predict response tokens.
+
+    token_logps: [N, T] log-prob of each response token (0 elsewhere), as `token_logps` returns.
+    rows:        [M, H] final hidden states (lean path) or [M, V] logits (full path) at those
+                 positions, in the order of `hidden[:, :-1][target_mask]`.
+    head:        [V, H] output-head weight that turns rows into logits; None when rows are logits.
+    layers:      [L, M, H] every layer's output at those positions (HF's hidden_states[1:]), or None.
+    target_mask: [N, T - 1] bool, True where position t predicts response token t + 1.
+    """
+
+    token_logps: torch.Tensor
+    rows: torch.Tensor
+    head: torch.Tensor | None
+    layers: torch.Tensor | None
+    target_mask: torch.Tensor
+
+
+def response_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     response_mask: torch.Tensor, impl: str = "lean", layers: bool = False) -> ResponseForward:
+    """The model's forward, reduced to what response tokens need; see `token_logps` and ResponseForward."""
+    target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][target_mask]
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    # positions count real tokens only, so left-padded rows (generation) score as they were sampled
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if layers:
+        kwargs["output_hidden_states"] = True
+    if impl == "lean" and lean_path_supported(model):
+        result = model.get_decoder()(**kwargs)
+        rows = result.last_hidden_state[:, :-1][target_mask]
+        head = model.get_output_embeddings().weight
+        logps = ChunkedTokenLogps.apply(rows, head, targets, chunk_rows(head.shape[0])).float()
+    else:
+        result = model(**kwargs)
+        rows, head = result.logits[:, :-1][target_mask], None
+        logps = selective_log_softmax(rows, targets)
+    out[:, 1:][target_mask] = logps
+    states = None
+    if layers:
+        # hidden_states[0] is the embedding output; [1:] are the L layer outputs, the last one after the
+        # final norm (HF's convention), which is what SparsePO's mask head reads
+        states = torch.stack([h[:, :-1][target_mask] for h in result.hidden_states[1:]])
+    return ResponseForward(out, rows, head, states, target_mask)
+
+
 def token_logps(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -84,22 +135,75 @@ def token_logps(
     token of a row is never scored (nothing predicts it). impl="lean" uses the chunked output
     projection; impl="full" the model's own logits (for models with logit transforms).
     """
-    target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    # positions count real tokens only, so left-padded rows (generation) score as they were sampled
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    if impl == "lean" and lean_path_supported(model):
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position_ids).last_hidden_state
-        selected = hidden[:, :-1][target_mask]
-        weight = model.get_output_embeddings().weight
-        logps = ChunkedTokenLogps.apply(selected, weight, targets, chunk_rows(weight.shape[0])).float()
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        selected = logits[:, :-1][target_mask]
-        logps = selective_log_softmax(selected, targets)
-    out[:, 1:][target_mask] = logps
+    return response_forward(model, input_ids, attention_mask, response_mask, impl).token_logps
+
+
+def row_logits(rows: torch.Tensor, head: torch.Tensor | None, work: torch.dtype) -> torch.Tensor:
+    """Logits of a chunk of rows: hidden states times the head, or the rows themselves."""
+    return (rows if head is None else rows @ head.T).to(work)
+
+
+class ChunkedTokenKL(torch.autograd.Function):
+    """KL(pi_ref || pi) over the full vocabulary per row, computed and differentiated in chunks.
+
+    Rows of each side are hidden states with their output head ([M, H], [V, H]) or logits ([M, V],
+    head None). Only the policy side (rows, head) gets gradients: d KL / d logits = softmax(policy)
+    - p_ref. Both sides' [chunk, V] blocks are recomputed in backward, never stored.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, head, ref_rows, ref_head, chunk: int):
+        work = torch.promote_types(rows.dtype, torch.float32)
+        out = torch.empty(rows.shape[0], dtype=work, device=rows.device)
+        for start in range(0, rows.shape[0], chunk):
+            logp = torch.log_softmax(row_logits(rows[start:start + chunk], head, work), dim=1)
+            ref_logp = torch.log_softmax(row_logits(ref_rows[start:start + chunk], ref_head, work), dim=1)
+            p_ref = ref_logp.exp()
+            # where p_ref underflows to 0 the term is 0, even if a logit is -inf (0 * inf is not)
+            terms = torch.where(p_ref > 0, p_ref * (ref_logp - logp), 0.0)
+            out[start:start + chunk] = terms.sum(1)
+        ctx.save_for_backward(rows, head, ref_rows, ref_head)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, head, ref_rows, ref_head = ctx.saved_tensors
+        chunk = ctx.chunk
+        work = torch.promote_types(rows.dtype, torch.float32)
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_head = torch.zeros(head.shape, dtype=work, device=head.device) \
+            if head is not None and ctx.needs_input_grad[1] else None
+        for start in range(0, rows.shape[0], chunk):
+            r = rows[start:start + chunk]
+            p = torch.softmax(row_logits(r, head, work), dim=1)
+            p_ref = torch.softmax(row_logits(ref_rows[start:start + chunk], ref_head, work), dim=1)
+            grad_logits = (p - p_ref).mul_(grad_out[start:start + chunk].to(work)[:, None])
+            if grad_rows is not None:
+                grad_rows[start:start + chunk] = (grad_logits if head is None
+                                                  else grad_logits.to(rows.dtype) @ head).to(rows.dtype)
+            if grad_head is not None:
+                grad_head += grad_logits.T @ r.to(work)
+        if grad_head is not None:
+            grad_head = grad_head.to(head.dtype)
+        return grad_rows, grad_head, None, None, None
+
+
+def token_kl(policy: ResponseForward, ref_rows: torch.Tensor, ref_head: torch.Tensor | None) -> torch.Tensor:
+    """[N, T] KL(pi_ref(.|x, y_<t) || pi(.|x, y_<t)) at each response position t, 0 elsewhere.
+
+    ref_rows / ref_head: the reference's rows and head at the same M positions (its
+    ResponseForward's `rows` and `head`); they carry no gradient. Gradients reach the policy
+    through its rows and head.
+    """
+    if ref_rows.shape[0] != policy.rows.shape[0]:
+        raise ValueError(f"reference rows ({ref_rows.shape[0]}) do not match the policy's ({policy.rows.shape[0]})")
+    vocab = policy.head.shape[0] if policy.head is not None else policy.rows.shape[1]
+    ref_head = None if ref_head is None else ref_head.detach()
+    # half the usual budget: a chunk holds both sides' [chunk, V] blocks at once
+    kl = ChunkedTokenKL.apply(policy.rows, policy.head, ref_rows.detach(), ref_head, chunk_rows(vocab, 1 << 22))
+    out = torch.zeros(policy.token_logps.shape, dtype=torch.float32, device=kl.device)
+    out[:, 1:][policy.target_mask] = kl.float()
     return out
 
 

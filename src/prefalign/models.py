@@ -14,11 +14,13 @@ import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefalign.logps import token_logps
+from prefalign.activations import ActivationRecorder
+from prefalign.logps import response_forward, token_kl, token_logps
 
 REFERENCE_MODES = ("frozen", "adapter_off", "precomputed", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,21 +63,86 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_m
     return get_peft_model(model, config)
 
 
+class MaskHead(torch.nn.Module):
+    """SparsePO's learned token-mask head (arXiv:2410.05102; the release's `simple_all` head).
+
+    Reads the reference model's hidden states at the M positions that predict response tokens,
+    [L, M, H] (every layer's output, HF's hidden_states[1:]). Per mask: one LayerNorm shared by
+    the layers, then per layer Linear(H, 1) -> ReLU -> dropout, then a bias-free Linear(L, 1)
+    across layers. Returns [M, masks] pre-activation mask logits: the objective applies the
+    final ReLU, so gradients reach the head through 'mask_logits'. The release applies dropout
+    after that ReLU; dropout and ReLU commute (dropout only zeroes or scales by 1/(1-p) > 0), so
+    it is applied to the logits here. masks=1 is SparsePO-common (one mask for rewards and KL),
+    masks=2 SparsePO-indp (two independent heads: [..., 0] rewards, [..., 1] KL).
+    """
+
+    def __init__(self, hidden: int, layers: int, masks: int = 1, dropout: float = 0.01):
+        super().__init__()
+        self.config = {"hidden": hidden, "layers": layers, "masks": masks, "dropout": dropout}
+        self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(hidden) for _ in range(masks))
+        self.per_layer = torch.nn.ModuleList(
+            torch.nn.ModuleList(torch.nn.Linear(hidden, 1) for _ in range(layers)) for _ in range(masks))
+        self.mixers = torch.nn.ModuleList(torch.nn.Linear(layers, 1, bias=False) for _ in range(masks))
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if states.shape[0] != self.config["layers"]:
+            raise ValueError(f"the mask head was built for {self.config['layers']} layers, got {states.shape[0]}")
+        out = []
+        for norm, linears, mixer in zip(self.norms, self.per_layer, self.mixers):
+            # the head trains in float32 whatever the model's dtype (LayerNorm in bf16 loses the mean)
+            normed = norm(states.to(norm.weight.dtype))
+            scores = torch.cat([lin(normed[i]) for i, lin in enumerate(linears)], dim=-1)   # [M, L]
+            out.append(self.dropout(mixer(self.dropout(torch.relu(scores)))))
+        return torch.cat(out, dim=-1)
+
+
+class ReferenceStates(NamedTuple):
+    """What the policy's forward needs from the reference at the response positions (no grad).
+
+    rows/head: the reference's ResponseForward rows and head (token KL); layers: its [L, M, H]
+    layer outputs (mask head). Each may be None when the objective does not need it.
+    """
+
+    rows: torch.Tensor | None = None
+    head: torch.Tensor | None = None
+    layers: torch.Tensor | None = None
+
+
 class PolicyLogps(torch.nn.Module):
     """Wraps the HF model so that the whole log-prob computation is this module's forward.
 
     Distributed wrappers (DDP, FSDP) synchronise gradients only for work done inside the
     wrapped module's forward; the lean path calls the decoder and output projection directly,
-    so it must live here rather than in the training step.
+    so it must live here rather than in the training step. The same holds for every feature
+    whose gradient reaches trainable parameters: the token KL against the reference and the
+    SparsePO mask head (a submodule here, so the optimizer, DDP and checkpoints see it).
     """
 
-    def __init__(self, model, impl: str = "lean"):
+    def __init__(self, model, impl: str = "lean", mask_head: MaskHead | None = None):
         super().__init__()
         self.model = model
         self.impl = impl
+        self.mask_head = mask_head
 
-    def forward(self, input_ids, attention_mask, response_mask):
-        return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl)
+    def forward(self, input_ids, attention_mask, response_mask, reference: ReferenceStates | None = None):
+        """[N, T] response token log-probs; with `reference`, a dict of them ("token_logps") and of
+        the features computed against it: "token_kl" [N, T] when it has rows, "mask_logits"
+        [N, T] (common mask) or [N, T, 2] (independent masks) when it has layers."""
+        if reference is None:
+            return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl)
+        fwd = response_forward(self.model, input_ids, attention_mask, response_mask, self.impl)
+        out = {"token_logps": fwd.token_logps}
+        if reference.rows is not None:
+            out["token_kl"] = token_kl(fwd, reference.rows, reference.head)
+        if reference.layers is not None:
+            if self.mask_head is None:
+                raise ValueError("mask logits need the policy's mask head, and this policy has none")
+            logits = self.mask_head(reference.layers)
+            logits = logits.squeeze(-1) if logits.shape[-1] == 1 else logits   # common mask: [M]
+            out["mask_logits"] = logits.new_zeros(input_ids.shape + logits.shape[1:])
+            out["mask_logits"][:, 1:][fwd.target_mask] = logits
+        return out
 
 
 def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -93,6 +160,34 @@ def sequence_sums(tok_logps: torch.Tensor, batch: dict) -> tuple[torch.Tensor, t
     return to_slots(tok_logps.sum(1), batch["row_index"], shape), to_slots(n_tokens, batch["row_index"], shape)
 
 
+class ReferenceOut(NamedTuple):
+    """A reference forward with the extras an objective asked for (all without gradient).
+
+    token_logps [N, T]; states: what the policy's forward needs (ReferenceStates);
+    activation_mask [N, T] in [0, 1] (SparsePO's activation masks) or None.
+    """
+
+    token_logps: torch.Tensor
+    states: ReferenceStates
+    activation_mask: torch.Tensor | None
+
+
+@torch.no_grad()
+def reference_forward(model, batch: dict, impl: str, rows: bool = False, layers: bool = False,
+                      activations: bool = False) -> ReferenceOut:
+    """One no-grad forward of the reference `model` giving token log-probs and the requested extras:
+    rows/head for the token KL, layer outputs for the mask head, activation masks from hooks."""
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    recorder = ActivationRecorder(model) if activations else None
+    if recorder is not None:
+        with recorder:
+            fwd = response_forward(model, *args, impl, layers=layers)
+    else:
+        fwd = response_forward(model, *args, impl, layers=layers)
+    states = ReferenceStates(fwd.rows if rows else None, fwd.head if rows else None, fwd.layers)
+    return ReferenceOut(fwd.token_logps, states, recorder.mask(fwd.target_mask) if recorder else None)
+
+
 class FrozenReference:
     def __init__(self, model, impl: str = "lean"):
         self.model = PolicyLogps(copy.deepcopy(model), impl).eval().requires_grad_(False)
@@ -104,6 +199,9 @@ class FrozenReference:
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
         return self.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+
+    def features(self, batch: dict, **wanted) -> ReferenceOut:
+        return reference_forward(self.model.model, batch, self.model.impl, **wanted)
 
 
 class AdapterOffReference:
@@ -120,6 +218,31 @@ class AdapterOffReference:
         peft_model = self.policy.model
         with peft_model.disable_adapter():
             return self.policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+
+    def features(self, batch: dict, **wanted) -> ReferenceOut:
+        with self.policy.model.disable_adapter():
+            return reference_forward(self.policy.model, batch, self.policy.impl, **wanted)
+
+
+def save_mask_head(head: MaskHead, folder: Path) -> None:
+    """The head's weights and shape beside a saved model (mask_head.safetensors / .json)."""
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / "mask_head.safetensors"))
+    (folder / "mask_head.json").write_text(json.dumps(head.config))
+
+
+def load_mask_head(folder: Path, head: MaskHead | None = None) -> MaskHead:
+    """Restore a saved head into `head` (checked to have the saved shape), or build it from the folder."""
+    folder = Path(folder)
+    if not (folder / "mask_head.safetensors").exists():
+        raise FileNotFoundError(f"{folder} has no mask_head.safetensors (saved by runs of objective sparsepo)")
+    config = json.loads((folder / "mask_head.json").read_text())
+    if head is None:
+        head = MaskHead(**config)
+    elif {k: v for k, v in head.config.items() if k != "dropout"} != \
+            {k: v for k, v in config.items() if k != "dropout"}:
+        raise ValueError(f"{folder}: saved mask head {config} does not match this run's {head.config}")
+    head.load_state_dict(load_file(str(folder / "mask_head.safetensors")))
+    return head
 
 
 def model_fingerprint(path: str) -> str:

@@ -13,24 +13,27 @@ from pathlib import Path
 
 import torch
 
+from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.records import DATA_FEATURES, best_vs_worst
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
-from prefalign.models import (AdapterOffReference, FrozenReference, PolicyLogps, add_lora, load_model,
+from prefalign.models import (AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums)
 from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
-from prefalign.train.step import batch_to_device
+from prefalign.train.step import REFERENCE_EXTRAS, batch_to_device
 
 # Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
            "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
 # Features the data pipeline and trainer know how to supply today: computed by the trainer
-# (lengths, token_logps, kl_logratio), read from the examples' structure (scores, samples as
-# list entries, gold, unpaired labels) or read from row fields (DATA_FEATURES).
-SUPPLIED = {"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold"} | set(DATA_FEATURES)
+# (lengths, token_logps, kl_logratio; with a live reference, token_kl, mask_logits and
+# activation_mask), read from the examples' structure (scores, samples as list entries, gold,
+# unpaired labels) or read from row fields (DATA_FEATURES).
+SUPPLIED = ({"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold"}
+            | set(REFERENCE_EXTRAS) | set(DATA_FEATURES))
 
 
 def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
@@ -92,6 +95,11 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
     if mode == "precomputed" and "kl_logratio" in obj.features:
         raise ValueError(f"objective {obj.name!r} estimates its KL reference point from mismatched pairs of each "
                          "batch, which needs a live reference: use reference=frozen")
+    live = [f for f in obj.features if f in REFERENCE_EXTRAS]
+    if mode == "precomputed" and live:
+        raise ValueError(f"objective {obj.name!r} needs {live}, computed from the reference model's forward on each "
+                         "batch (full-vocabulary distributions, hidden states, activations), which precompute_ref "
+                         "cannot cache: use reference=frozen (or adapter_off with lora=true)")
     if mode == "precomputed" and "token_logps" in obj.features:
         raise ValueError(f"objective {obj.name!r} needs per-token reference log-probs; precompute_ref caches "
                          "sequence sums only: use reference=frozen")
@@ -153,6 +161,8 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
+    if "activation_mask" in obj.features:
+        check_supported(model)  # an unsupported architecture fails here, before any training
     reference, train_ref, eval_ref, cache_hit, precompute_s = None, None, None, None, None
     if mode == "frozen":
         reference = FrozenReference(model, cfg.logps_impl).to(acc.device)
@@ -173,7 +183,12 @@ def train(cfg: TrainConfig) -> dict:
         precompute_s = round(time.time() - t_ref, 2)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    policy = PolicyLogps(model, cfg.logps_impl)
+    mask_head = None
+    if "mask_logits" in obj.features:
+        # SparsePO's learned masks: a head on the reference's layer outputs, trained by the same optimizer
+        mask_head = MaskHead(model.config.hidden_size, model.config.num_hidden_layers,
+                             1 if cfg.mask_head == "common" else 2, cfg.mask_head_dropout)
+    policy = PolicyLogps(model, cfg.logps_impl, mask_head)
     if mode == "adapter_off":
         reference = AdapterOffReference(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -209,7 +224,8 @@ def train(cfg: TrainConfig) -> dict:
     if acc.is_main_process:
         from prefalign.train.checkpoint import save_model_atomic
 
-        save_model_atomic(acc.unwrap_model(policy).model, tokenizer, out_dir / "final")
+        unwrapped = acc.unwrap_model(policy)
+        save_model_atomic(unwrapped.model, tokenizer, out_dir / "final", unwrapped.mask_head)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["final_model"] = str(out_dir / "final")
     acc.wait_for_everyone()

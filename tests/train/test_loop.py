@@ -59,8 +59,11 @@ def test_batch4_accum1_equals_batch2_accum2(tiny_model_dir, tmp_path):
     assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
-    train(config(tiny_model_dir, tmp_path / "full", "max_steps=8", "save_steps=4"))
+@pytest.mark.parametrize("objective", ["dpo", "sparsepo"])
+def test_resume_after_interruption_equals_uninterrupted_run(objective, tiny_model_dir, tmp_path, monkeypatch):
+    """sparsepo also trains its mask head (with dropout): the head and its optimizer state must resume too."""
+    args = ("max_steps=8", "save_steps=4", f"objective={objective}")
+    train(config(tiny_model_dir, tmp_path / "full", *args))
     import prefalign.train.loop as loop
 
     real, calls = loop.check_finite, {"n": 0}
@@ -73,17 +76,31 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_model_dir, tmp_
 
     monkeypatch.setattr(loop, "check_finite", killed_in_step_6)
     with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_model_dir, tmp_path / "part", "max_steps=8", "save_steps=4"))
+        train(config(tiny_model_dir, tmp_path / "part", *args))
     monkeypatch.setattr(loop, "check_finite", real)
     assert [p.name for p in checkpoints(tmp_path / "part")] == ["checkpoint-4"]
     lines = [m for m in metrics(tmp_path / "part") if "loss" in m]
     assert [m["step"] for m in lines] == [1, 2, 3, 4, 5]  # step 5 was logged, step 6 died
-    train(config(tiny_model_dir, tmp_path / "part", "max_steps=8", "save_steps=4", "resume=true"))
+    if objective == "sparsepo":
+        assert (tmp_path / "part" / "checkpoint-4" / "mask_head.safetensors").exists()
+    train(config(tiny_model_dir, tmp_path / "part", *args, "resume=true"))
     full = train_losses(tmp_path / "full")
     resumed = [m["loss"] for m in metrics(tmp_path / "part") if "loss" in m]
     resumed = resumed[:4] + resumed[5:]  # drop the killed run's step 5: the resumed run redoes it
     assert len(full) == 8 and len(resumed) == 8
     assert resumed == pytest.approx(full, abs=1e-6)
+    if objective == "sparsepo":  # the final head is saved beside the final model, the same in both runs
+        from prefalign.models import load_mask_head
+
+        heads = [load_mask_head(tmp_path / run / "final").state_dict() for run in ("full", "part")]
+        assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_reference_features_need_a_live_reference(tiny_model_dir, tmp_path):
+    for objective in ("sparsepo", "sparsepo_act"):
+        with pytest.raises(ValueError, match="precompute_ref cannot cache"):
+            train(config(tiny_model_dir, tmp_path / objective, f"objective={objective}", "precompute_ref=true"))
+        assert not (tmp_path / objective / "final").exists()
 
 
 def test_checkpoints_rotate_and_a_crashed_save_leaves_no_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
@@ -152,22 +169,26 @@ def test_objective_data_mismatch_fails_before_training(tiny_model_dir, tmp_path)
         train(config(tiny_model_dir, tmp_path / "x", "objective=kto"))
 
 
-def test_two_processes_equal_one_process_with_twice_the_batch(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("objective,port", [("dpo", 29533), ("sparsepo", 29534)])
+def test_two_processes_equal_one_process_with_twice_the_batch(objective, port, tiny_model_dir, tmp_path):
     """Two gloo processes on the CPU vs one process, batch 2 x 2 == 4.
 
     accelerate 1.x's `launch --cpu --num_processes 2` starts one process unless MPI is set up;
-    `--multi_gpu` with ACCELERATE_USE_CPU=1 runs torchrun with the gloo backend instead."""
+    `--multi_gpu` with ACCELERATE_USE_CPU=1 runs torchrun with the gloo backend instead.
+    sparsepo: the token KL and the mask head (no dropout here: each process draws its own) must
+    get their gradients synchronised like the model's."""
     script = tmp_path / "job.py"
     script.write_text(
         "import sys\nfrom prefalign.config import load_config\nfrom prefalign.run import train\n"
         "train(load_config(None, sys.argv[1:]))\n")
     common = [f"model={tiny_model_dir}", f"data.train={ROOT / 'tests/fixtures/hh_harmless_64.jsonl'}",
               "max_steps=4", "learning_rate=1e-3", "max_length=96", "max_prompt_length=64", "logging_steps=1",
-              "data.eval_fraction=0.25", "progress=false", "warmup_ratio=0"]
+              "data.eval_fraction=0.25", "progress=false", "warmup_ratio=0", f"objective={objective}",
+              "mask_head_dropout=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "ACCELERATE_USE_CPU": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29533"]
+              str(port)]
     two = subprocess.run(launch + [str(script), *common, "batch_size=2", f"output_dir={tmp_path / 'two'}"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

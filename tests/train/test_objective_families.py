@@ -65,6 +65,8 @@ CASES = {
     "pro": ("pro", {}, "oasst_ranked_12.jsonl", "rewards/margins"),
     "tpo": ("tpo", {}, oasst_triples, "ranking/accuracy"),
     "kto": ("kto", {}, hh_unpaired, "kto_margin"),
+    "sparsepo": ("sparsepo", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "sparsepo_act": ("sparsepo_act", {}, "hh_harmless_64.jsonl", "rewards/margins"),
 }
 
 

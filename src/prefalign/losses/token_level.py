@@ -88,8 +88,9 @@ its public reviews; m(y_t) in both sums):
     (SparsePO-indp: [..., 0] -> m_u, [..., 1] -> m_d). The release's head reads the frozen
     reference model's hidden states of every layer: per layer LayerNorm -> Linear(H, 1) -> ReLU
     (dropout), then a bias-free Linear(L, 1) across layers; the objective applies the final ReLU
-    so that gradients reach the head through 'mask_logits'. Also 'token_kl' (see declare_feature)
-    and the token_logps tensors. Sums over response tokens (no length normalisation).
+    so that gradients reach the head through 'mask_logits'. The trainer's head is models.MaskHead
+    (config `mask_head: common | independent`). Also 'token_kl' (see declare_feature) and the
+    token_logps tensors. Sums over response tokens (no length normalisation).
     rewards: beta (U + D) per response, [B, 2]; their difference is the loss logit.
     extras: "mask_sparsity" (share of response tokens with m_u = 0), "l1" (mean penalty).
     """
@@ -121,8 +122,12 @@ def sparsepo_act(batch: SeqLogps, *, beta: float = 0.1) -> LossOut:
     embedding) and pre-output-projection values, heads flattened; the residual stream at each
     sub-layer input/output; the embeddings and final-norm output; the logits), take the mean over D
     at each position, z-normalise it over the response tokens (masked mean and std), then min-max
-    rescale it to [0, 1] over the response tokens; the mask is the average of these maps over all
-    hooked activations, set to 0 off the response. Position t is the state that predicts y_t.
+    rescale it to [0, 1] over the response tokens; the mask averages these maps within each hook
+    group (MLP, attention, residual, logits), then averages the four group means (the release's
+    order), and is 0 off the response. Position t is the state that predicts y_t. The trainer's
+    implementation and its two departures (the z-normalisation is a no-op before a min-max
+    rescale and is skipped; a constant map is 1, where the release divides by zero) are in
+    prefalign.activations.
     Also 'token_kl' and the token_logps tensors. Sums over response tokens.
     rewards: beta (U + D) per response, [B, 2]. extras: "mask_mean" (mean mask on response tokens).
     """

@@ -2,8 +2,8 @@
 
 A checkpoint is written into a hidden temporary folder and renamed into place only when
 complete, so a crash mid-save never leaves a half-written `checkpoint-N` (OpenRLHF#128).
-It holds the model (save_pretrained, safetensors), optimizer, scheduler, every RNG state and
-the data cursor. Nothing is unpickled on resume: optimizer and scheduler states are read with
+It holds the model (save_pretrained, safetensors; SparsePO's mask head beside it), optimizer,
+scheduler, every RNG state and the data cursor. Nothing is unpickled on resume: optimizer and scheduler states are read with
 torch.load(weights_only=True), RNG states are JSON and safetensors.
 """
 
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from prefalign.models import load_mask_head, save_mask_head
 
 STATE_FILE = "trainer_state.json"
 
@@ -48,20 +50,22 @@ def load_rng_state(folder: Path) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_model_atomic(model, tokenizer, folder: Path) -> None:
+def save_model_atomic(model, tokenizer, folder: Path, mask_head=None) -> None:
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if mask_head is not None:
+        save_mask_head(mask_head, tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
 
 
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, mask_head=None) -> Path:
     final = out_dir / f"checkpoint-{step}"
     tmp = out_dir / f".checkpoint-{step}.tmp"
     if tmp.exists():
@@ -70,6 +74,8 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, sched
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if mask_head is not None:  # SparsePO's learned mask head trains with the model: it resumes with it
+        save_mask_head(mask_head, tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     save_rng_state(tmp)
@@ -120,8 +126,10 @@ def load_weights(model, folder: Path) -> None:
                            f"unexpected {sorted(unexpected)[:5]}")
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, mask_head=None) -> dict:
     load_weights(model, folder)
+    if mask_head is not None:
+        load_mask_head(folder, mask_head)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     load_rng_state(folder)

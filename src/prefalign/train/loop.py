@@ -38,7 +38,7 @@ class Components:
     scheduler: object
     objective: Objective
     objective_params: dict
-    reference: object | None  # callable(batch) -> token logps, or None
+    reference: object | None  # callable(batch) -> token logps, with .features(batch, ...); or None
     train_set: list
     eval_set: list
     train_ref: torch.Tensor | None  # [N, K] precomputed reference log-probs
@@ -111,11 +111,11 @@ def log(c: Components, step: int, metrics: dict) -> None:
 def train_loop(c: Components, s: LoopSettings) -> dict:
     acc = c.accelerator
     world, rank = acc.num_processes, acc.process_index
-    unwrapped = acc.unwrap_model(c.policy).model
+    unwrapped = acc.unwrap_model(c.policy)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if s.resume and checkpoints(s.out_dir):
         last = checkpoints(s.out_dir)[-1]
-        state = load_checkpoint(last, unwrapped, c.optimizer, c.scheduler)
+        state = load_checkpoint(last, unwrapped.model, c.optimizer, c.scheduler, unwrapped.mask_head)
         acc.print(f"resumed from {last} at step {state['step']}")
     lengths = [e.max_len for e in c.train_set]
     global_micro = s.batch_size * world
@@ -194,8 +194,9 @@ def save_step_checkpoint(c: Components, s: LoopSettings, state: dict) -> None:
     acc = c.accelerator
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_checkpoint(s.out_dir, state["step"], acc.unwrap_model(c.policy).model, c.tokenizer, c.optimizer,
-                        c.scheduler, dict(state), s.keep_last)
+        unwrapped = acc.unwrap_model(c.policy)
+        save_checkpoint(s.out_dir, state["step"], unwrapped.model, c.tokenizer, c.optimizer,
+                        c.scheduler, dict(state), s.keep_last, unwrapped.mask_head)
     acc.wait_for_everyone()
 
 

@@ -14,25 +14,53 @@ def batch_to_device(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+# Features computed against a live reference in the same forward: feature -> what the reference
+# forward must return for it (see models.reference_forward).
+REFERENCE_EXTRAS = {"token_kl": "rows", "mask_logits": "layers", "activation_mask": "activations"}
+
+
+def reference_extras(objective: Objective) -> dict[str, bool]:
+    """Keyword flags for reference.features(): which extras this objective's features need."""
+    return {flag: feature in objective.features for feature, flag in REFERENCE_EXTRAS.items()}
+
+
 def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLogps:
     """Chosen and rejected (all K responses) go through the policy in one concatenated forward."""
-    tok = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    shape = tuple(batch["valid"].shape)
+    wanted = reference_extras(objective)
+    ref_out = None
+    if any(wanted.values()):
+        if reference is None or "reference_logps" in batch:
+            needs = [f for f in REFERENCE_EXTRAS if f in objective.features]
+            raise ValueError(f"{needs} need a live reference model (reference=frozen or adapter_off)")
+        # the reference goes first: the policy's token KL and mask head read its states
+        ref_out = reference.features(batch, **wanted)
+    if ref_out is not None and (wanted["rows"] or wanted["layers"]):
+        pol = policy(*args, ref_out.states)
+    else:
+        pol = {"token_logps": policy(*args)}
+    tok = pol["token_logps"]
     policy_sums, n_tokens = sequence_sums(tok, batch)
     ref_sums, ref_tok = None, None
     if "reference_logps" in batch:
         ref_sums = batch["reference_logps"].to(policy_sums.dtype)
     elif reference is not None:
-        ref_tok = reference(batch)
+        ref_tok = ref_out.token_logps if ref_out is not None else reference(batch)
         ref_sums, _ = sequence_sums(ref_tok, batch)
     features = {}
     if "token_logps" in objective.features:
-        shape = tuple(batch["valid"].shape)
         mask = torch.zeros_like(batch["response_mask"])
         mask[:, 1:] = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
         features["policy_token_logps"] = to_slots(tok, batch["row_index"], shape)
         features["token_mask"] = to_slots(mask, batch["row_index"], shape)
         if ref_tok is not None:
             features["reference_token_logps"] = to_slots(ref_tok, batch["row_index"], shape)
+    for name in ("token_kl", "mask_logits"):
+        if name in pol:
+            features[name] = to_slots(pol[name], batch["row_index"], shape)
+    if ref_out is not None and ref_out.activation_mask is not None:
+        features["activation_mask"] = to_slots(ref_out.activation_mask, batch["row_index"], shape)
     for key, value in batch.items():
         if key.startswith("feature/"):
             features[key.split("/", 1)[1]] = value
