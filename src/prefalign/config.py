@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE, template_error
+
 
 def opt(default, help: str, **kw):
     if isinstance(default, (dict, list)):
@@ -33,6 +35,9 @@ class DataConfig:
     list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
+    contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "
+                                                "prompt (the last user message of a chat), {response} the scored reply")
+    contrast_worse: str = opt(CONTRAST_WORSE, "T-REG: the 'revise to be worse' prompt, with the same placeholders")
 
 
 @dataclass
@@ -186,6 +191,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("mask_head_dropout must be in [0, 1)")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError("max_prompt_length must be below max_length")
+    for key in ("contrast_better", "contrast_worse"):
+        error = template_error(getattr(cfg.data, key))
+        if error:
+            raise ConfigError(f"data.{key} {error}")
 
 
 def to_dict(cfg) -> dict:

@@ -155,9 +155,10 @@ def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, in
 def sequence_sums(tok_logps: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, K] summed response log-probs and response token counts."""
     shape = tuple(batch["valid"].shape)
-    scored = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
+    n = batch["row_index"].numel()  # rows after the N list rows are extra rows (data/collate.py)
+    scored = batch["response_mask"][:n, 1:] & batch["attention_mask"][:n, 1:].bool()
     n_tokens = scored.sum(1).float()
-    return to_slots(tok_logps.sum(1), batch["row_index"], shape), to_slots(n_tokens, batch["row_index"], shape)
+    return to_slots(tok_logps[:n].sum(1), batch["row_index"], shape), to_slots(n_tokens, batch["row_index"], shape)
 
 
 class ReferenceOut(NamedTuple):
@@ -269,7 +270,9 @@ def data_fingerprint(examples) -> str:
     """Hash of the tokenized data: ids and boundaries, so tokenizer, template and truncation count."""
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps([e.sequences, e.response_starts]).encode())
+        # reference samples are cached too (the last column): they are part of the key when present
+        rows = [e.sequences, e.response_starts] + ([e.ref_sample] if e.ref_sample is not None else [])
+        h.update(json.dumps(rows).encode())
     return h.hexdigest()
 
 

@@ -16,7 +16,7 @@ import torch
 from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.records import DATA_FEATURES, best_vs_worst
+from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS, best_vs_worst
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
@@ -29,11 +29,17 @@ from prefalign.train.step import REFERENCE_EXTRAS, batch_to_device
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
            "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
 # Features the data pipeline and trainer know how to supply today: computed by the trainer
-# (lengths, token_logps, kl_logratio; with a live reference, token_kl, mask_logits and
-# activation_mask), read from the examples' structure (scores, samples as list entries, gold,
-# unpaired labels) or read from row fields (DATA_FEATURES).
-SUPPLIED = ({"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold"}
-            | set(REFERENCE_EXTRAS) | set(DATA_FEATURES))
+# (lengths, token_logps, kl_logratio, contrast_token_rewards; with a live reference, token_kl,
+# mask_logits and activation_mask), read from the examples' structure (scores, samples as list
+# entries, gold, unpaired labels) or read from row fields (DATA_FEATURES, and RESPONSE_FIELDS
+# scored as extra rows).
+SUPPLIED = ({"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold",
+             "contrast_token_rewards"} | set(REFERENCE_EXTRAS) | set(DATA_FEATURES) | set(RESPONSE_FIELDS))
+# Features the step computes with the reference model itself; a precomputed cache holds only
+# sequence sums (of the K responses and of any ref_sample), so these need a live reference.
+LIVE_REFERENCE = {"kl_logratio": "its KL reference point from mismatched pairs of each batch",
+                  "token_logps": "per-token reference log-probs",
+                  "contrast_token_rewards": "per-token reference log-probs under T-REG's contrastive prompts"}
 
 
 def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
@@ -70,8 +76,9 @@ def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: 
                          "see the objective's docstring for what it expects")
     if "gold" in obj.features and kinds != {"triple"}:
         raise ValueError(f"objective {obj.name!r} needs gold/chosen/rejected triples; {label} holds {sorted(kinds)}")
-    for name in (f for f in obj.features if f in DATA_FEATURES):
-        lacking = next((e for e in examples if name not in e.extra.get("features", {})), None)
+    for name in (f for f in obj.features if f in DATA_FEATURES or f in RESPONSE_FIELDS):
+        lacking = next((e for e in examples if name not in e.extra and name not in e.extra.get("features", {})),
+                       None)
         if lacking is not None:
             raise ValueError(f"objective {obj.name!r} needs the field {name!r} on every row; {lacking.source} has none")
     return examples
@@ -92,31 +99,33 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
         raise ValueError(f"objective {obj.name!r} needs a reference policy; reference=none is not possible")
     if mode == "adapter_off" and not cfg.lora:
         raise ValueError("reference=adapter_off needs lora=true")
-    if mode == "precomputed" and "kl_logratio" in obj.features:
-        raise ValueError(f"objective {obj.name!r} estimates its KL reference point from mismatched pairs of each "
-                         "batch, which needs a live reference: use reference=frozen")
     live = [f for f in obj.features if f in REFERENCE_EXTRAS]
     if mode == "precomputed" and live:
         raise ValueError(f"objective {obj.name!r} needs {live}, computed from the reference model's forward on each "
                          "batch (full-vocabulary distributions, hidden states, activations), which precompute_ref "
                          "cannot cache: use reference=frozen (or adapter_off with lora=true)")
-    if mode == "precomputed" and "token_logps" in obj.features:
-        raise ValueError(f"objective {obj.name!r} needs per-token reference log-probs; precompute_ref caches "
-                         "sequence sums only: use reference=frozen")
+    for name, what in LIVE_REFERENCE.items():
+        if mode == "precomputed" and name in obj.features:
+            raise ValueError(f"objective {obj.name!r} needs {what}, which the step computes with a live reference; "
+                             "precompute_ref caches sequence sums only: use reference=frozen")
     return mode
 
 
 @torch.no_grad()
 def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int):
-    """[N, K] summed log-probs of every response under the (not yet trained) policy."""
+    """[N, K] summed log-probs of every response under the (not yet trained) policy, plus a last
+    column with each example's ref_sample where the examples carry one (loop.make_batch reads it)."""
     k = max(len(e.sequences) for e in examples)
-    out = torch.zeros(len(examples), k)
+    out = torch.zeros(len(examples), k + (examples[0].ref_sample is not None))
     policy.eval()
     for s in range(0, len(examples), batch_size):
         idx = list(range(s, min(s + batch_size, len(examples))))
         batch = batch_to_device(make_batch(examples, idx, pad_id, None), device)
-        sums, _ = sequence_sums(policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"]), batch)
+        tok = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        sums, _ = sequence_sums(tok, batch)
         out[idx, : sums.shape[1]] = sums.float().cpu()
+        if "ref_sample_index" in batch:
+            out[idx, -1] = tok[batch["ref_sample_index"]].sum(1).float().cpu()
     policy.train()
     return out
 
@@ -134,8 +143,11 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train)
     held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split")
     stats = TokenizeStats()
-    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats)
-    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    rows = {"ref_sample": "ref_sample" in obj.features,
+            "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
+            if "contrast_token_rewards" in obj.features else None}
+    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, **rows)
+    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, **rows)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
     return train_tok, eval_tok, report

@@ -28,6 +28,18 @@ def hh_unpaired() -> list[dict]:
     return out
 
 
+def hh_with_ref_sample() -> list[dict]:
+    """HH pairs as prompt/chosen/rejected rows whose `ref_sample` is the chosen reply of the next
+    row: a real response text standing in for a sample from the reference policy (the online loop
+    that samples one from the reference model is not built yet)."""
+    from prefalign.data.records import split_hh_dialogue
+
+    hh = rows("hh_harmless_64.jsonl")
+    split = [split_hh_dialogue(r["chosen"], r["rejected"], "hh", i) for i, r in enumerate(hh)]
+    return [{"prompt": p, "chosen": c, "rejected": r, "ref_sample": split[(i + 1) % len(split)][1]}
+            for i, (p, c, r) in enumerate(split)]
+
+
 def ultrafeedback_soft() -> list[dict]:
     """UltraFeedback pairs with GPT-4 scores: the empirical preference as sigmoid(score gap) for
     iREPO, and the score gap itself as a second reward's margin for MODPO."""
@@ -67,6 +79,9 @@ CASES = {
     "kto": ("kto", {}, hh_unpaired, "kto_margin"),
     "sparsepo": ("sparsepo", {}, "hh_harmless_64.jsonl", "rewards/margins"),
     "sparsepo_act": ("sparsepo_act", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "treg": ("treg", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "selm": ("selm", {}, hh_with_ref_sample, "rewards/margins"),
+    "xpo": ("xpo", {}, hh_with_ref_sample, "rewards/margins"),
 }
 
 

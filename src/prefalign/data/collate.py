@@ -9,34 +9,55 @@ import torch
 from prefalign.data.tokenize import TokenizedExample
 
 
+def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1) -> dict:
+    """(ids, response start) rows -> right-padded input_ids, attention_mask, response_mask [N, T]."""
+    t_max = max(len(seq) for seq, _ in rows)
+    t_max = -(-t_max // pad_multiple) * pad_multiple  # few distinct shapes keep GPU kernels' plans cached
+    input_ids = torch.full((len(rows), t_max), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), t_max), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), t_max), dtype=torch.bool)
+    for r, (seq, start) in enumerate(rows):
+        input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[r, : len(seq)] = 1
+        response_mask[r, start: len(seq)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def all_or_none(examples: list[TokenizedExample], name: str) -> bool:
+    present = [getattr(e, name) is not None for e in examples]
+    if any(present) and not all(present):
+        raise ValueError(f"a batch mixes examples with and without {name!r} rows")
+    return all(present)
+
+
 def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tensor | None = None,
             pad_multiple: int = 1) -> dict:
     """Flatten B examples x K_b responses into one [N, T] batch padded to the longest row.
 
     Only real responses become rows (ragged lists waste no compute); `row_index` maps each row
     back to its [B, K] slot. `reference` is [B, K] precomputed reference log-probs, if any.
+    Extra rows: reference-policy samples follow the N response rows in the same tensors (one
+    policy forward for all), at `ref_sample_index` [B]; T-REG's contrast rows are a separate
+    batch `contrast` (reference-only): the "better" row of each response row in order, then the
+    "worse" rows, so that row r and row N + r belong to response row r.
     """
     k_max = max(len(e.sequences) for e in examples)
-    rows = [(b, k, seq, e.response_starts[k]) for b, e in enumerate(examples) for k, seq in enumerate(e.sequences)]
-    t_max = max(len(seq) for _, _, seq, _ in rows)
-    t_max = -(-t_max // pad_multiple) * pad_multiple  # few distinct shapes keep GPU kernels' plans cached
-    n = len(rows)
-    input_ids = torch.full((n, t_max), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, t_max), dtype=torch.long)
-    response_mask = torch.zeros((n, t_max), dtype=torch.bool)
-    row_index = torch.empty(n, dtype=torch.long)
-    for r, (b, k, seq, start) in enumerate(rows):
-        input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[r, : len(seq)] = 1
-        response_mask[r, start: len(seq)] = True
-        row_index[r] = b * k_max + k
+    slots = [(b, k) for b, e in enumerate(examples) for k in range(len(e.sequences))]
+    rows = [(e.sequences[k], e.response_starts[k]) for e in examples for k in range(len(e.sequences))]
+    with_ref_sample = all_or_none(examples, "ref_sample")
+    batch = pad_rows(rows + ([e.ref_sample for e in examples] if with_ref_sample else []), pad_id, pad_multiple)
+    batch["row_index"] = torch.tensor([b * k_max + k for b, k in slots], dtype=torch.long)
+    if with_ref_sample:
+        batch["ref_sample_index"] = torch.arange(len(rows), len(rows) + len(examples))
+    if all_or_none(examples, "contrast"):
+        batch["contrast"] = pad_rows([row for name in ("better", "worse") for e in examples
+                                      for row in e.contrast[name]], pad_id, pad_multiple)
     valid = torch.zeros(len(examples), k_max, dtype=torch.bool)
     target = torch.zeros(len(examples), k_max)
     for b, e in enumerate(examples):
         valid[b, : len(e.sequences)] = True
         target[b, : len(e.target)] = torch.tensor(e.target)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
-             "row_index": row_index, "valid": valid, "target": target}
+    batch.update(valid=valid, target=target)
     for name in examples[0].extra.get("features", {}):
         batch[f"feature/{name}"] = torch.tensor([e.extra["features"][name] for e in examples])
     if reference is not None:

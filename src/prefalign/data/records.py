@@ -21,6 +21,9 @@ HH_ASSISTANT = "\n\nAssistant:"
 # these names): iREPO's empirical preference, MODPO's other-reward margins, PoFT's aligned-model
 # scores. "scalar" fields are one number, "vector" fields a list of numbers.
 DATA_FEATURES = {"soft_label": "scalar", "reward_margins": "vector", "aligned_logps": "vector"}
+# Extra responses a pairs row may carry (a row field holding response text, like `chosen`). They
+# are tokenized like the pair's responses and scored as extra rows, never as extra list entries.
+RESPONSE_FIELDS = {"ref_sample": "a response sampled from the reference policy for the prompt (SELM, XPO)"}
 
 
 class DataError(ValueError):
@@ -136,6 +139,10 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
         raise DataError(source, row_no, "rejected", "is identical to chosen")
     extra = {k: row[k] for k in ("id", "score_chosen", "score_rejected", "subset") if k in row}
     extra["features"] = data_features(row, source, row_no)
+    for name in RESPONSE_FIELDS:
+        if row.get(name) is not None:
+            # hh rows hold whole dialogues in chosen/rejected, but an extra response is only the reply
+            extra[name] = check_text(row[name], source, row_no, name, allow_messages=fmt != "hh")
     return Example(prompt, [chosen, rejected], [1.0, 0.0], "pair", f"{source}:{row_no}", extra)
 
 

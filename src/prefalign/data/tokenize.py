@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prefalign.data.contrast import contrast_sequences
 from prefalign.data.records import DataError, Example, Text
 
 
@@ -27,6 +28,11 @@ class TokenizedExample:
     source: str
     truncated: bool = False
     extra: dict = field(default_factory=dict)
+    # Extra rows, built only when the objective needs them. ref_sample: (ids, start) of a
+    # reference-policy response, scored by the policy next to the K responses (SELM, XPO).
+    # contrast: per response k, {"better": [(ids, start)] * K, "worse": [...]} (T-REG; data/contrast.py).
+    ref_sample: tuple[list[int], int] | None = None
+    contrast: dict[str, list[tuple[list[int], int]]] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -111,9 +117,18 @@ def truncate(ids: list[int], start: int, max_length: int, max_prompt_length: int
     return prompt + response, len(prompt), cut_prompt, cut_response
 
 
+def with_row(source: str, err: DataError) -> DataError:
+    """The error re-raised with the example's file and row (tokenization only knows "file:row")."""
+    file, _, row = source.rpartition(":")
+    return DataError(file, int(row) if row.isdigit() else 0, err.field, err.reason)
+
+
 def tokenize_examples(
-    examples: list[Example], tokenizer, max_length: int, max_prompt_length: int, stats: TokenizeStats | None = None
+    examples: list[Example], tokenizer, max_length: int, max_prompt_length: int, stats: TokenizeStats | None = None,
+    ref_sample: bool = False, contrast: tuple[str, str] | None = None,
 ) -> list[TokenizedExample]:
+    """ref_sample: also tokenize each example's `ref_sample` response (same rules as the others).
+    contrast: (better, worse) templates: also build T-REG's contrast sequences (data/contrast.py)."""
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}) "
                          "so that every response keeps at least one token")
@@ -122,13 +137,23 @@ def tokenize_examples(
     out = []
     for ex in examples:
         seqs, starts, any_prompt_cut, any_response_cut = [], [], False, False
-        for response in ex.responses:
+        contrast_rows = {"better": [], "worse": []}
+        if ref_sample and "ref_sample" not in ex.extra:
+            raise with_row(ex.source, DataError("", 0, "ref_sample", "is missing (the objective needs a response "
+                                                                       "sampled from the reference policy)"))
+        extra_responses = [ex.extra["ref_sample"]] if ref_sample else []
+        for k, response in enumerate(ex.responses + extra_responses):
             try:
-                ids, start = tokenize_response(tokenizer, ex.prompt, response, ex.source)
+                ids, full_start = tokenize_response(tokenizer, ex.prompt, response, ex.source)
+                ids, start, cut_p, cut_r = truncate(ids, full_start, max_length, max_prompt_length, bos)
+                if contrast is not None and k < len(ex.responses):
+                    for name, row in contrast_sequences(tokenizer, ex.prompt, response, contrast, ids, start,
+                                                        full_start, ex.source).items():
+                        contrast_rows[name].append(row)
             except DataError as err:
-                file, _, row = ex.source.rpartition(":")
-                raise DataError(file, int(row) if row.isdigit() else 0, err.field, err.reason) from None
-            ids, start, cut_p, cut_r = truncate(ids, start, max_length, max_prompt_length, bos)
+                if k == len(ex.responses) and err.field == "response":
+                    err.field = "ref_sample"  # name the row field the bad response came from
+                raise with_row(ex.source, err) from None
             seqs.append(ids)
             starts.append(start)
             any_prompt_cut |= cut_p
@@ -136,6 +161,9 @@ def tokenize_examples(
         stats.examples += 1
         stats.truncated_prompt += any_prompt_cut
         stats.truncated_response += any_response_cut
-        out.append(TokenizedExample(seqs, starts, list(ex.target), ex.kind, ex.source,
-                                    any_prompt_cut or any_response_cut, dict(ex.extra)))
+        k = len(ex.responses)
+        out.append(TokenizedExample(seqs[:k], starts[:k], list(ex.target), ex.kind, ex.source,
+                                    any_prompt_cut or any_response_cut, dict(ex.extra),
+                                    (seqs[k], starts[k]) if ref_sample else None,
+                                    contrast_rows if contrast is not None else None))
     return out

@@ -296,8 +296,9 @@ def selm(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.001) -> LossOut
 
     Features: features["ref_sample_logps"] [B] policy summed log-probs of y_ref (with grad)
     and features["ref_sample_reference_logps"] [B] its reference summed log-probs (the
-    latter only shifts the value, not the gradient). If y_ref is one of the pair (online
-    data), pass that column's entries.
+    latter only shifts the value, not the gradient); offline, y_ref is the row field
+    `ref_sample`, scored by the trainer as an extra row next to the pair. If y_ref is one of
+    the pair (online data), pass that column's entries.
     h = policy - reference summed log-probs; d = h_w - h_l. Shapes: policy, reference [B, 2].
     rewards: beta * h, [B, 2]. extras: "optimism" = mean alpha beta h(y_ref).
     """
@@ -322,7 +323,8 @@ def xpo(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 1e-5) -> LossOut:
     confirm its recommended alpha.
 
     Feature: features["ref_sample_logps"] [B], the POLICY's summed log-probs of y_ref (with
-    grad; y_ref is drawn from the reference policy by the trainer). In the paper's online loop
+    grad; y_ref is a sample from the reference policy: offline, the row field `ref_sample`,
+    scored by the trainer as an extra row next to the pair). In the paper's online loop
     y_ref is also one member of the labelled pair: then pass that column's policy log-probs.
     h = policy - reference summed log-probs; d = h_w - h_l. Shapes: policy, reference [B, 2].
     rewards: beta * h, [B, 2]. extras: "exploration" = mean alpha log pi(y_ref).

@@ -158,6 +158,8 @@ def treg(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.25) -> LossOut:
 
     Shapes: batch.policy / batch.reference [B, 2] summed log-probs (the DPO term and w); the
     token_logps tensors and 'contrast_token_rewards' [B, 2, T] (the regulariser, no grad in r_hat).
+    The trainer computes r_hat with the reference model from the instructions data.contrast_better /
+    data.contrast_worse, each followed by a copy of the response's token ids (prefalign.data.contrast).
     rewards: beta * (policy - reference), [B, 2]. extras: "dpo", "reg" (mean L_REG sum), "weight".
     alpha = 0, or r_hat = 0, gives DPO.
     """

@@ -41,7 +41,7 @@ class Components:
     reference: object | None  # callable(batch) -> token logps, with .features(batch, ...); or None
     train_set: list
     eval_set: list
-    train_ref: torch.Tensor | None  # [N, K] precomputed reference log-probs
+    train_ref: torch.Tensor | None  # [N, K] precomputed reference log-probs (+ a ref-sample column)
     eval_ref: torch.Tensor | None
     pad_id: int
     tokenizer: object
@@ -75,6 +75,9 @@ def make_batch(examples: list, indices: list[int], pad_id: int, ref: torch.Tenso
         k = max(len(e.sequences) for e in chosen)
         ref_rows = ref[indices][:, :k]
     batch = collate(chosen, pad_id, ref_rows, pad_multiple)
+    if ref is not None and "ref_sample_index" in batch:
+        # the cache's last column holds the reference samples' sums (run.compute_reference_logps)
+        batch["reference_ref_sample_logps"] = ref[indices][:, -1]
     if with_mismatched:
         batch["mismatched"] = collate(mismatched(chosen), pad_id, None, pad_multiple)
     return batch

@@ -11,7 +11,13 @@ from prefalign.types import LossOut, SeqLogps
 
 
 def batch_to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """Tensors moved to `device`, nested row batches ("mismatched", "contrast") included."""
+    def move(v):
+        if isinstance(v, dict):
+            return batch_to_device(v, device)
+        return v.to(device) if isinstance(v, torch.Tensor) else v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 # Features computed against a live reference in the same forward: feature -> what the reference
@@ -25,9 +31,9 @@ def reference_extras(objective: Objective) -> dict[str, bool]:
 
 
 def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLogps:
-    """Chosen and rejected (all K responses) go through the policy in one concatenated forward."""
+    """Chosen and rejected (all K responses) go through the policy in one concatenated forward,
+    together with any reference-policy samples (extra rows after the N list rows)."""
     args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    shape = tuple(batch["valid"].shape)
     wanted = reference_extras(objective)
     ref_out = None
     if any(wanted.values()):
@@ -49,18 +55,29 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
         ref_tok = ref_out.token_logps if ref_out is not None else reference(batch)
         ref_sums, _ = sequence_sums(ref_tok, batch)
     features = {}
+    shape, n = tuple(batch["valid"].shape), batch["row_index"].numel()
     if "token_logps" in objective.features:
-        mask = torch.zeros_like(batch["response_mask"])
-        mask[:, 1:] = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
-        features["policy_token_logps"] = to_slots(tok, batch["row_index"], shape)
+        mask = torch.zeros_like(batch["response_mask"][:n])
+        mask[:, 1:] = scored_mask(batch)
+        features["policy_token_logps"] = to_slots(tok[:n], batch["row_index"], shape)
         features["token_mask"] = to_slots(mask, batch["row_index"], shape)
         if ref_tok is not None:
-            features["reference_token_logps"] = to_slots(ref_tok, batch["row_index"], shape)
+            features["reference_token_logps"] = to_slots(ref_tok[:n], batch["row_index"], shape)
     for name in ("token_kl", "mask_logits"):
         if name in pol:
-            features[name] = to_slots(pol[name], batch["row_index"], shape)
+            features[name] = to_slots(pol[name][:n], batch["row_index"], shape)
     if ref_out is not None and ref_out.activation_mask is not None:
-        features["activation_mask"] = to_slots(ref_out.activation_mask, batch["row_index"], shape)
+        features["activation_mask"] = to_slots(ref_out.activation_mask[:n], batch["row_index"], shape)
+    if "ref_sample_index" in batch:
+        # tok is 0 off the response, so a row's sum is its response log-prob (with grad)
+        features["ref_sample_logps"] = tok[batch["ref_sample_index"]].sum(1)
+        if "reference_ref_sample_logps" in batch:
+            features["ref_sample_reference_logps"] = batch["reference_ref_sample_logps"].to(policy_sums.dtype)
+        elif ref_tok is not None:
+            features["ref_sample_reference_logps"] = ref_tok[batch["ref_sample_index"]].sum(1)
+    if "contrast_token_rewards" in objective.features:
+        features["contrast_token_rewards"] = to_slots(contrast_token_rewards(reference, batch), batch["row_index"],
+                                                      shape)
     for key, value in batch.items():
         if key.startswith("feature/"):
             features[key.split("/", 1)[1]] = value
@@ -68,6 +85,40 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
         features["kl_logratio"] = mismatched_logratio(policy, reference, batch["mismatched"])
     return SeqLogps(policy=policy_sums, reference=ref_sums, n_tokens=n_tokens, valid=batch["valid"],
                     target=batch["target"].to(policy_sums.dtype), features=features)
+
+
+def scored_mask(rows: dict, n: int | None = None) -> torch.Tensor:
+    """[n, T - 1] True where token t + 1 of a row is a scored response token (what token_logps fills)."""
+    n = rows["row_index"].numel() if n is None else n
+    return rows["response_mask"][:n, 1:] & rows["attention_mask"][:n, 1:].bool()
+
+
+@torch.no_grad()
+def contrast_token_rewards(reference, batch: dict) -> torch.Tensor:
+    """[N, T] T-REG's r_hat_t = sigmoid(log p_ref(y_t | x_better, y_<t) - log p_ref(y_t | x_worse, y_<t)) - 0.5
+    at each list row's scored response positions, 0 elsewhere (no gradient: a fixed target).
+
+    The contrast batch holds, per list row r, its "better" row r and its "worse" row N + r, each
+    ending in exactly row r's response ids with the same tokens scored (data/contrast.py). Read in
+    row order, the scored values of the three rows therefore line up token for token, whatever
+    each row's prompt length and padding.
+    """
+    if reference is None:
+        raise ValueError("T-REG's contrastive token rewards need a live reference model (reference=frozen or "
+                         "adapter_off)")
+    rows = batch["contrast"]
+    n = batch["row_index"].numel()
+    tok = reference(rows)[:, 1:]
+    scored = scored_mask(rows, 2 * n)
+    better, worse = tok[:n][scored[:n]], tok[n:][scored[n:]]
+    main = scored_mask(batch)
+    # an explicit count check: a one-token mismatch would otherwise broadcast instead of failing
+    if not better.numel() == worse.numel() == int(main.sum()):
+        raise ValueError("contrast rows score other response tokens than their list rows; build them with "
+                         "data.contrast.contrast_sequences")
+    out = torch.zeros(main.shape[0], main.shape[1] + 1, dtype=tok.dtype, device=tok.device)
+    out[:, 1:][main] = torch.sigmoid(better - worse) - 0.5
+    return out
 
 
 @torch.no_grad()
