@@ -40,6 +40,10 @@ def test_lean_and_full_paths_equal_naive_on_a_padded_batch(tiny_model_dir, token
     for impl in ("lean", "full"):
         got = token_logps(model, *args, impl=impl)
         torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-5)
+        # the host-computed index from collate selects exactly the positions the masks do
+        with torch.no_grad():
+            indexed = token_logps(model, *args, impl=impl, target_index=batch["target_index"])
+        torch.testing.assert_close(indexed, got.detach(), atol=0, rtol=0)
         got.sum().backward()
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, naive_grads[n], atol=2e-5, rtol=1e-4, msg=f"{impl} grad of {n}")

@@ -96,7 +96,7 @@ def test_token_kl_equals_full_log_softmax_values_and_gradients(impl, tiny_model_
     policy.zero_grad()
 
     ref = reference_forward(reference, batch, impl, rows=True)
-    out = PolicyLogps(policy, impl)(*args, ref.states)
+    out = PolicyLogps(policy, impl)(*args, reference=ref.states)
     got = out["token_kl"]
     torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-4)
     assert (got[:, 1:][scored(batch)] > 0).all() and (got[:, 1:][~scored(batch)] == 0).all()
@@ -112,7 +112,8 @@ def test_token_kl_is_zero_when_policy_equals_reference(tiny_model_dir, tokenizer
     model = load_model(str(tiny_model_dir)).eval()
     batch = hh_batch(tokenizer, hh_file)
     ref = reference_forward(model, batch, "lean", rows=True)
-    kl = PolicyLogps(model)(batch["input_ids"], batch["attention_mask"], batch["response_mask"], ref.states)
+    kl = PolicyLogps(model)(batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                               reference=ref.states)
     assert kl["token_kl"].abs().max() < 1e-5
 
 
@@ -244,7 +245,7 @@ def test_mask_logits_equal_the_head_on_hf_hidden_states(masks, tiny_model_dir, t
     batch = hh_batch(tokenizer, hh_file)
     args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     ref = reference_forward(reference, batch, "lean", layers=True)
-    got = PolicyLogps(policy, "lean", head)(*args, ref.states)["mask_logits"]
+    got = PolicyLogps(policy, "lean", head)(*args, reference=ref.states)["mask_logits"]
     assert got.shape == batch["input_ids"].shape + ((2,) if masks == 2 else ())
     with torch.no_grad():  # naive: HF's hidden states, the head's arithmetic written out per position
         states = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -315,5 +316,5 @@ def test_adapter_off_reference_features_equal_the_frozen_base(tiny_model_dir, to
     torch.testing.assert_close(a.activation_mask, b.activation_mask, atol=1e-4, rtol=1e-4)
     # and the adapter is on again for the policy: its KL against the reference is not 0
     args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    kl = policy(*args, b.states._replace(layers=None))["token_kl"]
+    kl = policy(*args, reference=b.states._replace(layers=None))["token_kl"]
     assert kl.max() > 1e-3

@@ -84,6 +84,7 @@ class ResponseForward(NamedTuple):
     head:        [V, H] output-head weight that turns rows into logits; None when rows are logits.
     layers:      [L, M, H] every layer's output at those positions (HF's hidden_states[1:]), or None.
     target_mask: [N, T - 1] bool, True where position t predicts response token t + 1.
+    index:       [M] those positions as flat indices n * T + t into the [N, T] grid.
     """
 
     token_logps: torch.Tensor
@@ -91,35 +92,59 @@ class ResponseForward(NamedTuple):
     head: torch.Tensor | None
     layers: torch.Tensor | None
     target_mask: torch.Tensor
+    index: torch.Tensor
+
+
+def predicting_index(target_mask: torch.Tensor) -> torch.Tensor:
+    """[M] flat indices n * T + t of the True entries of target_mask [N, T - 1] in an [N, T] grid.
+
+    collate() computes this on the host, where the masks are built: boolean indexing of a GPU
+    tensor makes the host wait for the device to report how many entries are True, several
+    times per step, which stalls small models that are bound by kernel launches.
+    """
+    n, t1 = target_mask.shape
+    grid = torch.arange(n, device=target_mask.device)[:, None] * (t1 + 1) + torch.arange(t1, device=target_mask.device)
+    return grid[target_mask]
+
+
+def place(values: torch.Tensor, fwd: "ResponseForward") -> torch.Tensor:
+    """[N, T, ...] tensor holding values [M, ...] at the response tokens (n, t + 1), 0 elsewhere."""
+    n, t = fwd.token_logps.shape
+    out = values.new_zeros((n * t,) + tuple(values.shape[1:]))
+    return out.index_copy(0, fwd.index + 1, values).view(n, t, *values.shape[1:])
 
 
 def response_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     response_mask: torch.Tensor, impl: str = "lean", layers: bool = False) -> ResponseForward:
-    """The model's forward, reduced to what response tokens need; see `token_logps` and ResponseForward."""
+                     response_mask: torch.Tensor, impl: str = "lean", layers: bool = False,
+                     target_index: torch.Tensor | None = None) -> ResponseForward:
+    """The model's forward, reduced to what response tokens need; see `token_logps` and ResponseForward.
+    `target_index` is predicting_index(target_mask) computed ahead (collate does it on the host)."""
     target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    index = target_index if target_index is not None else predicting_index(target_mask)
+    targets = input_ids.reshape(-1).index_select(0, index + 1)
     # positions count real tokens only, so left-padded rows (generation) score as they were sampled
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     if layers:
         kwargs["output_hidden_states"] = True
+    at = lambda h: h.reshape(-1, h.shape[-1]).index_select(0, index)  # noqa: E731  [N, T, D] -> [M, D]
     if impl == "lean" and lean_path_supported(model):
         result = model.get_decoder()(**kwargs)
-        rows = result.last_hidden_state[:, :-1][target_mask]
+        rows = at(result.last_hidden_state)
         head = model.get_output_embeddings().weight
         logps = ChunkedTokenLogps.apply(rows, head, targets, chunk_rows(head.shape[0])).float()
     else:
         result = model(**kwargs)
-        rows, head = result.logits[:, :-1][target_mask], None
+        rows, head = at(result.logits), None
         logps = selective_log_softmax(rows, targets)
-    out[:, 1:][target_mask] = logps
+    n, t = input_ids.shape
+    out = logps.new_zeros(n * t).index_copy(0, index + 1, logps).view(n, t)
     states = None
     if layers:
         # hidden_states[0] is the embedding output; [1:] are the L layer outputs, the last one after the
         # final norm (HF's convention), which is what SparsePO's mask head reads
-        states = torch.stack([h[:, :-1][target_mask] for h in result.hidden_states[1:]])
-    return ResponseForward(out, rows, head, states, target_mask)
+        states = torch.stack([at(h) for h in result.hidden_states[1:]])
+    return ResponseForward(out, rows, head, states, target_mask, index)
 
 
 def token_logps(
@@ -128,6 +153,7 @@ def token_logps(
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
     impl: str = "lean",
+    target_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[N, T] log-prob of each response token given everything before it; 0 elsewhere.
 
@@ -135,7 +161,8 @@ def token_logps(
     token of a row is never scored (nothing predicts it). impl="lean" uses the chunked output
     projection; impl="full" the model's own logits (for models with logit transforms).
     """
-    return response_forward(model, input_ids, attention_mask, response_mask, impl).token_logps
+    return response_forward(model, input_ids, attention_mask, response_mask, impl,
+                            target_index=target_index).token_logps
 
 
 def row_logits(rows: torch.Tensor, head: torch.Tensor | None, work: torch.dtype) -> torch.Tensor:
@@ -202,9 +229,7 @@ def token_kl(policy: ResponseForward, ref_rows: torch.Tensor, ref_head: torch.Te
     ref_head = None if ref_head is None else ref_head.detach()
     # half the usual budget: a chunk holds both sides' [chunk, V] blocks at once
     kl = ChunkedTokenKL.apply(policy.rows, policy.head, ref_rows.detach(), ref_head, chunk_rows(vocab, 1 << 22))
-    out = torch.zeros(policy.token_logps.shape, dtype=torch.float32, device=kl.device)
-    out[:, 1:][policy.target_mask] = kl.float()
-    return out
+    return place(kl.float(), policy)
 
 
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefalign.activations import ActivationRecorder
-from prefalign.logps import response_forward, token_kl, token_logps
+from prefalign.logps import place, response_forward, token_kl, token_logps
 
 REFERENCE_MODES = ("frozen", "adapter_off", "precomputed", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -125,13 +125,15 @@ class PolicyLogps(torch.nn.Module):
         self.impl = impl
         self.mask_head = mask_head
 
-    def forward(self, input_ids, attention_mask, response_mask, reference: ReferenceStates | None = None):
+    def forward(self, input_ids, attention_mask, response_mask, target_index=None,
+                reference: ReferenceStates | None = None):
         """[N, T] response token log-probs; with `reference`, a dict of them ("token_logps") and of
         the features computed against it: "token_kl" [N, T] when it has rows, "mask_logits"
         [N, T] (common mask) or [N, T, 2] (independent masks) when it has layers."""
         if reference is None:
-            return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl)
-        fwd = response_forward(self.model, input_ids, attention_mask, response_mask, self.impl)
+            return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl, target_index)
+        fwd = response_forward(self.model, input_ids, attention_mask, response_mask, self.impl,
+                               target_index=target_index)
         out = {"token_logps": fwd.token_logps}
         if reference.rows is not None:
             out["token_kl"] = token_kl(fwd, reference.rows, reference.head)
@@ -140,9 +142,13 @@ class PolicyLogps(torch.nn.Module):
                 raise ValueError("mask logits need the policy's mask head, and this policy has none")
             logits = self.mask_head(reference.layers)
             logits = logits.squeeze(-1) if logits.shape[-1] == 1 else logits   # common mask: [M]
-            out["mask_logits"] = logits.new_zeros(input_ids.shape + logits.shape[1:])
-            out["mask_logits"][:, 1:][fwd.target_mask] = logits
+            out["mask_logits"] = place(logits, fwd)
         return out
+
+
+def model_args(batch: dict) -> tuple:
+    """The positional arguments of PolicyLogps.forward from a collated batch."""
+    return batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch.get("target_index")
 
 
 def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -178,13 +184,13 @@ def reference_forward(model, batch: dict, impl: str, rows: bool = False, layers:
                       activations: bool = False) -> ReferenceOut:
     """One no-grad forward of the reference `model` giving token log-probs and the requested extras:
     rows/head for the token KL, layer outputs for the mask head, activation masks from hooks."""
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    *args, target_index = model_args(batch)
     recorder = ActivationRecorder(model) if activations else None
     if recorder is not None:
         with recorder:
-            fwd = response_forward(model, *args, impl, layers=layers)
+            fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index)
     else:
-        fwd = response_forward(model, *args, impl, layers=layers)
+        fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index)
     states = ReferenceStates(fwd.rows if rows else None, fwd.head if rows else None, fwd.layers)
     return ReferenceOut(fwd.token_logps, states, recorder.mask(fwd.target_mask) if recorder else None)
 
@@ -199,7 +205,7 @@ class FrozenReference:
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
-        return self.model(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        return self.model(*model_args(batch))
 
     def features(self, batch: dict, **wanted) -> ReferenceOut:
         return reference_forward(self.model.model, batch, self.model.impl, **wanted)
@@ -218,7 +224,7 @@ class AdapterOffReference:
     def __call__(self, batch: dict) -> torch.Tensor:
         peft_model = self.policy.model
         with peft_model.disable_adapter():
-            return self.policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+            return self.policy(*model_args(batch))
 
     def features(self, batch: dict, **wanted) -> ReferenceOut:
         with self.policy.model.disable_adapter():

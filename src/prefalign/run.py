@@ -20,7 +20,7 @@ from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS, best_vs_worst
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
-from prefalign.models import (AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
+from prefalign.models import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums)
 from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
 from prefalign.train.step import REFERENCE_EXTRAS, batch_to_device
@@ -121,7 +121,7 @@ def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, de
     for s in range(0, len(examples), batch_size):
         idx = list(range(s, min(s + batch_size, len(examples))))
         batch = batch_to_device(make_batch(examples, idx, pad_id, None), device)
-        tok = policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        tok = policy(*model_args(batch))
         sums, _ = sequence_sums(tok, batch)
         out[idx, : sums.shape[1]] = sums.float().cpu()
         if "ref_sample_index" in batch:

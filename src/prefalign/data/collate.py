@@ -7,10 +7,12 @@ import random
 import torch
 
 from prefalign.data.tokenize import TokenizedExample
+from prefalign.logps import predicting_index
 
 
 def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1) -> dict:
-    """(ids, response start) rows -> right-padded input_ids, attention_mask, response_mask [N, T]."""
+    """(ids, response start) rows -> right-padded input_ids, attention_mask, response_mask [N, T],
+    and target_index: the scored positions as flat indices, computed here on the host."""
     t_max = max(len(seq) for seq, _ in rows)
     t_max = -(-t_max // pad_multiple) * pad_multiple  # few distinct shapes keep GPU kernels' plans cached
     input_ids = torch.full((len(rows), t_max), pad_id, dtype=torch.long)
@@ -20,7 +22,9 @@ def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int =
         input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[r, : len(seq)] = 1
         response_mask[r, start: len(seq)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+    target_index = predicting_index(response_mask[:, 1:] & attention_mask[:, 1:].bool())
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
+            "target_index": target_index}
 
 
 def all_or_none(examples: list[TokenizedExample], name: str) -> bool:

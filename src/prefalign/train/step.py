@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from prefalign.losses import Objective
-from prefalign.models import sequence_sums, to_slots
+from prefalign.models import model_args, sequence_sums, to_slots
 from prefalign.train.metrics import batch_metrics
 from prefalign.types import LossOut, SeqLogps
 
@@ -33,7 +33,7 @@ def reference_extras(objective: Objective) -> dict[str, bool]:
 def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLogps:
     """Chosen and rejected (all K responses) go through the policy in one concatenated forward,
     together with any reference-policy samples (extra rows after the N list rows)."""
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = model_args(batch)
     wanted = reference_extras(objective)
     ref_out = None
     if any(wanted.values()):
@@ -43,7 +43,7 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
         # the reference goes first: the policy's token KL and mask head read its states
         ref_out = reference.features(batch, **wanted)
     if ref_out is not None and (wanted["rows"] or wanted["layers"]):
-        pol = policy(*args, ref_out.states)
+        pol = policy(*args, reference=ref_out.states)
     else:
         pol = {"token_logps": policy(*args)}
     tok = pol["token_logps"]
@@ -127,8 +127,7 @@ def mismatched_logratio(policy, reference, mis: dict) -> torch.Tensor:
     KTO's z0 is detached, so this forward needs no graph."""
     if reference is None:
         raise ValueError("the KL reference point needs a live reference model (reference=frozen or adapter_off)")
-    args = (mis["input_ids"], mis["attention_mask"], mis["response_mask"])
-    pol, _ = sequence_sums(policy(*args), mis)
+    pol, _ = sequence_sums(policy(*model_args(mis)), mis)
     ref, _ = sequence_sums(reference(mis), mis)
     return (pol - ref)[:, 0]
 
