@@ -14,27 +14,7 @@ import torch
 from prefalign.losses import get_objective, pairwise_loss
 from prefalign.types import SeqLogps
 
-LN2 = math.log(2.0)
-F64 = torch.float64
-
-
-def ls(z: float) -> float:
-    """log sigmoid(z), written independently of torch."""
-    return -math.log1p(math.exp(-z)) if z >= 0 else z - math.log1p(math.exp(z))
-
-
-def sig(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
-
-
-def t(x, dtype=F64, grad=False):
-    return torch.tensor(x, dtype=dtype, requires_grad=grad)
-
-
-def close(a, b, tol=1e-9):
-    a = torch.as_tensor(a, dtype=F64)
-    b = torch.as_tensor(b, dtype=F64)
-    assert torch.allclose(a, b, atol=tol, rtol=tol), (a, b)
+from .oracle import F64, LN2, close, ls, sig, t
 
 
 def run(name: str, batch: SeqLogps, **params):
