@@ -26,7 +26,7 @@ PRESETS = {
     "tiny": dict(model=str(ASSETS / "tiny-base"), max_steps=300, batch_size=8, learning_rate=5e-4, beta=0.1,
                  max_length=256, max_prompt_length=160, lr_scheduler="cosine", warmup_ratio=0.05,
                  eval_batch_size=32, logging_steps=10, eval_steps=100),
-    "smollm2": dict(max_steps=24, batch_size=4, learning_rate=5e-4, beta=0.1, max_length=160,
+    "smollm2": dict(max_steps=32, batch_size=4, learning_rate=1e-4, beta=0.1, max_length=160,
                     max_prompt_length=96, lora=True, lora_r=16, lora_alpha=32, eval_batch_size=16,
                     logging_steps=4, eval_steps=0),
 }
