@@ -242,6 +242,10 @@ def train(cfg: TrainConfig) -> dict:
         summary["final_model"] = str(out_dir / "final")
     acc.wait_for_everyone()
     acc.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a gloo group still alive at interpreter exit can abort a rank ("terminate called
+        # without an active exception") after all work is done; close it while every rank is here
+        torch.distributed.destroy_process_group()
     return summary
 
 
