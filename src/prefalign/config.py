@@ -32,7 +32,11 @@ class DataConfig:
     eval_fraction: float = opt(0.05, "share of data.train held out when data.eval is unset")
     on_bad_row: str = opt("error", "error: stop at the first bad row; skip: skip it and count it in the summary")
     score_aspect: str | None = opt(None, "which aspect score ranks multi-aspect responses (e.g. overall)")
-    list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives")
+    score_weights: dict = opt({}, "rank multi-aspect responses by a weighted sum of aspects, e.g. "
+                                  "{informativeness: 0.5, naturalness: 0.5} (overrides score_aspect)")
+    list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives: "
+                                              "best_vs_worst | best_vs_each | all_pairs")
+    min_score_gap: float = opt(0.0, "all_pairs/best_vs_each: skip pairs whose scores differ by less (counted)")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "

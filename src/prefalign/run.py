@@ -16,7 +16,8 @@ import torch
 from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS, best_vs_worst
+from prefalign.data.builders import pairs_from_lists
+from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
@@ -56,17 +57,20 @@ def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
     return params
 
 
-def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: str) -> list:
-    """Check that the data can feed the objective; narrow lists to pairs where it needs pairs."""
+def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: str, min_gap: float = 0.0,
+                     report: dict | None = None) -> list:
+    """Check that the data can feed the objective; turn lists into pairs where it needs pairs
+    (the pairing counts go into `report`)."""
     kinds = {e.kind for e in examples}
     accepted = ACCEPTS.get(obj.kind, set())
     if kinds <= accepted:
         pass
     elif kinds <= {"list", "pair"} and "pair" in accepted:
-        if list_to_pairs != "best_vs_worst":
-            raise ValueError(f"data.list_to_pairs={list_to_pairs!r}: only best_vs_worst is built in; other "
-                             "pairing rules come with the data builders")
-        examples = [best_vs_worst(e) for e in examples]
+        examples, pairing = pairs_from_lists(examples, list_to_pairs, min_gap)
+        if report is not None:
+            report["pairing"] = {"rule": list_to_pairs, **pairing.as_dict()}
+        if not examples:
+            raise ValueError(f"{label}: data.list_to_pairs={list_to_pairs!r} left no pairs ({pairing.as_dict()})")
     else:
         raise ValueError(f"objective {obj.name!r} ({obj.kind}) needs {sorted(accepted)} examples but {label} "
                          f"holds {sorted(kinds)}")
@@ -131,17 +135,20 @@ def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, de
 
 
 def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
-    train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, cfg.data.score_aspect)
+    aspect = cfg.data.score_weights or cfg.data.score_aspect
+    train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
     if cfg.data.eval:
         held_out, eval_report = load_examples(cfg.data.eval, cfg.data.format, cfg.data.on_bad_row,
-                                              cfg.data.score_aspect)
+                                              aspect)
     else:
         train, held_out = seeded_split(train, cfg.data.eval_fraction, cfg.seed)
         eval_report = None
     if cfg.data.max_examples:
         train = train[: cfg.data.max_examples]
-    train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train)
-    held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split")
+    pairing_train, pairing_eval = {}, {}
+    train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train, cfg.data.min_score_gap, pairing_train)
+    held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split",
+                                cfg.data.min_score_gap, pairing_eval)
     stats = TokenizeStats()
     rows = {"ref_sample": "ref_sample" in obj.features,
             "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
@@ -150,6 +157,8 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, **rows)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
+    if pairing_train:
+        report["pairing"] = {"train": pairing_train["pairing"], "eval": pairing_eval.get("pairing")}
     return train_tok, eval_tok, report
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.records import DataError, best_vs_worst, split_hh_dialogue
+from prefalign.data.builders import list_to_pairs
+from prefalign.data.records import DataError, split_hh_dialogue
 from tests_support import FIXTURES, write_jsonl
 
 
@@ -50,7 +51,7 @@ def test_ranked_oasst_and_best_vs_worst():
     ex = examples[0]
     assert ex.kind == "list" and len(ex.responses) == len(raw["responses"])
     assert ex.target == [-float(r["rank"]) for r in raw["responses"]]  # rank 0 (best) -> highest score
-    pair = best_vs_worst(ex)
+    (pair,) = list_to_pairs(ex, "best_vs_worst")
     best = min(raw["responses"], key=lambda r: r["rank"])
     worst = max(raw["responses"], key=lambda r: r["rank"])
     assert pair.responses == [best["text"], worst["text"]] and pair.target == [1.0, 0.0]

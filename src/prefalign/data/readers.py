@@ -91,7 +91,7 @@ def load_examples(
     source: str | Path | Iterable[dict],
     fmt: str = "auto",
     on_bad_row: str = "error",
-    score_aspect: str | None = None,
+    score_aspect: str | dict | None = None,
     name: str | None = None,
 ) -> tuple[list[Example], LoadReport]:
     """Read and validate every row. `source` is a path or an in-memory dataset (e.g.

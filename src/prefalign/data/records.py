@@ -146,7 +146,9 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
     return Example(prompt, [chosen, rejected], [1.0, 0.0], "pair", f"{source}:{row_no}", extra)
 
 
-def response_score(resp: dict, source: str, row: int, i: int, aspect: str | None) -> float:
+def response_score(resp: dict, source: str, row: int, i: int, aspect: str | dict | None) -> float:
+    """A response's score (higher is better): `score`, negated `rank`, or one aspect of `scores`
+    (`aspect` a name) or a weighted sum of aspects (`aspect` a {name: weight} mapping)."""
     if "score" in resp:
         value = resp["score"]
     elif "rank" in resp:
@@ -154,6 +156,13 @@ def response_score(resp: dict, source: str, row: int, i: int, aspect: str | None
         if not isinstance(value, int) or isinstance(value, bool):
             raise DataError(source, row, f"responses[{i}].rank", "must be an integer (0 = best)")
         return -float(value)  # rank 0 is best: negate so that higher is better
+    elif "scores" in resp and isinstance(resp["scores"], dict) and isinstance(aspect, dict):
+        # a weighted combination of aspects, e.g. {"informativeness": 0.5, "naturalness": 0.5}
+        missing = [a for a in aspect if a not in resp["scores"]]
+        if missing:
+            raise DataError(source, row, f"responses[{i}].scores", f"has no aspect {missing[0]!r} "
+                            f"(data.score_weights); it has {sorted(resp['scores'])}")
+        value = sum(float(w) * float(resp["scores"][a]) for a, w in aspect.items())
     elif "scores" in resp and isinstance(resp["scores"], dict):
         key = aspect or ("overall" if "overall" in resp["scores"] else None)
         if key is None or key not in resp["scores"]:
@@ -167,7 +176,7 @@ def response_score(resp: dict, source: str, row: int, i: int, aspect: str | None
     return float(value)
 
 
-def make_list(row: dict, source: str, row_no: int, aspect: str | None = None) -> Example:
+def make_list(row: dict, source: str, row_no: int, aspect: str | dict | None = None) -> Example:
     prompt_key = "messages" if "messages" in row else "prompt"
     prompt = check_text(require(row, prompt_key, source, row_no), source, row_no, prompt_key)
     responses = require(row, "responses", source, row_no)
@@ -253,16 +262,3 @@ def make_example(row: Any, fmt: str, source: str, row_no: int, aspect: str | Non
     if fmt == "triples":
         return make_triple(row, source, row_no)
     raise ValueError(f"unknown data format {fmt!r}; choose one of {FORMATS}")
-
-
-def best_vs_worst(example: Example) -> Example:
-    """A ranked list as one pair: the highest-scored response over the lowest-scored one."""
-    if example.kind == "pair":
-        return example
-    if example.kind != "list":
-        raise ValueError(f"{example.source}: cannot make a pair from a {example.kind} example")
-    best = max(range(len(example.target)), key=lambda i: example.target[i])
-    worst = min(range(len(example.target)), key=lambda i: example.target[i])
-    extra = dict(example.extra, score_chosen=example.target[best], score_rejected=example.target[worst])
-    return Example(example.prompt, [example.responses[best], example.responses[worst]], [1.0, 0.0], "pair",
-                   example.source, extra)

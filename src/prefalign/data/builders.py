@@ -1,0 +1,73 @@
+"""Turn rankings and ratings into training pairs.
+
+Each rule maps one ranked list (scores: higher is better) to pairs (chosen, rejected) and says
+how many candidate pairs it dropped because the two scores were tied or closer than the
+minimum gap, so that nothing is discarded silently.
+
+  best_vs_worst  the highest-scored response over the lowest-scored one (one pair per list)
+  best_vs_each   the highest-scored response over every response scored strictly lower
+  all_pairs      every ordered pair whose score difference is at least `min_gap` (> 0)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prefalign.data.records import Example
+
+PAIRING_RULES = ("best_vs_worst", "best_vs_each", "all_pairs")
+
+
+@dataclass
+class PairingReport:
+    lists: int = 0
+    pairs: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> candidate pairs not emitted
+
+    def as_dict(self) -> dict:
+        return {"lists": self.lists, "pairs": self.pairs, "dropped": dict(self.dropped)}
+
+
+def make_pair(example: Example, i: int, j: int) -> Example:
+    extra = dict(example.extra, score_chosen=example.target[i], score_rejected=example.target[j])
+    return Example(example.prompt, [example.responses[i], example.responses[j]], [1.0, 0.0], "pair",
+                   example.source, extra)
+
+
+def list_to_pairs(example: Example, rule: str, min_gap: float = 0.0,
+                  report: PairingReport | None = None) -> list[Example]:
+    """Pairs from one ranked list under `rule` (see the module docstring). Pairs pass through."""
+    if rule not in PAIRING_RULES:
+        raise ValueError(f"unknown pairing rule {rule!r}; choose one of {PAIRING_RULES}")
+    if example.kind == "pair":
+        return [example]
+    if example.kind != "list":
+        raise ValueError(f"{example.source}: cannot make pairs from a {example.kind} example")
+    report = report if report is not None else PairingReport()
+    report.lists += 1
+    s = example.target
+    order = sorted(range(len(s)), key=lambda i: -s[i])  # stable: ties keep file order
+    if rule == "best_vs_worst":
+        candidates = [(order[0], order[-1])]
+    elif rule == "best_vs_each":
+        candidates = [(order[0], j) for j in order[1:]]
+    else:
+        candidates = [(i, j) for a, i in enumerate(order) for j in order[a + 1:]]
+    pairs = []
+    for i, j in candidates:
+        gap = s[i] - s[j]
+        if gap <= 0:
+            report.dropped["tied scores"] += 1
+        elif gap < min_gap:
+            report.dropped[f"score gap below {min_gap}"] += 1
+        else:
+            pairs.append(make_pair(example, i, j))
+    report.pairs += len(pairs)
+    return pairs
+
+
+def pairs_from_lists(examples: list[Example], rule: str, min_gap: float = 0.0) -> tuple[list[Example], PairingReport]:
+    report = PairingReport()
+    pairs = [p for e in examples for p in list_to_pairs(e, rule, min_gap, report)]
+    return pairs, report
