@@ -18,10 +18,10 @@ def options_table() -> str:
 
 def cmd_train(args) -> int:
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.run import train, train_curriculum
 
     cfg = load_config(args.config, args.overrides + (["resume=true"] if args.resume else []))
-    summary = train(cfg)
+    summary = (train_curriculum if cfg.data.curriculum_stages else train)(cfg)
     print_summary(summary)
     return 0
 

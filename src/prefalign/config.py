@@ -37,6 +37,10 @@ class DataConfig:
     list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives: "
                                               "best_vs_worst | best_vs_each | all_pairs")
     min_score_gap: float = opt(0.0, "all_pairs/best_vs_each: skip pairs whose scores differ by less (counted)")
+    curriculum_stages: int = opt(0, "Curry-DPO: split ranked lists' pairs into N stages, easiest (largest score "
+                                    "gap) first, trained in order (0: off)")
+    curriculum_reference: str = opt("previous", "Curry-DPO reference of stage k: previous (stage k-1's model) | "
+                                                "initial (the starting model)")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "
@@ -65,6 +69,8 @@ class TrainConfig:
     max_prompt_length: int = opt(256, "maximum prompt tokens (truncated from the left)")
     seed: int = opt(42, "seed for initialisation, data order and splits")
     reference: str = opt("auto", "frozen | adapter_off | precomputed | none | auto")
+    reference_model: str | None = opt(None, "local folder of the reference policy (frozen or precomputed); "
+                                            "unset: the policy's own initial weights")
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str = opt("~/.cache/prefalign/reference", "where precomputed reference log-probs are cached")
     save_steps: int = opt(0, "save a checkpoint every N steps (0: only the final model)")

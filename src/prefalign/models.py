@@ -196,8 +196,10 @@ def reference_forward(model, batch: dict, impl: str, rows: bool = False, layers:
 
 
 class FrozenReference:
-    def __init__(self, model, impl: str = "lean"):
-        self.model = PolicyLogps(copy.deepcopy(model), impl).eval().requires_grad_(False)
+    def __init__(self, model, impl: str = "lean", copy_model: bool = True):
+        # the policy's own weights must be copied (they are about to change); a separately
+        # loaded reference model needs no second copy
+        self.model = PolicyLogps(copy.deepcopy(model) if copy_model else model, impl).eval().requires_grad_(False)
 
     def to(self, device):
         self.model.to(device)

@@ -95,7 +95,7 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
         mode = "none"
     elif cfg.precompute_ref:
         mode = "precomputed"
-    elif cfg.lora:
+    elif cfg.lora and not cfg.reference_model:
         mode = "adapter_off"
     else:
         mode = "frozen"
@@ -103,6 +103,9 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
         raise ValueError(f"objective {obj.name!r} needs a reference policy; reference=none is not possible")
     if mode == "adapter_off" and not cfg.lora:
         raise ValueError("reference=adapter_off needs lora=true")
+    if mode == "adapter_off" and cfg.reference_model:
+        raise ValueError("reference_model names another model; adapter_off uses the policy's base weights: "
+                         "use reference=frozen or precomputed with reference_model")
     live = [f for f in obj.features if f in REFERENCE_EXTRAS]
     if mode == "precomputed" and live:
         raise ValueError(f"objective {obj.name!r} needs {live}, computed from the reference model's forward on each "
@@ -185,14 +188,18 @@ def train(cfg: TrainConfig) -> dict:
     if "activation_mask" in obj.features:
         check_supported(model)  # an unsupported architecture fails here, before any training
     reference, train_ref, eval_ref, cache_hit, precompute_s = None, None, None, None, None
+    # the reference is the policy's own initial weights unless reference_model names another folder
+    ref_source = load_model(cfg.reference_model, cfg.dtype) if cfg.reference_model and mode in (
+        "frozen", "precomputed") else model
     if mode == "frozen":
-        reference = FrozenReference(model, cfg.logps_impl).to(acc.device)
+        reference = FrozenReference(ref_source, cfg.logps_impl, copy_model=ref_source is model).to(acc.device)
     if mode == "precomputed":
         # the untouched policy IS the reference: compute before the first update, no copy kept
         t_ref = time.time()
-        probe = PolicyLogps(model, cfg.logps_impl).to(acc.device)
+        probe = PolicyLogps(ref_source, cfg.logps_impl).to(acc.device)
         all_examples = train_set + eval_set
-        path = reference_cache_path(cfg.ref_cache_dir, cfg.model, all_examples, cfg.logps_impl, cfg.dtype)
+        path = reference_cache_path(cfg.ref_cache_dir, cfg.reference_model or cfg.model, all_examples,
+                                    cfg.logps_impl, cfg.dtype)
         if acc.is_main_process:
             logps, cache_hit = load_or_compute_reference(
                 path, lambda: compute_reference_logps(probe, all_examples, tokenizer.pad_token_id, acc.device,
@@ -262,3 +269,60 @@ def clean_run_dir(out_dir: Path) -> None:
     """Remove a previous run's outputs (used by quickstart, which always starts fresh)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
+
+
+def write_pairs(examples: list, path: Path) -> Path:
+    """Pairs as prompt/chosen/rejected rows (text or chat messages), the `pairs` format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps({"prompt": e.prompt, "chosen": e.responses[0], "rejected": e.responses[1]},
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+def train_curriculum(cfg: TrainConfig) -> dict:
+    """Curry-DPO (arXiv:2403.07230): the pairs of ranked lists in stages, easiest first.
+
+    Held-out lists are split off first (no prompt is in both), then each prompt's pairs are
+    ordered by score gap and dealt into `data.curriculum_stages` stages. Stage k trains from
+    stage k-1's final model; its reference is that same model (curriculum_reference: previous,
+    as in the paper's iterative setting) or the starting model (initial). Every stage is an
+    ordinary run folder (stage-k/run) with its own data file, metrics and summary.
+    """
+    from dataclasses import replace
+
+    from prefalign.data.builders import curriculum_stages
+
+    if cfg.data.curriculum_reference not in ("previous", "initial"):
+        raise ValueError(f"data.curriculum_reference must be previous or initial, got {cfg.data.curriculum_reference!r}")
+    out = Path(cfg.output_dir)
+    aspect = cfg.data.score_weights or cfg.data.score_aspect
+    lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
+    if cfg.data.eval:
+        eval_path = cfg.data.eval
+    else:
+        lists, held_lists = seeded_split(lists, cfg.data.eval_fraction, cfg.seed)
+        held_pairs, _ = pairs_from_lists(held_lists, cfg.data.list_to_pairs, cfg.data.min_score_gap)
+        eval_path = str(write_pairs(held_pairs, out / "heldout.jsonl"))
+    stages = curriculum_stages(lists, cfg.data.curriculum_stages)
+    model, stage_summaries = cfg.model, []
+    for k, pairs in enumerate(stages, start=1):
+        if not pairs:
+            stage_summaries.append({"stage": k, "pairs": 0, "skipped": "no prompt has this many pairs"})
+            continue
+        stage_dir = out / f"stage-{k}"
+        reference = None if cfg.data.curriculum_reference == "previous" or model == cfg.model else cfg.model
+        stage_cfg = replace(cfg, model=model, reference_model=reference, output_dir=str(stage_dir / "run"),
+                            data=replace(cfg.data, train=str(write_pairs(pairs, stage_dir / "train.jsonl")),
+                                         eval=eval_path, format="pairs", curriculum_stages=0))
+        summary = train(stage_cfg)
+        stage_summaries.append({"stage": k, "pairs": len(pairs), "model": model, "reference": reference or model,
+                                "eval_start": summary["eval_start"], "eval_end": summary["eval_end"]})
+        model = str(stage_dir / "run" / "final")
+    ran = [s for s in stage_summaries if "eval_end" in s]
+    result = {"objective": cfg.objective, "curriculum": stage_summaries, "steps": cfg.max_steps * len(ran),
+              "eval_start": ran[0]["eval_start"], "eval_end": ran[-1]["eval_end"], "final_model": model,
+              "data": {"train": report.as_dict()}}
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    return result

@@ -91,3 +91,49 @@ def test_training_on_rankings_with_all_pairs_reports_the_pairing(tiny_model_dir,
     total = sum(len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in raw)
     assert pairing["train"]["pairs"] + pairing["eval"]["pairs"] == total
     assert summary["data"]["train_examples"] == pairing["train"]["pairs"]
+
+
+def test_curriculum_orders_each_prompts_pairs_by_gap_easy_first():
+    """Scores a=4, b=3, c=1: pairs (a,c) gap 3, (b,c) gap 2, (a,b) gap 1. With 2 stages the easiest
+    pair goes to stage 1 and the rest to the last stage; a plain pair stays in stage 1."""
+    from prefalign.data.builders import curriculum_stages
+
+    ranked = Example("p", ["a", "b", "c"], [4.0, 3.0, 1.0], "list", "f:1")
+    plain = Example("q", ["x", "y"], [1.0, 0.0], "pair", "f:2")
+    stages = curriculum_stages([ranked, plain], 2)
+    assert [p.responses for p in stages[0]] == [["a", "c"], ["x", "y"]]
+    assert [p.responses for p in stages[1]] == [["b", "c"], ["a", "b"]]
+    three = curriculum_stages([ranked], 3)
+    assert [[p.responses for p in s] for s in three] == [[["a", "c"]], [["b", "c"]], [["a", "b"]]]
+
+
+def test_curriculum_stage_sizes_on_oasst():
+    from prefalign.data.builders import curriculum_stages
+
+    examples, raw = oasst()
+    n_pairs = [len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in raw]
+    stages = curriculum_stages(examples, 3)
+    assert [len(s) for s in stages[:2]] == [sum(n >= 1 for n in n_pairs), sum(n >= 2 for n in n_pairs)]
+    assert sum(len(s) for s in stages) == sum(n_pairs)
+
+
+@pytest.mark.parametrize("reference", ["previous", "initial"])
+def test_curriculum_trains_stages_in_order(tiny_model_dir, tmp_path, reference):
+    from prefalign.config import load_config
+    from prefalign.run import train_curriculum
+
+    out = tmp_path / "run"
+    summary = train_curriculum(load_config(None, [
+        f"model={tiny_model_dir}", f"data.train={FIXTURES / 'oasst_ranked_12.jsonl'}", f"output_dir={out}",
+        "data.curriculum_stages=2", f"data.curriculum_reference={reference}", "data.eval_fraction=0.25",
+        "max_steps=2", "batch_size=2", "max_length=64", "max_prompt_length=32", "progress=false"]))
+    stages = summary["curriculum"]
+    assert [s["stage"] for s in stages] == [1, 2] and all(s["pairs"] > 0 for s in stages)
+    assert stages[0]["model"] == str(tiny_model_dir)
+    assert stages[1]["model"] == str(out / "stage-1" / "run" / "final")
+    expected_ref = stages[1]["model"] if reference == "previous" else str(tiny_model_dir)
+    assert stages[1]["reference"] == expected_ref
+    stage2 = json.loads((out / "stage-2" / "run" / "summary.json").read_text())
+    assert stage2["config"]["reference_model"] == (None if reference == "previous" else str(tiny_model_dir))
+    assert summary["final_model"] == str(out / "stage-2" / "run" / "final")
+    assert (out / "heldout.jsonl").exists() and (out / "summary.json").exists()

@@ -201,3 +201,22 @@ def test_two_processes_equal_one_process_with_twice_the_batch(objective, port, t
         assert len(a) == len(b) == 4 and a == pytest.approx(b, rel=1e-4, abs=1e-5), key
     e1, e2 = ([m for m in ms if "eval/loss" in m][-1] for ms in (m1, m2))
     assert e1["eval/loss"] == pytest.approx(e2["eval/loss"], rel=1e-4)
+
+
+def test_reference_model_is_used_for_frozen_and_precomputed(tiny_model_dir, tokenizer, tmp_path):
+    """A reference other than the policy's start: the first loss is no longer ln 2, and the frozen
+    and precomputed paths agree on it."""
+    from conftest import build_tiny_llama
+
+    other = tmp_path / "other-ref"
+    build_tiny_llama(other, tokenizer, seed=7)
+    frozen = train(config(tiny_model_dir, tmp_path / "f", f"reference_model={other}", "max_steps=2"))
+    pre = train(config(tiny_model_dir, tmp_path / "p", f"reference_model={other}", "precompute_ref=true",
+                       "max_steps=2"))
+    first = train_losses(tmp_path / "f")[0]
+    assert abs(first - math.log(2)) > 1e-3
+    assert train_losses(tmp_path / "p") == pytest.approx(train_losses(tmp_path / "f"), abs=1e-5)
+    assert frozen["eval_start"]["eval/loss"] == pytest.approx(pre["eval_start"]["eval/loss"], abs=1e-5)
+    with pytest.raises(ValueError, match="adapter_off uses the policy's base weights"):
+        train(config(tiny_model_dir, tmp_path / "x", f"reference_model={other}", "reference=adapter_off",
+                     "lora=true"))

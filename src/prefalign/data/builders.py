@@ -7,6 +7,8 @@ minimum gap, so that nothing is discarded silently.
   best_vs_worst  the highest-scored response over the lowest-scored one (one pair per list)
   best_vs_each   the highest-scored response over every response scored strictly lower
   all_pairs      every ordered pair whose score difference is at least `min_gap` (> 0)
+
+`curriculum_stages` orders each prompt's pairs easy to hard for Curry-DPO.
 """
 
 from __future__ import annotations
@@ -71,3 +73,21 @@ def pairs_from_lists(examples: list[Example], rule: str, min_gap: float = 0.0) -
     report = PairingReport()
     pairs = [p for e in examples for p in list_to_pairs(e, rule, min_gap, report)]
     return pairs, report
+
+
+def curriculum_stages(examples: list[Example], n_stages: int) -> list[list[Example]]:
+    """Curry-DPO (arXiv:2403.07230): each prompt's pairs ordered easy to hard, one per stage.
+
+    A pair's difficulty is its score gap: the larger the gap, the easier the preference. Stage k
+    holds the k-th easiest pair of every prompt that has one; a prompt with more pairs than
+    stages puts the rest into the last stage, so no pair is lost. Ties are never paired.
+    """
+    if n_stages < 1:
+        raise ValueError(f"a curriculum needs at least 1 stage, got {n_stages}")
+    stages: list[list[Example]] = [[] for _ in range(n_stages)]
+    for example in examples:
+        pairs = list_to_pairs(example, "all_pairs") if example.kind == "list" else [example]
+        pairs.sort(key=lambda p: -(p.extra.get("score_chosen", 1.0) - p.extra.get("score_rejected", 0.0)))
+        for k, pair in enumerate(pairs):
+            stages[min(k, n_stages - 1)].append(pair)
+    return stages
