@@ -40,11 +40,21 @@ def test_unknown_key_is_an_error_with_a_suggestion(tmp_path):
     assert out.returncode != 0 and "missing.yaml" in out.stderr
 
 
-def test_bad_data_row_exits_nonzero_naming_file_row_field(tiny_model_dir, tmp_path):
+def test_bad_data_row_exits_nonzero_naming_file_row_field(tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    # no YAML file: every word after `train` is an override
     code = main(["train", f"model={tiny_model_dir}", f"data.train={data}", f"output_dir={tmp_path / 'o'}"])
     assert code == 1
+    assert f"{data}, row 2, field 'rejected': is missing" in capsys.readouterr().err
+
+
+def test_overrides_alone_train_and_curriculum_summary_prints(tiny_model_dir, tmp_path):
+    out = run_cli("train", f"model={tiny_model_dir}", f"data.train={ROOT / 'tests/fixtures/oasst_ranked_12.jsonl'}",
+                  f"output_dir={tmp_path / 'cur'}", "data.curriculum_stages=2", "max_steps=2", "batch_size=2",
+                  "max_length=64", "max_prompt_length=32", "progress=false")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "held-out metrics" in out.stdout and "stage-2" in out.stdout
 
 
 def test_readme_minimal_config_trains(tiny_model_dir, tmp_path):
