@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from prefalign.data.builders import REWARD_TEMPLATE
+
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE, template_error
 
 
@@ -37,6 +39,9 @@ class DataConfig:
     list_to_pairs: str = opt("best_vs_worst", "how ranked lists become pairs for pairwise objectives: "
                                               "best_vs_worst | best_vs_each | all_pairs")
     min_score_gap: float = opt(0.0, "all_pairs/best_vs_each: skip pairs whose scores differ by less (counted)")
+    reward_augment: bool = opt(False, "reward-augmented relabeling (arXiv:2410.08067): each scored pair becomes "
+                                      "two pairs conditioned on a target score written into the prompt")
+    reward_template: str = opt(REWARD_TEMPLATE, "how the target score is written into the prompt ({prompt}, {score})")
     curriculum_stages: int = opt(0, "Curry-DPO: split ranked lists' pairs into N stages, easiest (largest score "
                                     "gap) first, trained in order (0: off)")
     curriculum_reference: str = opt("previous", "Curry-DPO reference of stage k: previous (stage k-1's model) | "

@@ -16,7 +16,7 @@ import torch
 from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.builders import pairs_from_lists
+from prefalign.data.builders import pairs_from_lists, reward_augment
 from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
@@ -152,6 +152,13 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train, cfg.data.min_score_gap, pairing_train)
     held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split",
                                 cfg.data.min_score_gap, pairing_eval)
+    augment = {}
+    if cfg.data.reward_augment:
+        train, augment["train"] = reward_augment(train, cfg.data.reward_template)
+        held_out, augment["eval"] = reward_augment(held_out, cfg.data.reward_template)
+        if not train:
+            raise ValueError(f"{cfg.data.train}: reward_augment needs pairs with score_chosen > score_rejected; "
+                             f"none left ({augment['train'].as_dict()})")
     stats = TokenizeStats()
     rows = {"ref_sample": "ref_sample" in obj.features,
             "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
@@ -162,6 +169,8 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
     if pairing_train:
         report["pairing"] = {"train": pairing_train["pairing"], "eval": pairing_eval.get("pairing")}
+    if augment:
+        report["reward_augment"] = {k: v.as_dict() for k, v in augment.items()}
     return train_tok, eval_tok, report
 
 

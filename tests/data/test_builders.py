@@ -137,3 +137,42 @@ def test_curriculum_trains_stages_in_order(tiny_model_dir, tmp_path, reference):
     assert stage2["config"]["reference_model"] == (None if reference == "previous" else str(tiny_model_dir))
     assert summary["final_model"] == str(out / "stage-2" / "run" / "final")
     assert (out / "heldout.jsonl").exists() and (out / "summary.json").exists()
+
+
+def test_reward_augmented_relabeling_on_ultrafeedback_scores():
+    from prefalign.data.builders import reward_augment
+
+    examples, _ = load_examples(FIXTURES / "ultrafeedback_12.jsonl")
+    raw = [json.loads(x) for x in (FIXTURES / "ultrafeedback_12.jsonl").read_text().splitlines()]
+    out, report = reward_augment(examples, template="{prompt} [score {score:g}]")
+    scored = [r for r in raw if r["score_chosen"] > r["score_rejected"]]
+    assert len(out) == 2 * len(scored) == report.pairs
+    assert sum(report.dropped.values()) == 12 - len(scored)
+    for (a, b), r in zip(zip(out[::2], out[1::2]), scored):
+        assert a.prompt == f"{r['prompt']} [score {r['score_chosen']:g}]" and a.responses == [r["chosen"], r["rejected"]]
+        assert b.prompt == f"{r['prompt']} [score {r['score_rejected']:g}]" and b.responses == [r["rejected"], r["chosen"]]
+
+
+def test_reward_conditioning_of_chat_prompts_and_unscored_pairs():
+    from prefalign.data.builders import condition_prompt, reward_augment
+
+    chat = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+    assert condition_prompt(chat, 9, "{prompt} ({score:g})")[1]["content"] == "hi (9)"
+    assert chat[1]["content"] == "hi"  # the input is not modified
+    out, report = reward_augment([Example("p", ["a", "b"], [1.0, 0.0], "pair", "f:1")])
+    assert out == [] and report.dropped == {"no scores": 1}
+    with pytest.raises(ValueError, match="needs {prompt} and {score"):
+        reward_augment([], template="no placeholders")
+
+
+def test_training_with_reward_augmentation_doubles_the_scored_pairs(tiny_model_dir, tmp_path):
+    from prefalign.config import load_config
+    from prefalign.run import train
+
+    summary = train(load_config(None, [
+        f"model={tiny_model_dir}", f"data.train={FIXTURES / 'ultrafeedback_12.jsonl'}", f"output_dir={tmp_path / 'r'}",
+        "data.reward_augment=true", "data.eval_fraction=0.25", "max_steps=2", "batch_size=2", "max_length=64",
+        "max_prompt_length=32", "progress=false"]))
+    aug = summary["data"]["reward_augment"]
+    assert summary["data"]["train_examples"] == aug["train"]["pairs"] == 2 * (9 - sum(aug["train"]["dropped"].values()))
+    assert summary["data"]["eval_examples"] == aug["eval"]["pairs"]

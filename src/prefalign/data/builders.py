@@ -91,3 +91,43 @@ def curriculum_stages(examples: list[Example], n_stages: int) -> list[list[Examp
         for k, pair in enumerate(pairs):
             stages[min(k, n_stages - 1)].append(pair)
     return stages
+
+
+REWARD_TEMPLATE = "{prompt}\n\n(Write a response that earns a quality score of {score:g}.)"
+
+
+def condition_prompt(prompt, score: float, template: str = REWARD_TEMPLATE):
+    """The prompt with a target score written in (text, or the last user message of a chat)."""
+    if isinstance(prompt, str):
+        return template.format(prompt=prompt, score=score)
+    messages = [dict(m) for m in prompt]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last_user]["content"] = template.format(prompt=messages[last_user]["content"], score=score)
+    return messages
+
+
+def reward_augment(examples: list[Example], template: str = REWARD_TEMPLATE) -> tuple[list[Example], PairingReport]:
+    """Reward-augmented relabeling (arXiv:2410.08067): each scored pair (r_w > r_l) becomes two
+    goal-conditioned pairs, w over l with the prompt conditioned on r_w, and l over w conditioned
+    on r_l, so the model learns what each quality level looks like instead of only that w beats l.
+    At inference, condition on the best score (`condition_prompt`). Pairs without both scores, or
+    with equal scores (the two relabeled pairs would contradict), are dropped and counted."""
+    if "{prompt}" not in template or "{score" not in template:
+        raise ValueError("the reward template needs {prompt} and {score} (e.g. {score:g})")
+    report, out = PairingReport(), []
+    for e in examples:
+        report.lists += 1
+        r_w, r_l = e.extra.get("score_chosen"), e.extra.get("score_rejected")
+        if e.kind != "pair" or r_w is None or r_l is None:
+            report.dropped["no scores"] += 1
+            continue
+        if r_w <= r_l:
+            report.dropped["tied scores" if r_w == r_l else "chosen scored lower"] += 1
+            continue
+        w, lo = e.responses
+        out.append(Example(condition_prompt(e.prompt, r_w, template), [w, lo], [1.0, 0.0], "pair", e.source,
+                           dict(e.extra, target_score=r_w)))
+        out.append(Example(condition_prompt(e.prompt, r_l, template), [lo, w], [1.0, 0.0], "pair", e.source,
+                           dict(e.extra, target_score=r_l)))
+    report.pairs = len(out)
+    return out, report
