@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from prefalign.activations import ActivationRecorder
 from prefalign.logps import place, response_forward, token_kl, token_logps
 
-REFERENCE_MODES = ("frozen", "adapter_off", "precomputed", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
