@@ -58,3 +58,15 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def progress_iter(items, description: str, enabled: bool = True):
+    """Iterate `items` (a sized iterable) behind a progress bar; a plain iteration when disabled."""
+    items = list(items)
+    bar = Progress(len(items), 0, enabled, description)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()

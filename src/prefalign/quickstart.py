@@ -145,12 +145,12 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
         policy = PeftModel.from_pretrained(load_model(cfg.model), final).merge_and_unload()
     else:
         policy = load_model(final)
-    if model == "smollm2":  # rendered chat text already holds its special tokens
-        prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in held[:32]]
+    if model == "smollm2":  # message lists: generation renders them with the chat template
+        prompts = [r["prompt"] for r in held[:32]]
     else:
         prompts = [split_prompt(r) for r in held[:32]]
     kl_after = sample_kl(policy.eval(), base.eval(), tok, prompts, max_new_tokens=32,
-                         add_special_tokens=model != "smollm2", max_prompt_tokens=cfg.max_prompt_length)
+                         max_prompt_tokens=cfg.max_prompt_length)
     plot = plot_training_curves(out / "run" / "metrics.jsonl", out / "training_curves.png",
                                 title=f"DPO quickstart ({model})")
     rows_out = [("reward accuracy", "rewards/accuracy"), ("ranking accuracy (logp chosen > rejected)",
