@@ -1,0 +1,85 @@
+"""Data builders as composable steps: each is a function from examples to examples plus a report.
+
+    @data_builder("best_vs_worst_pairs")
+    def f(examples: list[Example], *, param=..., context: BuildContext) -> tuple[list[Example], report]
+
+`report` is any object with `as_dict()` saying what went in, what came out and what was dropped
+and why (nothing is dropped silently). A training config lists builders under `data.builders`,
+each `{name: ..., **params}`; `prefalign data NAME` runs one from the command line. Builders
+that need a judge, an encoder or a generator receive them through `context` (built by the
+caller), so this module never imports a model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prefalign.data.records import Example
+
+
+@dataclass
+class BuildContext:
+    """What a builder may need beyond examples: built by the CLI / run from the config."""
+
+    judge: Any = None  # prefalign.judges.Judge
+    encoder: Any = None  # object with encode(texts) -> [N, H] unit vectors
+    generator: Any = None  # callable(prompts, settings) -> list[list[str]]
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Builder:
+    name: str
+    fn: Callable
+    summary: str
+    paper: str  # arXiv id or "" for plain utilities
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(self.fn)
+        return {p.name: p.default for p in sig.parameters.values()
+                if p.kind is p.KEYWORD_ONLY and p.name != "context"}
+
+
+BUILDERS: dict[str, Builder] = {}
+
+
+def data_builder(name: str, paper: str = ""):
+    def add(fn):
+        if name in BUILDERS:
+            raise ValueError(f"data builder {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        BUILDERS[name] = Builder(name, fn, doc[0] if doc else "", paper)
+        return fn
+
+    return add
+
+
+def run_builder(name: str, examples: list[Example], params: dict | None = None,
+                context: BuildContext | None = None) -> tuple[list[Example], dict]:
+    if name not in BUILDERS:
+        raise ValueError(f"unknown data builder {name!r}; known: {', '.join(sorted(BUILDERS))}")
+    b = BUILDERS[name]
+    params = dict(params or {})
+    unknown = set(params) - set(b.params())
+    if unknown:
+        raise ValueError(f"data builder {name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(b.params())}")
+    kwargs = dict(params)
+    if "context" in inspect.signature(b.fn).parameters:
+        kwargs["context"] = context or BuildContext()
+    out, report = b.fn(examples, **kwargs)
+    return out, {"builder": name, "in": len(examples), "out": len(out), **report.as_dict()}
+
+
+def run_builders(examples: list[Example], specs: list[dict], context: BuildContext | None = None):
+    """Apply `[{name: ..., **params}, ...]` in order; returns the examples and one report per step."""
+    reports = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"data.builders[{i}] must be a mapping with a 'name' key, got {spec!r}")
+        params = {k: v for k, v in spec.items() if k != "name"}
+        examples, report = run_builder(spec["name"], examples, params, context)
+        reports.append(report)
+    return examples, reports
