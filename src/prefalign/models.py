@@ -279,6 +279,8 @@ def data_fingerprint(examples) -> str:
     for e in examples:
         # reference samples are cached too (the last column): they are part of the key when present
         rows = [e.sequences, e.response_starts] + ([e.ref_sample] if e.ref_sample is not None else [])
+        # LongPO's reference reads the short-context rows: they are what the cached values depend on
+        rows += [e.short_rows] if e.short_rows is not None else []
         h.update(json.dumps(rows).encode())
     return h.hexdigest()
 

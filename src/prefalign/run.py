@@ -17,7 +17,7 @@ from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists, reward_augment
-from prefalign.data.records import DATA_FEATURES, RESPONSE_FIELDS
+from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, unknown_params_message
@@ -31,11 +31,12 @@ ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"p
            "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
 # Features the data pipeline and trainer know how to supply today: computed by the trainer
 # (lengths, token_logps, kl_logratio, contrast_token_rewards; with a live reference, token_kl,
-# mask_logits and activation_mask), read from the examples' structure (scores, samples as list
-# entries, gold, unpaired labels) or read from row fields (DATA_FEATURES, and RESPONSE_FIELDS
-# scored as extra rows).
+# mask_logits and activation_mask; long_chosen_nll from an extra policy row), read from the
+# examples' structure (scores, samples as list entries, gold, unpaired labels) or read from row
+# fields (DATA_FEATURES, RESPONSE_FIELDS scored as extra rows, PROMPT_FIELDS the reference reads).
 SUPPLIED = ({"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold",
-             "contrast_token_rewards"} | set(REFERENCE_EXTRAS) | set(DATA_FEATURES) | set(RESPONSE_FIELDS))
+             "contrast_token_rewards", "long_chosen_nll"} | set(REFERENCE_EXTRAS) | set(DATA_FEATURES)
+            | set(RESPONSE_FIELDS) | set(PROMPT_FIELDS))
 # Features the step computes with the reference model itself; a precomputed cache holds only
 # sequence sums (of the K responses and of any ref_sample), so these need a live reference.
 LIVE_REFERENCE = {"kl_logratio": "its KL reference point from mismatched pairs of each batch",
@@ -80,7 +81,7 @@ def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: 
                          "see the objective's docstring for what it expects")
     if "gold" in obj.features and kinds != {"triple"}:
         raise ValueError(f"objective {obj.name!r} needs gold/chosen/rejected triples; {label} holds {sorted(kinds)}")
-    for name in (f for f in obj.features if f in DATA_FEATURES or f in RESPONSE_FIELDS):
+    for name in (f for f in obj.features if f in DATA_FEATURES or f in RESPONSE_FIELDS or f in PROMPT_FIELDS):
         lacking = next((e for e in examples if name not in e.extra and name not in e.extra.get("features", {})),
                        None)
         if lacking is not None:
@@ -121,15 +122,17 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
 @torch.no_grad()
 def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int):
     """[N, K] summed log-probs of every response under the (not yet trained) policy, plus a last
-    column with each example's ref_sample where the examples carry one (loop.make_batch reads it)."""
+    column with each example's ref_sample where the examples carry one (loop.make_batch reads it).
+    Examples with short-context rows (LongPO) are scored on those rows: the reference's context."""
     k = max(len(e.sequences) for e in examples)
     out = torch.zeros(len(examples), k + (examples[0].ref_sample is not None))
     policy.eval()
     for s in range(0, len(examples), batch_size):
         idx = list(range(s, min(s + batch_size, len(examples))))
         batch = batch_to_device(make_batch(examples, idx, pad_id, None), device)
-        tok = policy(*model_args(batch))
-        sums, _ = sequence_sums(tok, batch)
+        rows = batch.get("short", batch)
+        tok = policy(*model_args(rows))
+        sums, _ = sequence_sums(tok, rows)
         out[idx, : sums.shape[1]] = sums.float().cpu()
         if "ref_sample_index" in batch:
             out[idx, -1] = tok[batch["ref_sample_index"]].sum(1).float().cpu()
@@ -162,7 +165,8 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     stats = TokenizeStats()
     rows = {"ref_sample": "ref_sample" in obj.features,
             "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
-            if "contrast_token_rewards" in obj.features else None}
+            if "contrast_token_rewards" in obj.features else None,
+            "short_prompt": "short_prompt" in obj.features, "long_chosen_nll": "long_chosen_nll" in obj.features}
     train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, **rows)
     eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, **rows)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",

@@ -10,7 +10,7 @@ import pytest
 
 from prefalign.config import load_config
 from prefalign.run import train
-from tests_support import FIXTURES, write_jsonl
+from tests_support import FIXTURES, hh_long_short, write_jsonl
 
 
 def rows(name: str) -> list[dict]:
@@ -82,6 +82,8 @@ CASES = {
     "treg": ("treg", {}, "hh_harmless_64.jsonl", "rewards/margins"),
     "selm": ("selm", {}, hh_with_ref_sample, "rewards/margins"),
     "xpo": ("xpo", {}, hh_with_ref_sample, "rewards/margins"),
+    # LongPO's loss is mostly the chosen NLL (lambda_ = 0.01): the chosen reward is what it moves
+    "longpo": ("longpo", {}, hh_long_short, "rewards/chosen"),
 }
 
 

@@ -44,15 +44,23 @@ def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tens
     policy forward for all), at `ref_sample_index` [B]; T-REG's contrast rows are a separate
     batch `contrast` (reference-only): the "better" row of each response row in order, then the
     "worse" rows, so that row r and row N + r belong to response row r.
+    LongPO: the whole-chosen NLL rows follow any reference samples in the same tensors, at
+    `nll_index` [B]; the short-context rows are a separate batch `short` (reference-only) whose
+    row r is response row r, with the same row_index and valid, so it sums into the same slots.
     """
     k_max = max(len(e.sequences) for e in examples)
     slots = [(b, k) for b, e in enumerate(examples) for k in range(len(e.sequences))]
     rows = [(e.sequences[k], e.response_starts[k]) for e in examples for k in range(len(e.sequences))]
     with_ref_sample = all_or_none(examples, "ref_sample")
-    batch = pad_rows(rows + ([e.ref_sample for e in examples] if with_ref_sample else []), pad_id, pad_multiple)
+    with_nll = all_or_none(examples, "nll_row")
+    extra = ([e.ref_sample for e in examples] if with_ref_sample else []) + \
+        ([e.nll_row for e in examples] if with_nll else [])
+    batch = pad_rows(rows + extra, pad_id, pad_multiple)
     batch["row_index"] = torch.tensor([b * k_max + k for b, k in slots], dtype=torch.long)
     if with_ref_sample:
         batch["ref_sample_index"] = torch.arange(len(rows), len(rows) + len(examples))
+    if with_nll:
+        batch["nll_index"] = torch.arange(len(rows) + len(extra) - len(examples), len(rows) + len(extra))
     if all_or_none(examples, "contrast"):
         batch["contrast"] = pad_rows([row for name in ("better", "worse") for e in examples
                                       for row in e.contrast[name]], pad_id, pad_multiple)
@@ -62,6 +70,9 @@ def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tens
         valid[b, : len(e.sequences)] = True
         target[b, : len(e.target)] = torch.tensor(e.target)
     batch.update(valid=valid, target=target)
+    if all_or_none(examples, "short_rows"):
+        batch["short"] = pad_rows([row for e in examples for row in e.short_rows], pad_id, pad_multiple)
+        batch["short"].update(row_index=batch["row_index"], valid=valid)
     for name in examples[0].extra.get("features", {}):
         batch[f"feature/{name}"] = torch.tensor([e.extra["features"][name] for e in examples])
     if reference is not None:

@@ -24,6 +24,10 @@ DATA_FEATURES = {"soft_label": "scalar", "reward_margins": "vector", "aligned_lo
 # Extra responses a pairs row may carry (a row field holding response text, like `chosen`). They
 # are tokenized like the pair's responses and scored as extra rows, never as extra list entries.
 RESPONSE_FIELDS = {"ref_sample": "a response sampled from the reference policy for the prompt (SELM, XPO)"}
+# Other prompts a pairs row may carry (a row field holding prompt text, like `prompt`). The
+# trainer scores the pair's responses after them for the reference model only.
+PROMPT_FIELDS = {"short_prompt": "the short context x_S + the same instruction as `prompt` (LongPO): the reference "
+                                 "scores chosen and rejected after it, the policy after `prompt`"}
 
 
 class DataError(ValueError):
@@ -143,6 +147,13 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
         if row.get(name) is not None:
             # hh rows hold whole dialogues in chosen/rejected, but an extra response is only the reply
             extra[name] = check_text(row[name], source, row_no, name, allow_messages=fmt != "hh")
+    for name in PROMPT_FIELDS:
+        if row.get(name) is not None:
+            extra[name] = check_text(row[name], source, row_no, name)
+            if isinstance(extra[name], list) != isinstance(prompt, list):
+                # one rendering rule per pair: the reference must see the responses as the policy does
+                raise DataError(source, row_no, name, "must be text when prompt is text and a message list when "
+                                                      "prompt is one")
     return Example(prompt, [chosen, rejected], [1.0, 0.0], "pair", f"{source}:{row_no}", extra)
 
 

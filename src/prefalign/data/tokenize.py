@@ -33,6 +33,11 @@ class TokenizedExample:
     # contrast: per response k, {"better": [(ids, start)] * K, "worse": [...]} (T-REG; data/contrast.py).
     ref_sample: tuple[list[int], int] | None = None
     contrast: dict[str, list[tuple[list[int], int]]] | None = None
+    # LongPO (data/tokenize.short_sequence): short_rows holds, per response k, (ids, start) of the
+    # row's short_prompt followed by a copy of response k's ids, for the reference; nll_row is
+    # (sequences[0], 0), the whole chosen sequence scored from its second token, for the policy.
+    short_rows: list[tuple[list[int], int]] | None = None
+    nll_row: tuple[list[int], int] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -117,6 +122,29 @@ def truncate(ids: list[int], start: int, max_length: int, max_prompt_length: int
     return prompt + response, len(prompt), cut_prompt, cut_response
 
 
+def short_sequence(tokenizer, short_prompt: Text, response: Text, main_ids: list[int], main_start: int,
+                   max_length: int, max_prompt_length: int, source: str) -> tuple[list[int], int]:
+    """LongPO's reference row: the short prompt's ids, then the main sequence's response ids copied.
+
+    The reference must score exactly the tokens the policy scores (y_w, y_l under x_S vs x_L), so
+    the response ids are copied, never re-tokenized after the other prompt. The short prompt's ids
+    end where tokenize_response puts the boundary for short_prompt + response: both prompts end
+    with the same instruction, so a BPE merge across the boundary falls the same way in both and
+    prompt ids + copied ids spell short_prompt + response. The prompt is cut from the left (as
+    `truncate` does) so that the whole response fits in max_length.
+    """
+    full, start = tokenize_response(tokenizer, short_prompt, response, source)
+    response_ids = main_ids[main_start:]
+    limit = min(max_prompt_length, max_length - len(response_ids))
+    ids, start, _, cut_response = truncate(full[:start] + response_ids, start, max_length, limit,
+                                           tokenizer.bos_token_id)
+    if cut_response:
+        raise DataError(source, 0, "short_prompt", f"leaves no room for the {len(response_ids)} response tokens "
+                                                   f"within max_length={max_length}")
+    # a row's first token is never scored: keep the scored tokens equal to the main row's
+    return ids, start + (1 if main_start == 0 else 0)
+
+
 def with_row(source: str, err: DataError) -> DataError:
     """The error re-raised with the example's file and row (tokenization only knows "file:row")."""
     file, _, row = source.rpartition(":")
@@ -125,10 +153,17 @@ def with_row(source: str, err: DataError) -> DataError:
 
 def tokenize_examples(
     examples: list[Example], tokenizer, max_length: int, max_prompt_length: int, stats: TokenizeStats | None = None,
-    ref_sample: bool = False, contrast: tuple[str, str] | None = None,
+    ref_sample: bool = False, contrast: tuple[str, str] | None = None, short_prompt: bool = False,
+    long_chosen_nll: bool = False,
 ) -> list[TokenizedExample]:
     """ref_sample: also tokenize each example's `ref_sample` response (same rules as the others).
-    contrast: (better, worse) templates: also build T-REG's contrast sequences (data/contrast.py)."""
+    contrast: (better, worse) templates: also build T-REG's contrast sequences (data/contrast.py).
+    short_prompt: also build each response's row after the example's `short_prompt` (LongPO's
+    reference rows, see short_sequence). long_chosen_nll: also add the whole chosen sequence as a
+    row scored from its second token (LongPO's NLL on the long chosen sequence)."""
+    if short_prompt and ref_sample:
+        raise ValueError("short_prompt rows and ref_sample rows cannot be combined: the reference scores the "
+                         "short-context rows only")
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}) "
                          "so that every response keeps at least one token")
@@ -141,6 +176,9 @@ def tokenize_examples(
         if ref_sample and "ref_sample" not in ex.extra:
             raise with_row(ex.source, DataError("", 0, "ref_sample", "is missing (the objective needs a response "
                                                                        "sampled from the reference policy)"))
+        if short_prompt and "short_prompt" not in ex.extra:
+            raise with_row(ex.source, DataError("", 0, "short_prompt", "is missing (the objective scores the reference "
+                                                                         "after the short context)"))
         extra_responses = [ex.extra["ref_sample"]] if ref_sample else []
         for k, response in enumerate(ex.responses + extra_responses):
             try:
@@ -162,8 +200,18 @@ def tokenize_examples(
         stats.truncated_prompt += any_prompt_cut
         stats.truncated_response += any_response_cut
         k = len(ex.responses)
+        short_rows = None
+        if short_prompt:
+            try:
+                short_rows = [short_sequence(tokenizer, ex.extra["short_prompt"], response, seqs[j], starts[j],
+                                             max_length, max_prompt_length, ex.source)
+                              for j, response in enumerate(ex.responses)]
+            except DataError as err:
+                err.field = "short_prompt"  # the prompt, not the response, is what differs from the main rows
+                raise with_row(ex.source, err) from None
         out.append(TokenizedExample(seqs[:k], starts[:k], list(ex.target), ex.kind, ex.source,
                                     any_prompt_cut or any_response_cut, dict(ex.extra),
                                     (seqs[k], starts[k]) if ref_sample else None,
-                                    contrast_rows if contrast is not None else None))
+                                    contrast_rows if contrast is not None else None,
+                                    short_rows, (seqs[0], 0) if long_chosen_nll else None))
     return out

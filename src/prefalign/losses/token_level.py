@@ -36,6 +36,11 @@ declare_feature(
     "'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (long context, "
     "instruction and response) under the policy, with grad (LongPO)",
 )
+declare_feature(
+    "short_prompt",
+    "a row field 'short_prompt' (short context + the same instruction): batch.reference holds the "
+    "reference's log-probs of the responses after it instead of after 'prompt' (LongPO)",
+)
 
 
 def require_pairs(batch: SeqLogps, name: str) -> None:
@@ -174,7 +179,8 @@ def treg(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.25) -> LossOut:
     return LossOut(dpo + alpha * weight * reg, (beta * h).detach(), extras)
 
 
-@objective("longpo", kind="pairwise", paper="2502.13922", reference=True, features=("long_chosen_nll",))
+@objective("longpo", kind="pairwise", paper="2502.13922", reference=True,
+           features=("long_chosen_nll", "short_prompt"))
 def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> LossOut:
     """LongPO: NLL on the long-context chosen sequence + lambda * short-to-long DPO.
 
@@ -191,7 +197,16 @@ def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> Los
     and y_w) under the policy. The paper body could not be read here: the form (NLL + lambda_ x
     preference, NLL over every token of the long chosen sequence) and the defaults (beta = 0.01,
     lambda_ = 0.01) follow the authors' release (DAMO-NLP-SG/LongPO, LongPOMTLMUlyssesTrainer
-    and its README command).
+    and its README command). Unverified: the release's tokenization script that could be read
+    masks prompt tokens in its labels, which would make the NLL response-only; the trainer class
+    itself could not be read, so the whole-sequence reading is kept (see the README's notes).
+    What the trainer supplies: rows carry `short_prompt` (x_S + the instruction; `prompt` is x_L +
+    the instruction); batch.reference is computed on the short rows, which are the short prompt's
+    tokens followed by a copy of each response's tokens (data/tokenize.short_sequence), with a
+    live reference (frozen, adapter_off) or precomputed once (the cache keys on the short rows);
+    'long_chosen_nll' comes from an extra policy row, the chosen long sequence after truncation,
+    scored from its second token (the first has no prediction). Single-instruction rows only:
+    the paper's multi-turn variant (several chunks and instructions per document) is not built.
     rewards: beta * (policy - reference), [B, 2] (long-context policy against short-context
     reference). extras: "nll" and "preference" (batch means). With the same context on both sides
     the preference term is DPO.

@@ -35,6 +35,11 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
     together with any reference-policy samples (extra rows after the N list rows)."""
     args = model_args(batch)
     wanted = reference_extras(objective)
+    # LongPO: the reference scores the responses after the short prompt (collate's "short" rows)
+    ref_rows = batch.get("short", batch)
+    if "short" in batch and (any(wanted.values()) or "token_logps" in objective.features or "ref_sample_index" in batch):
+        raise ValueError("short-context reference rows (LongPO) give sequence log-probs only; they cannot be combined "
+                         "with token-level reference features or reference samples")
     ref_out = None
     if any(wanted.values()):
         if reference is None or "reference_logps" in batch:
@@ -52,8 +57,8 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
     if "reference_logps" in batch:
         ref_sums = batch["reference_logps"].to(policy_sums.dtype)
     elif reference is not None:
-        ref_tok = ref_out.token_logps if ref_out is not None else reference(batch)
-        ref_sums, _ = sequence_sums(ref_tok, batch)
+        ref_tok = ref_out.token_logps if ref_out is not None else reference(ref_rows)
+        ref_sums, _ = sequence_sums(ref_tok, ref_rows)
     features = {}
     shape, n = tuple(batch["valid"].shape), batch["row_index"].numel()
     if "token_logps" in objective.features:
@@ -78,6 +83,8 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
     if "contrast_token_rewards" in objective.features:
         features["contrast_token_rewards"] = to_slots(contrast_token_rewards(reference, batch), batch["row_index"],
                                                       shape)
+    if "nll_index" in batch:
+        features["long_chosen_nll"] = whole_sequence_nll(tok, batch)
     for key, value in batch.items():
         if key.startswith("feature/"):
             features[key.split("/", 1)[1]] = value
@@ -85,6 +92,14 @@ def forward_batch(policy, batch: dict, reference, objective: Objective) -> SeqLo
         features["kl_logratio"] = mismatched_logratio(policy, reference, batch["mismatched"])
     return SeqLogps(policy=policy_sums, reference=ref_sums, n_tokens=n_tokens, valid=batch["valid"],
                     target=batch["target"].to(policy_sums.dtype), features=features)
+
+
+def whole_sequence_nll(tok: torch.Tensor, batch: dict) -> torch.Tensor:
+    """[B] mean NLL per scored token of the rows at batch["nll_index"] (with grad). Those rows are
+    scored from their second token (start 0), so this is the NLL of the whole sequence but its first."""
+    rows = batch["nll_index"]
+    counts = (batch["response_mask"][rows, 1:] & batch["attention_mask"][rows, 1:].bool()).sum(1)
+    return -tok[rows].sum(1) / counts.to(tok.dtype)
 
 
 def scored_mask(rows: dict, n: int | None = None) -> torch.Tensor:
