@@ -199,7 +199,7 @@ def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> Los
     lambda_ = 0.01) follow the authors' release (DAMO-NLP-SG/LongPO, LongPOMTLMUlyssesTrainer
     and its README command). Unverified: the release's tokenization script that could be read
     masks prompt tokens in its labels, which would make the NLL response-only; the trainer class
-    itself could not be read, so the whole-sequence reading is kept (see the README's notes).
+    itself could not be read, so the whole-sequence reading is kept until the paper can be checked.
     What the trainer supplies: rows carry `short_prompt` (x_S + the instruction; `prompt` is x_L +
     the instruction); batch.reference is computed on the short rows, which are the short prompt's
     tokens followed by a copy of each response's tokens (data/tokenize.short_sequence), with a
