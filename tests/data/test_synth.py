@@ -74,9 +74,9 @@ def test_magpie_builder_on_the_tiny_model_accounts_for_every_sample(tiny_model_d
     from prefalign.models import load_model
 
     context = BuildContext(generator=LocalModel(load_model(str(tiny_model_dir)), tokenizer), seed=3)
-    out, report = run_builder("magpie", [], {"n": 6, "max_instruction_tokens": 6, "max_response_tokens": 4,
+    out, report = run_builder("magpie", [], {"n": 5, "max_instruction_tokens": 6, "max_response_tokens": 3,
                                              "batch_size": 4}, context)
-    assert report["requested"] == 6 == report["kept"] + sum(report["dropped"].values())
+    assert report["requested"] == 5 == report["kept"] + sum(report["dropped"].values())
     assert report["out"] == report["kept"] == len(out) and all(e.kind == "sft" for e in out)
     with pytest.raises(ValueError, match="needs a local model: pass --generator-model"):
         run_builder("magpie", [], {"n": 1})
