@@ -46,6 +46,10 @@ class DataConfig:
                                     "gap) first, trained in order (0: off)")
     curriculum_reference: str = opt("previous", "Curry-DPO reference of stage k: previous (stage k-1's model) | "
                                                 "initial (the starting model)")
+    builders: list = opt([], "data builders applied in order after loading, before tokenization, to the training "
+                             "and held-out examples: a list of {name: ..., param: value} (`prefalign data list`), "
+                             "e.g. [{name: to_pairs, rule: all_pairs, min_gap: 1}, {name: reward_augment}]; "
+                             "each step's counts go into summary.json")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "
@@ -206,10 +210,31 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("mask_head_dropout must be in [0, 1)")
     if cfg.max_prompt_length >= cfg.max_length:
         raise ConfigError("max_prompt_length must be below max_length")
+    check_builders(cfg.data.builders)
     for key in ("contrast_better", "contrast_worse"):
         error = template_error(getattr(cfg.data, key))
         if error:
             raise ConfigError(f"data.{key} {error}")
+
+
+def check_builders(specs) -> None:
+    """data.builders: a list of {name, params}, names and parameters known to the registry."""
+    from prefalign.data.pipeline import load_all_builders
+
+    if not isinstance(specs, list):
+        raise ConfigError(f"data.builders must be a list of {{name: ..., params}} mappings, got {specs!r}")
+    known = load_all_builders()
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"data.builders[{i}] must be a mapping with a 'name' key, got {spec!r}")
+        if spec["name"] not in known:
+            close = difflib.get_close_matches(str(spec["name"]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+            raise ConfigError(f"data.builders[{i}]: unknown builder {spec['name']!r}{hint}")
+        unknown = sorted(set(spec) - {"name"} - set(known[spec["name"]].params()))
+        if unknown:
+            raise ConfigError(f"data.builders[{i}] ({spec['name']}): unknown parameter(s) {unknown}; "
+                              f"it takes {sorted(known[spec['name']].params())}")
 
 
 def to_dict(cfg) -> dict:

@@ -16,7 +16,8 @@ import torch
 from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.builders import pairs_from_lists, reward_augment
+from prefalign.data.builders import pairs_from_lists
+from prefalign.data.pipeline import BuildContext, run_builder, run_builders
 from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
@@ -151,17 +152,25 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
         eval_report = None
     if cfg.data.max_examples:
         train = train[: cfg.data.max_examples]
+    built = {}
+    if cfg.data.builders:
+        context = BuildContext(seed=cfg.seed)
+        train, built["train"] = run_builders(train, cfg.data.builders, context)
+        held_out, built["eval"] = run_builders(held_out, cfg.data.builders, context)
+        if not train:
+            raise ValueError(f"{cfg.data.train}: data.builders left no training examples ({built['train']})")
     pairing_train, pairing_eval = {}, {}
     train = prepare_examples(obj, train, cfg.data.list_to_pairs, cfg.data.train, cfg.data.min_score_gap, pairing_train)
     held_out = prepare_examples(obj, held_out, cfg.data.list_to_pairs, cfg.data.eval or "the held-out split",
                                 cfg.data.min_score_gap, pairing_eval)
     augment = {}
-    if cfg.data.reward_augment:
-        train, augment["train"] = reward_augment(train, cfg.data.reward_template)
-        held_out, augment["eval"] = reward_augment(held_out, cfg.data.reward_template)
+    if cfg.data.reward_augment:  # sugar for the reward_augment builder, run after lists became pairs
+        params = {"template": cfg.data.reward_template}
+        train, augment["train"] = run_builder("reward_augment", train, params)
+        held_out, augment["eval"] = run_builder("reward_augment", held_out, params)
         if not train:
             raise ValueError(f"{cfg.data.train}: reward_augment needs pairs with score_chosen > score_rejected; "
-                             f"none left ({augment['train'].as_dict()})")
+                             f"none left ({augment['train']})")
     stats = TokenizeStats()
     rows = {"ref_sample": "ref_sample" in obj.features,
             "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
@@ -174,7 +183,9 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     if pairing_train:
         report["pairing"] = {"train": pairing_train["pairing"], "eval": pairing_eval.get("pairing")}
     if augment:
-        report["reward_augment"] = {k: v.as_dict() for k, v in augment.items()}
+        report["reward_augment"] = augment
+    if built:
+        report["builders"] = built
     return train_tok, eval_tok, report
 
 
@@ -312,6 +323,7 @@ def train_curriculum(cfg: TrainConfig) -> dict:
     out = Path(cfg.output_dir)
     aspect = cfg.data.score_weights or cfg.data.score_aspect
     lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
+    lists, built = run_builders(lists, cfg.data.builders, BuildContext(seed=cfg.seed))
     if cfg.data.eval:
         eval_path = cfg.data.eval
     else:
@@ -328,7 +340,8 @@ def train_curriculum(cfg: TrainConfig) -> dict:
         reference = None if cfg.data.curriculum_reference == "previous" or model == cfg.model else cfg.model
         stage_cfg = replace(cfg, model=model, reference_model=reference, output_dir=str(stage_dir / "run"),
                             data=replace(cfg.data, train=str(write_pairs(pairs, stage_dir / "train.jsonl")),
-                                         eval=eval_path, format="pairs", curriculum_stages=0))
+                                         eval=eval_path, format="pairs", curriculum_stages=0,
+                                         builders=[]))
         summary = train(stage_cfg)
         stage_summaries.append({"stage": k, "pairs": len(pairs), "model": model, "reference": reference or model,
                                 "eval_start": summary["eval_start"], "eval_end": summary["eval_end"]})
@@ -336,6 +349,6 @@ def train_curriculum(cfg: TrainConfig) -> dict:
     ran = [s for s in stage_summaries if "eval_end" in s]
     result = {"objective": cfg.objective, "curriculum": stage_summaries, "steps": cfg.max_steps * len(ran),
               "eval_start": ran[0]["eval_start"], "eval_end": ran[-1]["eval_end"], "final_model": model,
-              "data": {"train": report.as_dict()}}
+              "data": {"train": report.as_dict(), **({"builders": {"train": built}} if built else {})}}
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -57,8 +57,25 @@ def data_builder(name: str, paper: str = ""):
     return add
 
 
+def load_all_builders() -> dict[str, Builder]:
+    """Import every module of prefalign.data so that each @data_builder registers, whoever wrote it.
+
+    The registry is the one list of builders: the CLI, configs and docs read it after this call,
+    so a new builder module needs no import added anywhere else.
+    """
+    import importlib
+    import pkgutil
+
+    import prefalign.data as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"prefalign.data.{info.name}")
+    return BUILDERS
+
+
 def run_builder(name: str, examples: list[Example], params: dict | None = None,
                 context: BuildContext | None = None) -> tuple[list[Example], dict]:
+    load_all_builders()
     if name not in BUILDERS:
         raise ValueError(f"unknown data builder {name!r}; known: {', '.join(sorted(BUILDERS))}")
     b = BUILDERS[name]

@@ -30,6 +30,11 @@ PROMPT_FIELDS = {"short_prompt": "the short context x_S + the same instruction a
                                  "scores chosen and rejected after it, the policy after `prompt`"}
 
 
+# Row fields of a pair kept on the Example: ids and scores, and what builders add (the curriculum
+# stage, reward-augmented relabeling's target score), so that a built file reads back unchanged.
+PAIR_EXTRAS = ("id", "score_chosen", "score_rejected", "subset", "stage", "target_score")
+
+
 class DataError(ValueError):
     def __init__(self, source: str, row: int, field_name: str, message: str):
         self.source, self.row, self.field, self.reason = source, row, field_name, message
@@ -141,7 +146,7 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
             raise DataError(source, row_no, name, "response is empty")
     if chosen == rejected:
         raise DataError(source, row_no, "rejected", "is identical to chosen")
-    extra = {k: row[k] for k in ("id", "score_chosen", "score_rejected", "subset") if k in row}
+    extra = {k: row[k] for k in PAIR_EXTRAS if row.get(k) is not None}  # Parquet stores absent as null
     extra["features"] = data_features(row, source, row_no)
     for name in RESPONSE_FIELDS:
         if row.get(name) is not None:
@@ -211,7 +216,11 @@ def make_list(row: dict, source: str, row_no: int, aspect: str | dict | None = N
         raise DataError(source, row_no, "responses", "contains identical responses")
     if len(set(scores)) == 1:
         raise DataError(source, row_no, "responses", "all responses have the same score: no preference")
-    return Example(prompt, texts, scores, "list", f"{source}:{row_no}", {k: row[k] for k in ("id",) if k in row})
+    extra = {k: row[k] for k in ("id",) if row.get(k) is not None}
+    aspects = [r.get("scores") if isinstance(r, dict) else None for r in responses]
+    if all(isinstance(a, dict) for a in aspects):
+        extra["aspect_scores"] = aspects  # kept so that a builder can re-rank by another aspect later
+    return Example(prompt, texts, scores, "list", f"{source}:{row_no}", extra)
 
 
 def make_sft(row: dict, source: str, row_no: int) -> Example:
