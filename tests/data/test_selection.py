@@ -1,13 +1,15 @@
 """deita selection (arXiv:2312.15685), dedup and length filters on hand-built sets with hand counts."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from prefalign.data.pipeline import BuildContext, run_builder
 from prefalign.data.records import Example
-from prefalign.data.selection import complexity_heuristic, dedup, deita_select, length_filter, quality_heuristic
+from prefalign.data.selection import (complexity_heuristic, dedup, deita_select, length_filter, quality_heuristic,
+                                      shingles)
 from prefalign.judges import CallableJudge
 
 
@@ -117,3 +119,31 @@ def test_deita_missing_verdicts_counted_and_bad_scores_raise():
         deita_select([pair("x")], quality="judge", diversity=False, context=BuildContext(judge=negative))
     with pytest.raises(ValueError, match="needs an encoder"):
         deita_select([pair("x")], context=BuildContext())
+
+
+def brute_force_near_dups(texts, threshold, n=3):
+    """The definition, pair by pair: keep a text unless a kept one has Jaccard >= threshold
+    (same shingles as dedup, so only the candidate search differs)."""
+    kept = []
+    for t in texts:
+        s = shingles(t, n)
+        if not any(len(s & o) / len(s | o) >= threshold for o in kept):
+            kept.append(s)
+    return len(kept)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95])
+def test_prefix_filtered_jaccard_equals_brute_force(threshold):
+    """Real HH prompts, each also with a word appended, a word dropped and a word swapped: the
+    indexed search must drop exactly what the pairwise definition drops."""
+    from prefalign.data.readers import load_examples
+
+    pairs, _ = load_examples(Path(__file__).resolve().parents[1] / "fixtures" / "hh_harmless_64.jsonl")
+    texts = []
+    for e in pairs:
+        w = " ".join(e.prompt.replace(":", " ").split()).split(" ")
+        texts += [" ".join(w), " ".join(w + ["please"]), " ".join(w[1:]), " ".join(w[:3] + ["zz"] + w[4:])]
+    rows = [pair(t) for t in texts]
+    out, report = dedup(rows, near="jaccard", threshold=threshold, context=BuildContext())
+    assert len(out) == brute_force_near_dups(texts, threshold)
+    assert len(out) + sum(report.dropped.values()) == len(rows)

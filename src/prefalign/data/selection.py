@@ -136,22 +136,26 @@ def deita_select(examples: list[Example], *, budget: int | None = None, max_simi
 
 
 def repr_filter(order: list[int], texts: list[str], max_similarity: float, budget: int | None, encoder,
-                report: FilterReport) -> list[int]:
+                report: FilterReport, chunk: int = 64) -> list[int]:
     """Visit `order`; select an index if no selected one is at cosine >= max_similarity (encoder
-    None: no diversity check), stopping at `budget`."""
-    emb = encoder.encode([texts[i] for i in order]) if encoder is not None and order else None
-    chosen, picked_rows = [], []
-    for k, i in enumerate(order):
-        if budget is not None and len(chosen) >= budget:
-            report.dropped["over budget"] += len(order) - k
-            break
-        if emb is not None and picked_rows:
-            nearest = float((emb[picked_rows] @ emb[k]).max())
-            if nearest >= max_similarity:
+    None: no diversity check), stopping at `budget`. Embeddings are computed chunk by chunk in
+    visit order, so a small budget never pays for encoding the whole dataset."""
+    chosen, bank = [], None  # bank[:len(chosen)] holds the selected examples' embeddings
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        emb = encoder.encode([texts[i] for i in part]) if encoder is not None else None
+        if emb is not None and bank is None:
+            bank = emb.new_zeros((min(len(order), budget or len(order)), emb.shape[1]))
+        for k, i in enumerate(part):
+            if budget is not None and len(chosen) >= budget:
+                report.dropped["over budget"] += len(order) - start - k
+                return chosen
+            if emb is not None and chosen and float((bank[:len(chosen)] @ emb[k]).max()) >= max_similarity:
                 report.dropped[f"cosine >= {max_similarity} to a selected example"] += 1
                 continue
-        chosen.append(i)
-        picked_rows.append(k)
+            if emb is not None:
+                bank[len(chosen)] = emb[k]
+            chosen.append(i)
     return chosen
 
 
@@ -209,14 +213,23 @@ def dedup(examples: list[Example], *, key: str = "prompt", near: str = "jaccard"
 
 def near_dups_jaccard(examples: list[Example], key: str, threshold: float, n: int,
                       report: FilterReport) -> list[Example]:
-    kept, kept_sets, index = [], [], defaultdict(list)  # shingle -> kept positions
-    for e in examples:
-        s = shingles(dedup_text(e, key), n)
-        candidates = {j for g in s for j in index[g]}  # only kept texts sharing a shingle can match
-        if any(len(s & kept_sets[j]) / len(s | kept_sets[j]) >= threshold for j in candidates):
+    """Greedy in input order, exact Jaccard. Candidates come from prefix filtering (a set-similarity
+    join): with every set's shingles in one global rarest-first order, two sets with Jaccard >= t
+    must share a shingle among the first |A| - ceil(t |A|) + 1 of each, so only those prefixes are
+    indexed, and common shingles (chat markers, boilerplate) never make every pair a candidate."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"a Jaccard threshold must be in (0, 1], got {threshold}")
+    sets = [shingles(dedup_text(e, key), n) for e in examples]
+    freq = Counter(g for s in sets for g in s)
+    kept, kept_sets, index = [], [], defaultdict(list)  # prefix shingle -> positions in kept
+    for e, s in zip(examples, sets):
+        ordered = sorted(s, key=lambda g: (freq[g], g))
+        prefix = ordered[: len(s) - math.ceil(threshold * len(s) - 1e-9) + 1]
+        candidates = {j for g in prefix for j in index[g]}
+        if any(len(s & kept_sets[j]) >= threshold * len(s | kept_sets[j]) for j in candidates):
             report.dropped[f"near duplicate (word {n}-gram Jaccard >= {threshold})"] += 1
             continue
-        for g in s:
+        for g in prefix:
             index[g].append(len(kept))
         kept.append(e)
         kept_sets.append(s)
