@@ -100,3 +100,8 @@ def run_builders(examples: list[Example], specs: list[dict], context: BuildConte
         examples, report = run_builder(spec["name"], examples, params, context)
         reports.append(report)
     return examples, reports
+
+
+# Builders defined in their own modules register themselves when imported; importing them here
+# makes the registry complete for whoever imports the pipeline (they only need the names above).
+from prefalign.data import negatives, rso, selection  # noqa: E402,F401

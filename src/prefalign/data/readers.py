@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from prefalign.data.oasst import TreeOptions, TreeReport, tree_examples
 from prefalign.data.records import DataError, Example, LoadReport, detect_format, make_example
 
 BAD_ROW_POLICIES = ("error", "skip")
@@ -93,10 +94,12 @@ def load_examples(
     on_bad_row: str = "error",
     score_aspect: str | dict | None = None,
     name: str | None = None,
+    tree_options: TreeOptions | None = None,
 ) -> tuple[list[Example], LoadReport]:
     """Read and validate every row. `source` is a path or an in-memory dataset (e.g.
     `datasets.Dataset` or a list of dicts). Bad rows raise, or with on_bad_row="skip" are
-    counted in the report by reason."""
+    counted in the report by reason. An OpenAssistant tree row ("oasst_trees") gives one
+    example per ranked reply set; its left-out messages are counted in `report.left_out`."""
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
     if isinstance(source, (str, Path)):
@@ -111,7 +114,12 @@ def load_examples(
                 raise row
             if fmt == "auto":
                 fmt = detect_format(row, label)
-            examples.append(make_example(row, fmt, label, row_no, score_aspect))
+            if fmt == "oasst_trees":
+                trees = TreeReport()
+                examples.extend(tree_examples(row, label, row_no, tree_options, trees))
+                report.left_out.update(trees.left_out)
+            else:
+                examples.append(make_example(row, fmt, label, row_no, score_aspect))
         except DataError as err:
             if on_bad_row == "error":
                 raise

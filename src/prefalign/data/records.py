@@ -32,7 +32,7 @@ PROMPT_FIELDS = {"short_prompt": "the short context x_S + the same instruction a
 
 # Row fields of a pair kept on the Example: ids and scores, and what builders add (the curriculum
 # stage, reward-augmented relabeling's target score), so that a built file reads back unchanged.
-PAIR_EXTRAS = ("id", "score_chosen", "score_rejected", "subset", "stage", "target_score")
+PAIR_EXTRAS = ("id", "score_chosen", "score_rejected", "subset", "stage", "target_score", "samples")
 
 
 class DataError(ValueError):
@@ -57,6 +57,8 @@ class LoadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     first_errors: list[str] = field(default_factory=list)
+    # parts of kept rows that became no example, by reason (e.g. deleted messages of a tree row)
+    left_out: Counter = field(default_factory=Counter)
 
     def skip(self, err: DataError) -> None:
         self.skipped[f"{err.field}: {err.reason}"] += 1
@@ -65,7 +67,8 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         return {"rows": self.rows, "kept": self.kept, "skipped": sum(self.skipped.values()),
-                "skipped_by_reason": dict(self.skipped), "first_errors": self.first_errors}
+                "skipped_by_reason": dict(self.skipped), "first_errors": self.first_errors,
+                **({"left_out_by_reason": dict(self.left_out)} if self.left_out else {})}
 
 
 def check_text(value: Any, source: str, row: int, name: str, allow_messages: bool = True) -> Text:
@@ -247,11 +250,13 @@ def make_triple(row: dict, source: str, row_no: int) -> Example:
     return Example(prompt, texts, [2.0, 1.0, 0.0], "triple", f"{source}:{row_no}")
 
 
-FORMATS = ("pairs", "hh", "ranked", "unpaired", "sft", "triples")
+FORMATS = ("pairs", "hh", "ranked", "unpaired", "sft", "triples", "oasst_trees")
 
 
 def detect_format(row: dict, source: str) -> str:
     keys = set(row)
+    if {"message_tree_id", "prompt"} <= keys:
+        return "oasst_trees"  # one row is a whole OpenAssistant message tree (data/oasst.py)
     if {"gold", "chosen", "rejected"} <= keys:
         return "triples"
     if {"prompt", "chosen", "rejected"} <= keys:
