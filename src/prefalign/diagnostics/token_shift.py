@@ -124,7 +124,8 @@ def plot_token_shift(result: dict, out_png: Path, title: str = "") -> Path:
         bottom = [b + v for b, v in zip(bottom, vals)]
     left.set_xlabel("position in the aligned answer")
     left.set_ylabel("share of positions")
-    left.legend(fontsize=8, loc="lower right")
+    left.set_ylim(0, 1.18)  # headroom: the legend sits above the bars, never on them
+    left.legend(fontsize=8, loc="upper center", ncol=3)
     most = result["most_shifted"][:15][::-1]
     right.barh([repr(m["token"]) for m in most], [m["shifted"] for m in most], color="tab:red")
     right.set_xlabel("times shifted (rank > 3 under the base model)")
