@@ -100,6 +100,16 @@ class TrainConfig:
     mask_head: str = opt("common", "sparsepo's learned mask head: common (one mask for rewards and KL, "
                                    "mask_logits [B, K, T]) | independent (two, [B, K, T, 2])")
     mask_head_dropout: float = opt(0.01, "dropout inside sparsepo's mask head (the authors' default)")
+    overopt_steps: int = opt(0, "measure likelihood over-optimisation (arXiv:2410.11677: top-k entropy and top-k "
+                                "probability mass of the policy's next-token distributions along its samples for "
+                                "held-out prompts) at step 0, every N steps and at the end (0: off)")
+    overopt_prompts: int = opt(16, "how many held-out prompts the over-optimisation indicators are measured on")
+    overopt_k: int = opt(10, "k of the top-k entropy and top-k mass")
+    overopt_max_new_tokens: int = opt(32, "tokens sampled per prompt for the over-optimisation indicators")
+    overopt_indicator: str = opt("topk_entropy", "which indicator early stopping watches: topk_entropy | topk_mass")
+    overopt_stop: float = opt(0.0, "stop early when the indicator falls below (1 - overopt_stop) x its step-0 value, "
+                                   "e.g. 0.2: a 20% drop; the last healthy model is saved to output_dir/best and "
+                                   "summary.json names it (0: never stop)")
     tensorboard: bool = opt(False, "also write TensorBoard event files")
     progress: bool = opt(True, "show a progress bar")
 
@@ -199,13 +209,19 @@ def validate(cfg: TrainConfig) -> None:
     choices = {"reference": ("auto", "frozen", "adapter_off", "precomputed", "none"),
                "lr_scheduler": ("cosine", "linear", "constant"), "logps_impl": ("lean", "full"),
                "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16", "float16"),
-               "mask_head": ("common", "independent")}
+               "mask_head": ("common", "independent"), "overopt_indicator": ("topk_entropy", "topk_mass")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if not 0 <= cfg.overopt_stop < 1:
+        raise ConfigError("overopt_stop is a relative drop in [0, 1)")
+    if cfg.overopt_stop > 0 and cfg.overopt_steps < 1:
+        raise ConfigError("overopt_stop needs overopt_steps >= 1 (the indicators are measured every N steps)")
+    if cfg.overopt_steps and min(cfg.overopt_prompts, cfg.overopt_k, cfg.overopt_max_new_tokens) < 1:
+        raise ConfigError("overopt_prompts, overopt_k and overopt_max_new_tokens must be at least 1")
     if not 0 <= cfg.mask_head_dropout < 1:
         raise ConfigError("mask_head_dropout must be in [0, 1)")
     if cfg.max_prompt_length >= cfg.max_length:

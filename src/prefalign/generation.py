@@ -1,7 +1,8 @@
 """Batched generation from a local HF causal LM: the one generate path for diagnostics, judges and data.
 
-Prompts are plain text (tokenized with the tokenizer's special tokens, as training does) or a
-chat message list (rendered with the chat template and its generation prompt). Batches are
+Prompts are plain text (tokenized with the tokenizer's special tokens, as training does), a
+chat message list (rendered with the chat template and its generation prompt) or a list of
+token ids (a tokenized example's prompt, used as it is). Batches are
 left-padded so that every prompt ends where generation starts. Long prompts keep their end,
 the turn being answered, and a leading BOS.
 """
@@ -48,6 +49,9 @@ def keep_tail(ids: list[int], limit: int, bos: int | None) -> list[int]:
 
 
 def encode_prompt(tokenizer, prompt, max_prompt_tokens: int) -> list[int]:
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+        # already token ids (a tokenized example's prompt): used as they are, no second BOS
+        return keep_tail(prompt, max_prompt_tokens, tokenizer.bos_token_id)
     if isinstance(prompt, list):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("a message-list prompt needs a tokenizer with a chat template")

@@ -189,6 +189,28 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     return train_tok, eval_tok, report
 
 
+def overopt_monitor(cfg: TrainConfig, eval_set: list, tokenizer, acc, policy):
+    """The likelihood over-optimisation monitor the loop calls (None when overopt_steps is 0)."""
+    if not cfg.overopt_steps:
+        return None
+    from prefalign.diagnostics.overoptimization import OveroptMonitor
+    from prefalign.train.checkpoint import save_model_atomic
+
+    if not eval_set:
+        raise ValueError("overopt_steps needs held-out prompts: set data.eval or data.eval_fraction > 0")
+    # the held-out prompts as token ids, exactly as training tokenized them (no re-encoding)
+    prompts = [e.sequences[0][:e.response_starts[0]] for e in eval_set[:cfg.overopt_prompts]]
+
+    def save_best(step: int) -> None:
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(policy)
+            save_model_atomic(unwrapped.model, tokenizer, Path(cfg.output_dir) / "best", unwrapped.mask_head)
+
+    return OveroptMonitor(prompts, tokenizer, cfg.overopt_steps, cfg.overopt_k, cfg.overopt_indicator,
+                          cfg.overopt_stop, cfg.overopt_max_new_tokens, cfg.seed, cfg.eval_batch_size, save_best,
+                          Path(cfg.output_dir) / "overopt.json", cfg.resume)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run one training job; returns the summary also written to output_dir/summary.json."""
     from accelerate import Accelerator
@@ -259,7 +281,8 @@ def train(cfg: TrainConfig) -> dict:
             sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
     components = Components(acc, policy, optimizer, scheduler, obj, params, reference, train_set, eval_set,
-                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks, pad_multiple)
+                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks, pad_multiple,
+                            overopt_monitor(cfg, eval_set, tokenizer, acc, policy))
     settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps,
                             cfg.max_grad_norm, cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps,
                             cfg.eval_batch_size, cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
@@ -273,6 +296,8 @@ def train(cfg: TrainConfig) -> dict:
                "eval_start": history["eval_start"], "eval_end": history["eval_end"],
                "wall_time_s": round(time.time() - started, 2), "num_processes": acc.num_processes,
                "config": to_dict(cfg)}
+    if components.overopt is not None:
+        summary["overopt"] = components.overopt.summary(out_dir / "best")
     if acc.is_main_process:
         from prefalign.train.checkpoint import save_model_atomic
 

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.generation import GenerateSettings, generate_batch
+from prefalign.generation import GeneratedBatch, GenerateSettings, generate_batch
 from prefalign.logps import token_logps
+
+
+@torch.no_grad()
+def sampled_logratios(policy, reference, tokenizer, prompts: list,
+                      settings: GenerateSettings) -> tuple[GeneratedBatch, torch.Tensor]:
+    """One batch of the policy's samples and their summed log pi(y|x) - log ref(y|x) [N] (on the CPU)."""
+    b = generate_batch(policy, tokenizer, prompts, settings)
+    device = next(policy.parameters()).device
+    ids, mask, resp = b.ids.to(device), b.attention_mask.to(device), b.response_mask.to(device)
+    lp = token_logps(policy, ids, mask, resp, "full").sum(1)
+    lr = token_logps(reference, ids, mask, resp, "full").sum(1)
+    return b, (lp - lr).float().cpu()
 
 
 @torch.no_grad()
@@ -20,10 +32,8 @@ def sample_kl(policy, reference, tokenizer, prompts: list[str], max_new_tokens: 
     settings = GenerateSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     values = []
     for s in range(0, len(prompts), batch_size):
-        b = generate_batch(policy, tokenizer, prompts[s:s + batch_size], settings)
-        lp = token_logps(policy, b.ids, b.attention_mask, b.response_mask, "full").sum(1)
-        lr = token_logps(reference, b.ids, b.attention_mask, b.response_mask, "full").sum(1)
-        values += (lp - lr).tolist()
+        _, ratios = sampled_logratios(policy, reference, tokenizer, prompts[s:s + batch_size], settings)
+        values += ratios.tolist()
     t = torch.tensor(values)
     return {"kl": float(t.mean()), "kl_stderr": float(t.std() / len(values) ** 0.5) if len(values) > 1 else 0.0,
             "samples": len(values)}

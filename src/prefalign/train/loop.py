@@ -47,6 +47,7 @@ class Components:
     tokenizer: object
     sinks: list
     pad_multiple: int = 1
+    overopt: object | None = None  # diagnostics.overoptimization.OveroptMonitor, or None
 
 
 @dataclass
@@ -126,6 +127,8 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
     history = {"eval_start": evaluate(c, s.eval_batch_size) if c.eval_set and state["step"] == 0 else {}}
     if history["eval_start"]:
         log(c, state["step"], history["eval_start"])
+    if c.overopt is not None and state["step"] == 0:  # the baseline the over-optimisation threshold is relative to
+        c.overopt.at_step(0, acc, unwrapped.model, lambda m: log(c, 0, m))
     progress = Progress(s.max_steps, state["step"], s.progress and acc.is_main_process)
     window, tokens, padded, t0, last_good = MetricAccumulator(), 0, 0, time.perf_counter(), None
     window_steps = 0
@@ -182,6 +185,11 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
                 save_step_checkpoint(c, s, state)
                 last_good = s.out_dir / f"checkpoint-{step}"
             progress.update(1)
+            if c.overopt is not None and c.overopt.due(step, s.max_steps) and \
+                    c.overopt.at_step(step, acc, unwrapped.model, lambda m: log(c, step, m)):
+                break  # likelihood over-optimisation: the monitor kept the last healthy model
+        if c.overopt is not None and c.overopt.stopped_at is not None:
+            break
         if state["step"] < s.max_steps:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
