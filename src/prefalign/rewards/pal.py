@@ -107,7 +107,7 @@ def fit_user_weights(head: PALHead, chosen: torch.Tensor, rejected: torch.Tensor
                      steps: int = 200, lr: float = 0.1) -> torch.Tensor:
     """Few-shot fit of an unseen user's mixture weights [K] from their comparisons (chosen/rejected
     pooled features [n, H]); the head stays frozen (its parameters get no gradient and are unchanged)."""
-    theta = torch.zeros(head.K, requires_grad=True)
+    theta = torch.zeros(head.K, device=chosen.device, requires_grad=True)
     if chosen.shape[0] == 0:
         return torch.softmax(theta.detach(), -1)
     with torch.no_grad():  # f(x, y) and p_k(x) are fixed: compute them once
