@@ -108,7 +108,7 @@ class PALJudge(Judge):
             self.stats.record(r)
         return out
 
-    def fit_user(self, prompts: list, chosen: list, rejected: list, steps: int = 200, lr: float = 0.1) -> list[float]:
+    def fit_user(self, prompts: list, chosen: list, rejected: list, steps: int = 100, lr: float = 0.2) -> list[float]:
         """Few-shot: fit this judge's user weights to a new user's comparisons (model frozen)."""
         check_aligned(prompts, chosen, rejected)
         with torch.no_grad():

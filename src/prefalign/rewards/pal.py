@@ -104,7 +104,7 @@ class PALHead(torch.nn.Module):
 
 
 def fit_user_weights(head: PALHead, chosen: torch.Tensor, rejected: torch.Tensor, prompt_features=None,
-                     steps: int = 200, lr: float = 0.1) -> torch.Tensor:
+                     steps: int = 100, lr: float = 0.2) -> torch.Tensor:
     """Few-shot fit of an unseen user's mixture weights [K] from their comparisons (chosen/rejected
     pooled features [n, H]); the head stays frozen (its parameters get no gradient and are unchanged)."""
     theta = torch.zeros(head.K, device=chosen.device, requires_grad=True)
