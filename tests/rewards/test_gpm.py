@@ -7,6 +7,15 @@ from prefalign.rewards.gpm import (GPMHead, gpm_loss, gpm_probability, load_gpm,
                                    preference_score, save_gpm, skew_operator)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny training loops: thread syncs, not flops, dominate on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def unit(deg: float) -> torch.Tensor:
     return torch.tensor([math.cos(math.radians(deg)), math.sin(math.radians(deg))])
 
@@ -87,7 +96,7 @@ def test_loss_is_finite_for_huge_scores():
     assert gpm_loss(v[1], v[0], lam).item() == pytest.approx(1e4)  # s = -1e4, loss = -logsigmoid(-1e4)
 
 
-def test_learns_a_cycle_that_bradley_terry_cannot():
+def test_learns_a_cycle_that_bradley_terry_cannot(one_thread):
     """Five classes in the rock-paper-scissors-lizard-Spock tournament (each beats the next two),
     one-hot class features plus noise. GPM fits every held-out pair; a scalar BT head cannot do
     better than a total order allows and its max-likelihood fit is all-equal rewards."""

@@ -6,6 +6,15 @@ import torch
 from prefalign.rewards.pal import PALHead, fit_user_weights, ideal_points, load_pal, pal_loss, pal_reward, save_pal
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny training loops: thread syncs, not flops, dominate on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def hand_head_a() -> PALHead:
     """Model A, d = 1, prototypes p1 = 0, p2 = 2, f(y) = y; user 0 has theta = (0, 0) -> w = (.5, .5),
     user 1 has theta = (ln 3, 0) -> w = (.75, .25)."""
@@ -71,7 +80,7 @@ def test_bad_inputs_raise():
         PALHead(4, 2, mode="C")
 
 
-def test_few_shot_fit_recovers_an_unseen_users_weights_and_freezes_the_rest():
+def test_few_shot_fit_recovers_an_unseen_users_weights_and_freezes_the_rest(one_thread):
     """Prototypes at -2 and +2 (d = 1). An unseen user whose ideal point is the first prototype
     prefers, of two items, the one closer to -2: the fit must put almost all weight on prototype 1."""
     head = hand_head_a()
@@ -88,7 +97,7 @@ def test_few_shot_fit_recovers_an_unseen_users_weights_and_freezes_the_rest():
     assert torch.allclose(fit_user_weights(head, chosen[:0], rejected[:0]), torch.tensor([0.5, 0.5]))
 
 
-def test_pal_beats_a_single_bt_model_on_opposed_groups():
+def test_pal_beats_a_single_bt_model_on_opposed_groups(one_thread):
     """Two groups of users with opposite tastes along one feature direction: a single scalar BT
     reward sees both orders equally often and sits near chance; PAL gives each group its own ideal point."""
     torch.manual_seed(0)
