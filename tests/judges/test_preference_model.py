@@ -71,3 +71,16 @@ def test_pal_judge_rejects_bad_users(pal_dir):
         PALJudge(str(pal_dir), weights=[0.9, 0.9])
     with pytest.raises(ValueError, match="one user"):
         PALJudge(str(pal_dir))
+
+
+def test_each_distinct_response_is_embedded_once(gpm_dir):
+    """Linear query cost: every distinct (prompt, response) is embedded once, whichever side it is on."""
+    judge = PreferenceModelJudge(str(gpm_dir), batch_size=16)
+    seen = []
+    encode = judge.features.backbone.encode
+    judge.features.backbone.encode = lambda p, r: (seen.append(len(r)), encode(p, r))[1]
+    judge.compare(PROMPTS, A, B)
+    assert seen == [5, 2]  # A's 3 rows hold 2 distinct ones, plus B's 3; then the 2 distinct prompts
+    seen.clear()
+    judge.compare(PROMPTS, A, [A[1], A[0], A[1]])  # the same texts swapped: 4 distinct (prompt, response)
+    assert seen == [4, 2]

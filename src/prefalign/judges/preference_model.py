@@ -60,7 +60,8 @@ class PreferenceModelJudge(Judge):
         n = check_aligned(prompts, a, b)
         if n == 0:
             return []
-        fa, fb = self.features(prompts, a).to(self.device), self.features(prompts, b).to(self.device)
+        # one call over a + b: a response that appears on both sides is still embedded once
+        fa, fb = self.features(list(prompts) * 2, list(a) + list(b)).to(self.device).split(n)
         fx = self.features.prompts(prompts).to(self.device) if self.head.gate else None
         v_a, lam = self.head(fa, fx)
         v_b, _ = self.head(fb, fx)
