@@ -79,6 +79,8 @@ def test_length_only_preferences_are_attributed_to_length_alone():
     rows = {r["factor"]: r for r in result["factors"]}
     assert set(rows) == {"length", "markdown", "hedging", "refusal", "prompt_overlap"}
     assert rows["length"]["ci_low"] > 0.5  # far from zero
+    # the true weight on the standardised scale is 2.0 times the feature's scale; the interval covers it
+    assert rows["length"]["ci_low"] < 2.0 * rows["length"]["scale"] < rows["length"]["ci_high"]
     for name in ("markdown", "hedging", "refusal", "prompt_overlap"):
         assert rows[name]["ci_low"] < 0 < rows[name]["ci_high"], name
     assert "prefers longer responses" in length_bias_sentence("the data", result)
