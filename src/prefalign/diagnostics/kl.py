@@ -10,20 +10,28 @@ from __future__ import annotations
 import torch
 
 from prefalign.generation import GenerateSettings, generate_batch
+from prefalign.logging import progress_iter
 from prefalign.logps import token_logps
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def sample_kl(policy, reference, tokenizer, prompts: list[str], max_new_tokens: int = 48, seed: int = 0,
-              batch_size: int = 8, max_prompt_tokens: int = 256) -> dict[str, float]:
+              batch_size: int = 8, max_prompt_tokens: int = 256, progress: bool = False) -> dict[str, float]:
     torch.manual_seed(seed)
     settings = GenerateSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     values = []
-    for s in range(0, len(prompts), batch_size):
+    for s in progress_iter(range(0, len(prompts), batch_size), "sample KL", enabled=progress):
         b = generate_batch(policy, tokenizer, prompts[s:s + batch_size], settings)
-        lp = token_logps(policy, b.ids, b.attention_mask, b.response_mask, "full").sum(1)
-        lr = token_logps(reference, b.ids, b.attention_mask, b.response_mask, "full").sum(1)
-        values += (lp - lr).tolist()
+        # generate_batch returns CPU tensors; score them where each model lives
+        lp = token_logps(policy, *(t.to(device_of(policy)) for t in (b.ids, b.attention_mask, b.response_mask)),
+                         "full").sum(1)
+        lr = token_logps(reference, *(t.to(device_of(reference)) for t in (b.ids, b.attention_mask, b.response_mask)),
+                         "full").sum(1)
+        values += (lp.cpu() - lr.cpu()).tolist()
     t = torch.tensor(values)
     return {"kl": float(t.mean()), "kl_stderr": float(t.std() / len(values) ** 0.5) if len(values) > 1 else 0.0,
             "samples": len(values)}

@@ -96,7 +96,7 @@ def judge_win_rate(judge: Judge, prompts: list, model_responses: list, other_res
 def judge_calibration(judge: Judge, prompts: list, chosen: list, rejected: list, n_bins: int = 10) -> dict:
     """Reliability bins and ECE of the judge's P(chosen preferred) on labelled pairs (outcome 1).
 
-    Pairs without a verdict are excluded and counted.
+    Pairs without a verdict are excluded and counted; `probs` holds every verdict (None included).
     """
     probs = judge.compare(prompts, chosen, rejected)
     kept = [p for p in probs if p is not None]
@@ -106,7 +106,7 @@ def judge_calibration(judge: Judge, prompts: list, chosen: list, rejected: list,
     bins = reliability_bins(kept, ones, n_bins)
     return {"pairs": len(kept), "missing": len(probs) - len(kept), "ece": expected_calibration_error(kept, ones, n_bins),
             "accuracy": sum(p > 0.5 for p in kept) / len(kept) + 0.5 * sum(p == 0.5 for p in kept) / len(kept),
-            "bins": [vars(b) for b in bins]}
+            "bins": [vars(b) for b in bins], "probs": probs}
 
 
 def plot_reliability(bins: list[dict], out_png, title: str = "Judge reliability") -> None:
