@@ -108,10 +108,15 @@ def ranking_section(report: Report, examples: list, policy: PairLogps, reference
             f"rejected one (Chen et al., arXiv:2405.19534). The idealized accuracy is that of the exact optimum "
             f"of the DPO/RLHF objective at beta = {beta:g}; {p_source}.\n\n"
             f"- alignment gap (idealized - policy): **{r['alignment_gap']:+.3f}**\n"
-            f"- the hardest pairs are those the reference misranks most: a pair flips only when its DPO loss "
-            f"falls below `-log sigmoid(beta * misranking)`; they are listed in the table's last rows.")
-    report.add("Ranking accuracy", text, table + [{"model": f"hardest #{i + 1}", **h} for i, h in enumerate(hard)],
-               [png], r)
+            f"- the plot shows each pair's log-probability margin under the reference (x) and the policy (y); "
+            f"points above the horizontal axis are ranked correctly by the policy.")
+    report.add("Ranking accuracy", text, table, [png], r)
+    report.add("Hardest pairs", "The pairs the reference misranks most (misranking = log p_ref(rejected) - "
+               "log p_ref(chosen)). The policy's margin is z / beta - misranking, z = beta times the "
+               "implicit-reward margin, so a pair is ranked correctly only once its DPO loss falls below "
+               "`-log sigmoid(beta * misranking)`, the loss to flip: the larger the misranking, the closer to 0 "
+               "DPO must drive that pair's loss.", hard,
+               data={"hardest": r["hardest"]})
     return r
 
 
