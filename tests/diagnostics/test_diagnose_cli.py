@@ -40,7 +40,7 @@ def test_diagnose_a_run_folder_with_a_judge(run_dir, capsys):
                  "preference_factors.png", "training_curves.png"):
         assert (out / name).is_file(), name
     got = sections(out)
-    assert list(got) == ["Inputs", "Ranking accuracy", "Hardest pairs", "Sample KL", "Win rate", "Judge calibration",
+    assert list(got) == ["Inputs", "Ranking accuracy", "Hardest pairs", "Sample KL", "Win rate", "Samples", "Judge calibration",
                          "Preference factors", "Training curves"]
     ranking = got["Ranking accuracy"]["data"]
     assert ranking["pairs"] == 10 and "assumption" in got["Ranking accuracy"]["text"]  # p assumed, said so

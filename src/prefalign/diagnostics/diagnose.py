@@ -146,9 +146,11 @@ def winrate_section(report: Report, judge, judge_name: str, prompts: list, polic
             f"bootstrap over prompts, {r['bootstrap_samples']} resamples, seed {r['seed']}.")
     table = [{"win rate": r["win_rate"], "CI low": r["ci_low"], "CI high": r["ci_high"], "wins": r["wins"],
               "ties": r["ties"], "losses": r["losses"], "missing": r["missing"]}]
-    samples = [{"prompt": snippet(p, 50), "policy": snippet(a, 60), other_name: snippet(b, 60)}
-               for p, a, b in list(zip(prompts, policy_texts, other_texts))[:3]]
-    report.add("Win rate", text + "\n\nFirst samples:", table + samples, data=r)
+    report.add("Win rate", text, table, data=r)
+    samples = [{"prompt": snippet(p, 60), "policy": snippet(a, 90), other_name: snippet(b, 90)}
+               for p, a, b in list(zip(prompts, policy_texts, other_texts))[:4]]
+    report.add("Samples", f"The first judged prompts with the policy's and the {other_name}'s responses "
+               "(shortened): read them before trusting any number above.", samples)
     return r
 
 
@@ -189,7 +191,8 @@ def factor_section(report: Report, examples: list, sources: dict[str, list], fac
             "differences (chosen minus rejected), each divided by its root mean square, no intercept; weights "
             "are log-odds per typical difference, * marks a 95% interval that excludes 0. Ties and missing "
             f"verdicts are excluded (counted in the JSON). Factors: {', '.join(names)}.\n\n"
-            "Length bias:\n\n" + bias)
+            "Length bias:\n\n" + bias + "\n\nA log-prob preference favours shorter responses by construction "
+            "(every token adds a negative log-prob): compare the length-normalised ranking accuracy above.")
     if undecided:
         text += f"\n\nNot analysed (every pair a tie or without a verdict): {', '.join(undecided)}."
     report.add("Preference factors", text, table, [png], {**results, "undecided_sources": undecided})
@@ -251,7 +254,10 @@ def diagnose(x: DiagnoseInputs, report: Report) -> Report:
     ranking_section(report, x.examples, pol, ref, x.beta, x.true_p, x.p_source)
     prompts = list({repr(e.prompt): e.prompt for e in x.examples}.values())[: x.n_prompts]  # distinct, in order
     kl_section(report, x.policy, x.reference, x.tokenizer, prompts, x.settings, x.progress)
-    sources = {"data labels": [1.0] * len(x.examples), "policy implicit reward": margin_preferences(pol, ref)}
+    zeros = PairLogps(*(torch.zeros_like(t) for t in (pol.chosen, pol.rejected, pol.chosen_tokens,
+                                                      pol.rejected_tokens)))
+    sources = {"data labels": [1.0] * len(x.examples), "policy implicit reward": margin_preferences(pol, ref),
+               "policy log-prob": margin_preferences(pol, zeros)}
     if x.judge is not None:
         policy_texts = [r[0] for r in generate(x.policy, x.tokenizer, prompts, x.settings, x.progress, "policy samples")]
         ref_texts = [r[0] for r in generate(x.reference, x.tokenizer, prompts, x.settings, x.progress,

@@ -203,9 +203,12 @@ def length_bias_sentence(source: str, result: dict) -> str:
     if not row["significant"]:
         return f"{source}: no clear length bias ({span}; the interval includes 0)."
     side = "longer" if row["weight"] > 0 else "shorter"
-    odds = math.exp(abs(row["weight"]))
+    if abs(row["weight"]) > 5:
+        # odds ratios beyond e^5 = 148 say only that length (nearly) decides every pair
+        return (f"**{source} prefers {side} responses** ({span}): its choices are almost fully predicted by "
+                f"length alone.")
     return (f"**{source} prefers {side} responses** ({span}): a typical length difference multiplies the odds "
-            f"of preferring the {side} response by {odds:.2f}, other factors held fixed.")
+            f"of preferring the {side} response by {math.exp(abs(row['weight'])):.2f}, other factors held fixed.")
 
 
 def plot_factor_weights(results: dict[str, dict], out_png) -> None:
@@ -216,22 +219,32 @@ def plot_factor_weights(results: dict[str, dict], out_png) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["factor"] for res in results.values() for r in res["factors"]))
-    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(names) + 1.4))
+    # a factor that almost never varies has a huge interval; cut intervals at the axis edge (marked
+    # with a triangle) so that it does not squash every other estimate into a line at 0
+    lim = max([2.0] + [1.25 * abs(r["weight"]) for res in results.values() for r in res["factors"]])
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * len(names) + 2.2))
     width = 0.7 / max(len(results), 1)
     for k, (source, res) in enumerate(results.items()):
         by = {r["factor"]: r for r in res["factors"]}
         ys = [i + (k - (len(results) - 1) / 2) * width for i, n in enumerate(names) if n in by]
         rs = [by[n] for n in names if n in by]
-        ax.errorbar([r["weight"] for r in rs], ys,
-                    xerr=[[r["weight"] - r["ci_low"] for r in rs], [r["ci_high"] - r["weight"] for r in rs]],
-                    fmt="o", capsize=3, label=f"{source} (n={res['pairs']})")
+        lo, hi = [max(r["ci_low"], -lim) for r in rs], [min(r["ci_high"], lim) for r in rs]
+        bars = ax.errorbar([r["weight"] for r in rs], ys, xerr=[[r["weight"] - v for r, v in zip(rs, lo)],
+                                                                [v - r["weight"] for r, v in zip(rs, hi)]],
+                           fmt="o", capsize=3, label=f"{source} (n={res['pairs']})")
+        color = bars[0].get_color()
+        for y, r in zip(ys, rs):
+            if r["ci_low"] < -lim:
+                ax.plot(-lim, y, "<", color=color)
+            if r["ci_high"] > lim:
+                ax.plot(lim, y, ">", color=color)
+    ax.set_xlim(-lim * 1.04, lim * 1.04)
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("weight (log-odds per typical difference), 95% CI")
+    ax.set_xlabel("weight (log-odds per typical difference), 95% CI\n(triangles: interval continues past the edge)")
     ax.set_title("What explains the preferences")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")  # keeps the legend below the axes
     plt.close(fig)

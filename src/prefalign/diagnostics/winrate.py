@@ -115,7 +115,7 @@ def plot_reliability(bins: list[dict], out_png, title: str = "Judge reliability"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = [b for b in bins if b["count"]]
     width = bins[0]["high"] - bins[0]["low"]
     ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
@@ -125,8 +125,8 @@ def plot_reliability(bins: list[dict], out_png, title: str = "Judge reliability"
             label="(mean confidence, accuracy)")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)  # above the bars
     ax.grid(alpha=0.3)
     hist.bar([b["low"] for b in bins], [b["count"] for b in bins], width=width, align="edge", edgecolor="black")
     hist.set_xlabel("confidence max(P, 1 - P)")
