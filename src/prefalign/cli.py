@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from prefalign import cli_data
+from prefalign import cli_diagnose
 
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.set_defaults(fn=cmd_quickstart)
     cli_data.add_commands(sub)
+    cli_diagnose.add_commands(sub)
     return parser
 
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 
 from prefalign.generation import GeneratedBatch, GenerateSettings, generate_batch
+from prefalign.logging import progress_iter
 from prefalign.logps import token_logps
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -18,20 +23,22 @@ def sampled_logratios(policy, reference, tokenizer, prompts: list,
                       settings: GenerateSettings) -> tuple[GeneratedBatch, torch.Tensor]:
     """One batch of the policy's samples and their summed log pi(y|x) - log ref(y|x) [N] (on the CPU)."""
     b = generate_batch(policy, tokenizer, prompts, settings)
-    device = next(policy.parameters()).device
-    ids, mask, resp = b.ids.to(device), b.attention_mask.to(device), b.response_mask.to(device)
-    lp = token_logps(policy, ids, mask, resp, "full").sum(1)
-    lr = token_logps(reference, ids, mask, resp, "full").sum(1)
-    return b, (lp - lr).float().cpu()
+    # generate_batch returns CPU tensors; score them where each model lives
+    sums = []
+    for model in (policy, reference):
+        d = device_of(model)
+        sums.append(token_logps(model, b.ids.to(d), b.attention_mask.to(d), b.response_mask.to(d), "full")
+                    .sum(1).float().cpu())
+    return b, sums[0] - sums[1]
 
 
 @torch.no_grad()
 def sample_kl(policy, reference, tokenizer, prompts: list[str], max_new_tokens: int = 48, seed: int = 0,
-              batch_size: int = 8, max_prompt_tokens: int = 256) -> dict[str, float]:
+              batch_size: int = 8, max_prompt_tokens: int = 256, progress: bool = False) -> dict[str, float]:
     torch.manual_seed(seed)
     settings = GenerateSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     values = []
-    for s in range(0, len(prompts), batch_size):
+    for s in progress_iter(range(0, len(prompts), batch_size), "sample KL", enabled=progress):
         _, ratios = sampled_logratios(policy, reference, tokenizer, prompts[s:s + batch_size], settings)
         values += ratios.tolist()
     t = torch.tensor(values)

@@ -29,7 +29,8 @@ def plot_training_curves(metrics_path: Path, out_png: Path, title: str = "") -> 
         ax.set_title(train_key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # a metric the run never logged leaves an empty panel, without a legend
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,0 +1,164 @@
+"""`prefalign diagnose`: a run folder (or --model/--reference/--data) in, a report folder out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+EPILOG = """examples:
+  prefalign diagnose runs/dpo
+  prefalign diagnose --model runs/dpo/final --reference base/ --data pairs.jsonl --judge callable ...
+  prefalign diagnose runs/dpo --judge NAME --judge-arg path=rm/ --judge-arg temperature=1.0
+
+output: report.md, report.html (self-contained), report.json and PNGs in --output-dir
+(default RUN/diagnostics, or ./diagnostics with --model)."""
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("diagnose", help="report whether alignment worked: ranking, KL, win rate, factors, curves",
+                       epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json)")
+    p.add_argument("--model", help="policy model folder (instead of a run folder)")
+    p.add_argument("--reference", help="reference model folder (default: the run's base model)")
+    p.add_argument("--data", help="preference pairs file (default: the run's held-out data)")
+    p.add_argument("--format", default=None, help="data format (default: the run's, else auto)")
+    p.add_argument("--judge", help="registered judge name (win rate, calibration, judge factors)")
+    p.add_argument("--judge-arg", action="append", default=[], metavar="K=V", help="judge keyword argument (YAML value)")
+    p.add_argument("--factor", action="append", default=[], metavar="SPEC",
+                   help="extra preference factor: a registered name or module:function (repeatable)")
+    p.add_argument("--pairs", type=int, default=64, help="preference pairs to score (0: all)")
+    p.add_argument("--prompts", type=int, default=32, help="prompts to generate from (KL, win rate)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--beta", type=float, default=None, help="beta for the idealized ranking (default: the run's, else 0.1)")
+    p.add_argument("--true-p", type=float, default=0.9,
+                   help="assumed true preference probability when the data has no soft_label (stated in the report)")
+    p.add_argument("--tie-band", type=float, default=0.0, help="judge verdicts with |P - 0.5| <= this are ties")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the win-rate interval")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_diagnose)
+
+
+def parse_judge_args(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--judge-arg {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if key.strip().endswith("_fn") and isinstance(value, str):
+            # a function argument (CallableJudge's score_fn / compare_fn) given as module:function
+            from prefalign.diagnostics.factors import resolve_factor
+
+            value = resolve_factor(value if ":" in value else f"{value}:")[1]
+        out[key.strip()] = value
+    return out
+
+
+def load_policy(folder: Path, base: str | None, dtype: str):
+    """A full model folder, or a LoRA adapter folder (adapter_config.json) merged into its base."""
+    from prefalign.models import load_model
+
+    if not (folder / "adapter_config.json").is_file():
+        return load_model(str(folder), dtype)
+    from peft import PeftModel
+
+    if not base:
+        raise ValueError(f"{folder} holds a LoRA adapter; its base model is unknown (give --reference or a run)")
+    return PeftModel.from_pretrained(load_model(base, dtype), str(folder)).merge_and_unload()
+
+
+def run_inputs(args) -> dict:
+    """What a run folder says: models, data, beta, metrics; command-line options win."""
+    from prefalign.config import load_config
+
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml")
+    cfg = load_config(str(run / "config.yaml"))
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
+    beta = (summary or {}).get("objective_params", {}).get("beta", cfg.beta)
+    return {"model": args.model or str(run / "final"), "reference": args.reference or cfg.reference_model or cfg.model,
+            "base": cfg.model, "data": args.data or cfg.data.eval, "train_data": cfg.data.train,
+            "eval_fraction": cfg.data.eval_fraction, "split_seed": cfg.seed, "format": args.format or cfg.data.format,
+            "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
+            "max_prompt_length": cfg.max_prompt_length, "metrics": run / "metrics.jsonl", "summary": summary,
+            "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective}
+
+
+def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
+    from prefalign.data.builders import pairs_from_lists
+    from prefalign.data.readers import load_examples, seeded_split
+
+    notes = []
+    if inputs["data"]:
+        examples, rep = load_examples(inputs["data"], inputs["format"] or "auto", "skip")
+        notes.append(f"data: `{inputs['data']}` ({rep.kept} rows kept, {sum(rep.skipped.values())} bad rows skipped)")
+    else:
+        # the run had no eval file: rebuild its seeded held-out split, which training never saw
+        examples, rep = load_examples(inputs["train_data"], inputs["format"] or "auto", "skip")
+        _, examples = seeded_split(examples, inputs["eval_fraction"], inputs["split_seed"])
+        notes.append(f"data: the run's held-out split of `{inputs['train_data']}` (fraction "
+                     f"{inputs['eval_fraction']}, seed {inputs['split_seed']}): {len(examples)} examples")
+    if rep.skipped:
+        notes.append(f"bad rows skipped by reason: {dict(rep.skipped)}")
+    kinds = {e.kind for e in examples}
+    if "list" in kinds:
+        examples, pairing = pairs_from_lists(examples, "best_vs_worst")
+        notes.append(f"ranked lists paired best vs worst: {pairing.as_dict()}")
+    pairs = [e for e in examples if e.kind == "pair"]
+    if len(pairs) < len(examples):
+        notes.append(f"{len(examples) - len(pairs)} non-pair examples ({sorted(kinds - {'pair'})}) not diagnosed")
+    if not pairs:
+        raise ValueError("the data holds no preference pairs to diagnose")
+    return (pairs[:n] if n else pairs), notes
+
+
+def cmd_diagnose(args) -> int:
+    import torch
+
+    from prefalign.diagnostics.diagnose import DiagnoseInputs, diagnose, true_preference
+    from prefalign.diagnostics.factors import DEFAULT_FACTORS
+    from prefalign.diagnostics.report import Report
+    from prefalign.generation import GenerateSettings
+    from prefalign.judges import make_judge
+    from prefalign.models import load_model, load_tokenizer
+
+    if args.run:
+        inputs = run_inputs(args)
+    elif args.model and args.reference and args.data:
+        inputs = {"model": args.model, "reference": args.reference, "base": args.reference, "data": args.data,
+                  "format": args.format, "beta": args.beta, "max_length": 512, "max_prompt_length": 256,
+                  "metrics": None, "summary": None, "output_dir": args.output_dir or "diagnostics", "objective": None}
+    else:
+        raise ValueError("give a run folder, or all of --model, --reference and --data")
+    beta = inputs["beta"] if inputs["beta"] is not None else 0.1
+    examples, notes = load_pairs(inputs, args.pairs)
+    p, p_source = true_preference(examples, args.true_p)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(str(Path(inputs["model"])))
+    policy = load_policy(Path(inputs["model"]), inputs["base"], args.dtype).to(device).eval()
+    reference = load_model(inputs["reference"], args.dtype).to(device).eval()
+    judge = make_judge(args.judge, **parse_judge_args(args.judge_arg)) if args.judge else None
+    notes = [f"policy: `{inputs['model']}`", f"reference: `{inputs['reference']}`"] + notes + [
+        f"beta = {beta:g}" + (" (the run's)" if inputs["beta"] is not None else " (default; set --beta)"),
+        f"generation: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, "
+        f"seed {args.seed}", f"judge: `{args.judge}`" if judge else "judge: none (no win rate or calibration)"]
+    settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+    report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
+    try:
+        diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,
+                                args.judge or "", tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
+                                inputs["max_length"], inputs["max_prompt_length"], args.tie_band, args.bootstrap,
+                                inputs["metrics"], inputs["summary"], not args.no_progress, notes), report)
+    except BaseException:
+        report.discard()
+        raise
+    out = report.write()
+    print(f"report: {out / 'report.html'} (also report.md, report.json)")
+    return 0
