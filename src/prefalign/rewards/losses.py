@@ -32,24 +32,27 @@ def bt_head_gradient(features_c: torch.Tensor, features_r: torch.Tensor, chosen:
     return -(torch.sigmoid(-diff)[:, None] * (features_c - features_r)).mean(0)
 
 
-def min_norm_weights(grads: torch.Tensor, iters: int = 100) -> torch.Tensor:
-    """[T] the point lambda of the simplex minimising ||sum_t lambda_t g_t||^2 for grads [T, H]
-    (Frank-Wolfe with exact line search on the Gram matrix, the MGDA solver of arXiv:1810.04650)."""
+def min_norm_weights(grads: torch.Tensor, iters: int = 500) -> torch.Tensor:
+    """[T] the point lambda of the simplex minimising ||sum_t lambda_t g_t||^2 for grads [T, H],
+    MGDA's min-norm problem (arXiv:1810.04650). Solved by projected gradient descent on the T x T
+    Gram matrix with step 1 / L (L = 2 lambda_max): once the active face is found it converges
+    linearly, where Frank-Wolfe crawls at rate 1/k when the optimum lies inside a face."""
     t = grads.shape[0]
     gram = grads @ grads.T
+    step = 1.0 / (2 * float(torch.linalg.eigvalsh(gram).max()) + 1e-12)
     lam = torch.full((t,), 1.0 / t, dtype=grads.dtype, device=grads.device)
     for _ in range(iters):
-        m_lam = gram @ lam
-        k = int(torch.argmin(m_lam))
-        a, b, c = lam @ m_lam, m_lam[k], gram[k, k]
-        denom = a - 2 * b + c
-        # minimise ||(1 - g) v + g g_k||^2 over g in [0, 1] (v = current point)
-        gamma = float(torch.clamp((a - b) / denom, 0.0, 1.0)) if denom > 1e-12 else 0.0
-        if gamma < 1e-9:
-            break
-        lam = (1 - gamma) * lam
-        lam[k] += gamma
+        lam = project_to_simplex(lam - step * 2 * (gram @ lam))
     return lam
+
+
+def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto {x >= 0, sum x = 1} (sort-based, Held et al. 1974)."""
+    u, _ = torch.sort(v, descending=True)
+    cumulative = torch.cumsum(u, 0) - 1
+    k = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - cumulative / k > 0).max())
+    return torch.clamp(v - cumulative[rho] / (rho + 1), min=0.0)
 
 
 def more_weights(features_c: torch.Tensor, features_r: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
