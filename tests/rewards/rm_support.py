@@ -3,9 +3,8 @@ the HH fixture, and a few file writers."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import torch
 
@@ -38,3 +37,14 @@ def build_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
                         intermediate_size=2 * hidden, max_position_embeddings=512, pad_token_id=fast.pad_token_id)
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+BUILT: dict[str, Path] = {}
+
+
+def tiny_bert_folder(tmp_path_factory) -> Path:
+    """One tiny BERT per test session, whichever module asks first. (A tests/rewards/conftest.py
+    fixture would shadow the top-level conftest module that other tests import helpers from.)"""
+    if "bert" not in BUILT:
+        BUILT["bert"] = build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    return BUILT["bert"]

@@ -14,6 +14,7 @@ from prefalign.rewards.heads import REWARD_KINDS
 from prefalign.rewards.losses import gaussian_preference_probability
 from prefalign.rewards.model import RewardModel, load_reward_model, save_reward_model
 from prefalign.rewards.steps import encode_steps
+from rm_support import tiny_bert_folder
 from tests_support import write_jsonl
 
 PROMPTS = ["\n\nHuman: how do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:", "q"]
@@ -21,6 +22,11 @@ A = [" Mix flour and water, then bake.", " Hello! How can I help?", " an answer"
 B = [" I will not help.", " Go away.", " another answer entirely"]
 HEADS = {"bt": {}, "pearl": {}, "multi_objective": {"attributes": ["x", "y"], "offset": [1.0, 2.0], "scale": [2.0, 0.5]},
          "prm": {"delimiter": "\n\n"}}
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path_factory):
+    return tiny_bert_folder(tmp_path_factory)
 
 
 def make(folder, kind, max_length=64):

@@ -13,9 +13,15 @@ from prefalign.cli import main
 from prefalign.eval_rewards import calibration, evaluate_pairs, pair_accuracy
 from prefalign.rewards.model import load_reward_model
 from prefalign.run_rewards import load_reward_config, train_reward_model
+from rm_support import tiny_bert_folder
 from tests_support import FIXTURES, write_jsonl
 
 HH = FIXTURES / "hh_harmless_64.jsonl"
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path_factory):
+    return tiny_bert_folder(tmp_path_factory)
 
 
 def cfg(backbone, out, *overrides):
