@@ -7,6 +7,7 @@ import sys
 
 from prefalign import cli_data
 from prefalign import cli_diagnose
+from prefalign import cli_rewards
 
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_quickstart)
     cli_data.add_commands(sub)
     cli_diagnose.add_commands(sub)
+    cli_rewards.add_commands(sub)
     return parser
 
 

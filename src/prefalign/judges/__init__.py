@@ -3,3 +3,7 @@
 from prefalign.judges.base import JUDGES, CallableJudge, Judge, JudgeStats, make_judge, register_judge
 
 __all__ = ["JUDGES", "CallableJudge", "Judge", "JudgeStats", "make_judge", "register_judge"]
+
+# Judges defined in their own modules register on import; importing them here makes the registry
+# complete for anyone who imports prefalign.judges (the modules load models only when constructed).
+from prefalign.judges import preference_model, reward_model  # noqa: E402,F401

@@ -107,6 +107,9 @@ def rotate(out_dir: Path, keep_last: int) -> None:
 def load_weights(model, folder: Path) -> None:
     """Load weights written by save_pretrained back into `model` (full model or PEFT adapter)."""
     folder = Path(folder)
+    if hasattr(model, "restore_weights"):  # a model that writes its own folder layout (reward models)
+        model.restore_weights(folder)
+        return
     if (folder / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict
 

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,6 +49,9 @@ class Components:
     sinks: list
     pad_multiple: int = 1
     overopt: object | None = None  # diagnostics.overoptimization.OveroptMonitor, or None
+    # Other trainees (reward models) plug in here; None keeps the policy path (make_batch, objective).
+    build_batch: Callable | None = None  # (examples, indices) -> batch dict with an attention_mask
+    compute_loss: Callable | None = None  # (prepared model, batch) -> (per-example losses [B], metric sums)
 
 
 @dataclass
@@ -88,6 +92,21 @@ def needs_mismatched(objective: Objective) -> bool:
     return "kl_logratio" in objective.features
 
 
+def micro_batch(c: Components, examples: list, indices: list[int], ref: torch.Tensor | None) -> dict:
+    if c.build_batch is not None:
+        return c.build_batch(examples, indices)
+    return make_batch(examples, indices, c.pad_id, ref, needs_mismatched(c.objective), c.pad_multiple)
+
+
+def micro_loss(c: Components, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Per-example losses [B] and metric sums of one micro-batch."""
+    if c.compute_loss is not None:
+        return c.compute_loss(c.policy, batch)
+    seq = forward_batch(c.policy, batch, c.reference, c.objective)
+    out, metrics = run_objective(c.objective, seq, c.objective_params)
+    return out.per_example, metrics
+
+
 @torch.no_grad()
 def evaluate(c: Components, batch_size: int) -> dict[str, float]:
     acc = MetricAccumulator()
@@ -96,11 +115,9 @@ def evaluate(c: Components, batch_size: int) -> dict[str, float]:
     mine = list(range(rank, len(c.eval_set), world))
     for s in range(0, len(mine), batch_size):
         idx = mine[s:s + batch_size]
-        batch = batch_to_device(make_batch(c.eval_set, idx, c.pad_id, c.eval_ref, needs_mismatched(c.objective),
-                                           c.pad_multiple), c.accelerator.device)
+        batch = batch_to_device(micro_batch(c, c.eval_set, idx, c.eval_ref), c.accelerator.device)
         with c.accelerator.autocast():
-            seq = forward_batch(c.policy, batch, c.reference, c.objective)
-            _, metrics = run_objective(c.objective, seq, c.objective_params)
+            _, metrics = micro_loss(c, batch)
         acc.add(metrics)
     c.policy.train()
     return {f"eval/{k}": v for k, v in acc.reduce(c.accelerator).items()}
@@ -143,16 +160,14 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
             step_loss = torch.zeros((), device=acc.device)
             for i, global_idx in enumerate(step_batches):
                 idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = make_batch(c.train_set, idx, c.pad_id, c.train_ref, needs_mismatched(c.objective),
-                                   c.pad_multiple)
+                batch = micro_batch(c, c.train_set, idx, c.train_ref)
                 tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
                 padded += batch["attention_mask"].numel()
                 batch = batch_to_device(batch, acc.device)
                 sync = i == s.accumulation - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(c.policy)), acc.autocast():
-                    seq = forward_batch(c.policy, batch, c.reference, c.objective)
-                    out, metrics = run_objective(c.objective, seq, c.objective_params)
-                    loss = reduce_loss(out.per_example, examples_per_step)
+                    per_example, metrics = micro_loss(c, batch)
+                    loss = reduce_loss(per_example, examples_per_step)
                 acc.backward(loss)
                 step_loss = step_loss + loss.detach()
                 window.add(metrics)

@@ -1,0 +1,85 @@
+"""`prefalign train-rm` and `prefalign eval-rm`: thin subcommands over run_rewards and eval_rewards."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def options_table() -> str:
+    from prefalign.config import help_rows
+    from prefalign.run_rewards import RewardTrainConfig
+
+    rows = help_rows(RewardTrainConfig)
+    width = max(len(k) for k, _, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {h} (default {d})" for k, d, h in rows)
+
+
+def cmd_train_rm(args) -> int:
+    from prefalign.cli import print_summary
+    from prefalign.run_rewards import load_reward_config, train_reward_model
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides  # no YAML file: the first word is an override
+    cfg = load_reward_config(config, overrides + (["resume=true"] if args.resume else []))
+    print_summary(train_reward_model(cfg))
+    return 0
+
+
+def parse_direction(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--direction must be comma-separated numbers, e.g. 0.8,0.2; got {text!r}") from err
+
+
+def cmd_eval_rm(args) -> int:
+    from pathlib import Path
+
+    from prefalign.eval_rewards import evaluate_pairs, load_eval_pairs, write_report
+    from prefalign.rewards.model import load_reward_model
+
+    model = load_reward_model(args.model_dir)
+    examples, subsets, report = load_eval_pairs(args.data, args.subset_field, args.on_bad_row)
+    valid = load_eval_pairs(args.calibrate, on_bad_row=args.on_bad_row)[0] if args.calibrate else None
+    result = evaluate_pairs(model, examples, subsets, valid, args.batch_size, parse_direction(args.direction),
+                            args.bins, not args.no_progress)
+    result["data"] = report
+    files = write_report(result, Path(args.out), args.model_dir, args.data)
+    line = f"accuracy {result['accuracy']:.4f}  ECE {result['ece']:.4f}  ({result['pairs']} pairs)"
+    if "temperature" in result:
+        t = result["temperature"]
+        line += f"  temperature {t['value']:.3f}: ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f}"
+    print(line)
+    for name, value in result.get("subsets", {}).items():
+        print(f"  {name:<28} {value['accuracy']:.4f}  ({value['pairs']} pairs)")
+    if report["skipped"]:
+        print(f"{report['skipped']} bad rows skipped: {report['skipped_by_reason']}")
+    print(f"wrote {files['json']}, {files['markdown']}, {files['plot']}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train-rm", help="train a reward model (bt, multi_objective, pearl, prm)",
+                       formatter_class=argparse.RawTextHelpFormatter,
+                       description="Train a reward model with CONFIG.yaml; override any key with key=value.",
+                       epilog="options (YAML keys and key=value overrides):\n" + options_table())
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kind=pearl data.train=pairs.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.set_defaults(fn=cmd_train_rm)
+    p = sub.add_parser("eval-rm", help="pairwise accuracy, per-subset accuracy and calibration of a reward model")
+    p.add_argument("model_dir", help="a saved reward model folder (train-rm's output_dir/final)")
+    p.add_argument("data", help="preference pairs (any format prefalign reads)")
+    p.add_argument("--subset-field", default=None, help="row field naming each pair's category, e.g. subset")
+    p.add_argument("--calibrate", default=None, help="validation pairs to fit a temperature on")
+    p.add_argument("--direction", default=None, help="multi-objective models: v as comma-separated weights")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--bins", type=int, default=10, help="reliability bins on [0.5, 1]")
+    p.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="skip: leave out rows that fail validation (counted and printed)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="folder for eval.json, eval.md and reliability.png")
+    p.set_defaults(fn=cmd_eval_rm)

@@ -1,0 +1,193 @@
+"""Reward-model training data: preference pairs, multi-aspect ratings, step-labelled responses.
+
+  pairs    any file prefalign reads (pairs, hh, ranked lists -> pairs; data/readers.py), with an
+           optional margin from score gaps and a dataset id + weight when several files train together
+  ratings  {PROMPT_FIELD, "responses": [{"text", "scores": {attribute: number}}]} (one row per prompt,
+           e.g. sf_nlg_multiaspect) or {PROMPT_FIELD, "response", "scores": {...}}; an attribute a
+           response does not rate is masked, a response rating none of them is an error
+  steps    {"prompt", "steps": [str, ...], "labels": [0/1, ...]} or {"prompt", "response", "labels"}
+           with the response split at the step delimiter; one label per step (1 = good step)
+Bad rows raise DataError naming file, row and field, or are skipped and counted (on_bad_row=skip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prefalign.data.builders import pairs_from_lists
+from prefalign.data.readers import iter_rows, load_examples
+from prefalign.data.records import DataError, LoadReport, Text, check_text, require
+from prefalign.rewards.steps import encode_steps, split_steps
+
+MARGINS = ("none", "score_gap")
+
+
+@dataclass
+class RMExample:
+    prompt: Text
+    responses: list  # pairs: [chosen, rejected]; ratings and steps: [response]
+    source: str
+    margin: float = 0.0
+    dataset: int = 0
+    weight: float = 1.0
+    ratings: list[float] | None = None
+    rating_mask: list[float] | None = None
+    steps: list[str] | None = None
+    labels: list[float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def max_len(self) -> int:
+        """A length proxy (characters) for length-grouped batching; tokenization happens per batch."""
+        return len(str(self.prompt)) + sum(len(str(r)) for r in self.responses)
+
+
+def load_pairs(path: str, fmt: str = "auto", on_bad_row: str = "error", list_to_pairs: str = "best_vs_worst",
+               min_gap: float = 0.0, margin: str = "none", margin_scale: float = 1.0, dataset: int = 0,
+               weight: float = 1.0) -> tuple[list[RMExample], dict]:
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+    examples, report = load_examples(path, fmt, on_bad_row)
+    kinds = {e.kind for e in examples}
+    if not kinds <= {"pair", "list"}:
+        raise ValueError(f"{path}: a pairwise reward model needs pairs or ranked lists, the file holds {sorted(kinds)}")
+    info = {"load": report.as_dict()}
+    if "list" in kinds:
+        examples, pairing = pairs_from_lists(examples, list_to_pairs, min_gap)
+        info["pairing"] = pairing.as_dict()
+    out = []
+    for e in examples:
+        m = 0.0
+        if margin == "score_gap":
+            if "score_chosen" not in e.extra or "score_rejected" not in e.extra:
+                raise ValueError(f"{e.source}: margin=score_gap needs score_chosen and score_rejected (or ranked lists)")
+            m = margin_scale * (float(e.extra["score_chosen"]) - float(e.extra["score_rejected"]))
+            if m < 0:
+                raise ValueError(f"{e.source}: score_chosen is below score_rejected; a negative margin is not a preference")
+        out.append(RMExample(e.prompt, list(e.responses), e.source, m, dataset, weight, extra=dict(e.extra)))
+    return out, info
+
+
+def number(value, source: str, row: int, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(source, row, name, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def rated_response(resp, attributes: list[str], source: str, row: int, name: str) -> tuple[str, list, list]:
+    if not isinstance(resp, dict):
+        raise DataError(source, row, name, "must be {text, scores}")
+    text = check_text(resp.get("text", resp.get("response")), source, row, f"{name}.text")
+    scores = resp.get("scores")
+    if not isinstance(scores, dict):
+        raise DataError(source, row, f"{name}.scores", "must be a mapping of attribute -> number")
+    ratings = [number(scores[a], source, row, f"{name}.scores.{a}") if a in scores else 0.0 for a in attributes]
+    mask = [1.0 if a in scores else 0.0 for a in attributes]
+    if not any(mask):
+        raise DataError(source, row, f"{name}.scores", f"rates none of {attributes} (it has {sorted(scores)})")
+    return text, ratings, mask
+
+
+def load_ratings(path: str, attributes: list[str], prompt_field: str = "prompt",
+                 on_bad_row: str = "error") -> tuple[list[RMExample], dict]:
+    if not attributes:
+        raise ValueError("a multi-objective reward model needs data.attributes, e.g. [informativeness, naturalness]")
+    out, report = [], LoadReport()
+    for row_no, row in iter_rows(path):
+        report.rows += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            prompt = check_text(require(row, prompt_field, str(path), row_no), str(path), row_no, prompt_field)
+            if "responses" in row:
+                responses = row["responses"]
+                if not isinstance(responses, list) or not responses:
+                    raise DataError(str(path), row_no, "responses", "must be a non-empty list")
+                items = [rated_response(r, attributes, str(path), row_no, f"responses[{i}]")
+                         for i, r in enumerate(responses)]
+            else:
+                items = [rated_response({"text": require(row, "response", str(path), row_no), "scores": row.get("scores")},
+                                        attributes, str(path), row_no, "response")]
+            for text, ratings, mask in items:
+                out.append(RMExample(prompt, [text], f"{path}:{row_no}", ratings=ratings, rating_mask=mask))
+            report.kept += 1
+        except DataError as err:
+            if on_bad_row == "error":
+                raise
+            report.skip(err)
+    if not out:
+        raise ValueError(f"{path}: no usable rows ({report.rows} read)")
+    return out, {"load": report.as_dict(), "responses": len(out)}
+
+
+def label(value, source: str, row: int, name: str) -> float:
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return float(value)
+    raise DataError(source, row, name, f"must be 0/1 or true/false, got {value!r}")
+
+
+def load_steps(path: str, delimiter: str = "\n\n", on_bad_row: str = "error") -> tuple[list[RMExample], dict]:
+    out, report = [], LoadReport()
+    for row_no, row in iter_rows(path):
+        report.rows += 1
+        src = str(path)
+        try:
+            if isinstance(row, DataError):
+                raise row
+            prompt = check_text(require(row, "prompt", src, row_no), src, row_no, "prompt")
+            if "steps" in row:
+                steps = require(row, "steps", src, row_no)
+                if not isinstance(steps, list) or not steps:
+                    raise DataError(src, row_no, "steps", "must be a non-empty list of strings")
+                steps = [check_text(s, src, row_no, f"steps[{i}]", allow_messages=False) for i, s in enumerate(steps)]
+            else:
+                text = check_text(require(row, "response", src, row_no), src, row_no, "response", allow_messages=False)
+                steps = split_steps(text, delimiter)
+            labels = require(row, "labels", src, row_no)
+            if not isinstance(labels, list) or len(labels) != len(steps):
+                raise DataError(src, row_no, "labels", f"must be a list with one label per step ({len(steps)} steps)")
+            labels = [label(v, src, row_no, f"labels[{i}]") for i, v in enumerate(labels)]
+            out.append(RMExample(prompt, [delimiter.join(steps)], f"{src}:{row_no}", steps=steps, labels=labels))
+            report.kept += 1
+        except DataError as err:
+            if on_bad_row == "error":
+                raise
+            report.skip(err)
+    if not out:
+        raise ValueError(f"{path}: no usable rows ({report.rows} read)")
+    return out, {"load": report.as_dict()}
+
+
+def build_batch(model, examples: list[RMExample], indices: list[int]) -> dict:
+    """One micro-batch for `model` (a RewardModel): encoded rows plus what its kind's loss reads."""
+    chosen = [examples[i] for i in indices]
+    data = model.kind.data
+    if data == "pairs":
+        prompts = [e.prompt for e in chosen]
+        batch = model.encode(prompts + prompts, [e.responses[0] for e in chosen] + [e.responses[1] for e in chosen])
+        batch["margin"] = torch.tensor([e.margin for e in chosen])
+        batch["dataset"] = torch.tensor([e.dataset for e in chosen], dtype=torch.long)
+        if any(e.weight != 1.0 for e in chosen):
+            batch["dataset_weight"] = torch.tensor([e.weight for e in chosen])
+        return batch
+    if data == "ratings":
+        batch = model.encode([e.prompt for e in chosen], [e.responses[0] for e in chosen])
+        batch["ratings"] = torch.tensor([e.ratings for e in chosen])
+        batch["rating_mask"] = torch.tensor([e.rating_mask for e in chosen])
+        return batch
+    batch = encode_steps(model.backbone, [e.prompt for e in chosen], [e.steps for e in chosen], model.head.delimiter)
+    batch["step_labels"] = torch.tensor([v for e, k in zip(chosen, batch["kept_counts"]) for v in e.labels[:k]])
+    batch["n_rows"] = len(chosen)
+    return batch
+
+
+def rating_stats(examples: list[RMExample], attributes: list[str]) -> tuple[list[float], list[float]]:
+    """Per-attribute mean and standard deviation of the training ratings (masked), std floored at 1e-3."""
+    r = torch.tensor([e.ratings for e in examples], dtype=torch.float64)
+    m = torch.tensor([e.rating_mask for e in examples], dtype=torch.float64)
+    n = m.sum(0).clamp(min=1)
+    mean = (r * m).sum(0) / n
+    std = (((r - mean) ** 2 * m).sum(0) / n).sqrt().clamp(min=1e-3)
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,239 @@
+"""`prefalign train-rm`: a typed config, then the same loop, checkpoints and metrics as policy training.
+
+The reward model plugs into train/loop.py through Components.build_batch / compute_loss, so
+it gets accumulation, clipping, warm-up + cosine, evaluation every N steps, atomic rotated
+checkpoints with exact resume, metrics.jsonl, the progress bar and the NaN stop unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from prefalign.config import ConfigError, build, opt, set_dotted, to_dict
+from prefalign.data.readers import seeded_split
+from prefalign.rewards.backbone import RewardBackbone
+from prefalign.rewards.data import MARGINS, build_batch, load_pairs, load_ratings, load_steps, rating_stats
+from prefalign.rewards.heads import REWARD_KINDS, get_reward_kind
+from prefalign.rewards.model import RewardModel, save_reward_model
+from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, train_loop
+
+
+@dataclass
+class RewardDataConfig:
+    train: str = opt("", "training data file (pairs/hh/ranked for bt and pearl; ratings; steps)")
+    eval: str | None = opt(None, "held-out data file; if unset, a seeded split of each training file")
+    datasets: list = opt([], "several preference files trained together: [{path, weight}] (replaces data.train); "
+                             "weight multiplies that file's pair losses")
+    more: bool = opt(False, "MORE (arXiv:2312.07401): weight the datasets of each batch by the min-norm "
+                            "combination of their reward-head gradients")
+    format: str = opt("auto", "pairs files: pairs | hh | ranked | auto")
+    eval_fraction: float = opt(0.05, "share held out when data.eval is unset")
+    on_bad_row: str = opt("error", "error | skip (skipped rows are counted in the summary)")
+    list_to_pairs: str = opt("best_vs_worst", "ranked lists -> pairs: best_vs_worst | best_vs_each | all_pairs")
+    min_score_gap: float = opt(0.0, "all_pairs/best_vs_each: skip pairs closer than this (counted)")
+    margin: str = opt("none", "bt margin: none | score_gap (margin_scale * (score_chosen - score_rejected))")
+    margin_scale: float = opt(1.0, "multiplies the score gap into the margin")
+    attributes: list = opt([], "multi_objective: the rated attributes, e.g. [informativeness, naturalness, overall]")
+    prompt_field: str = opt("prompt", "ratings files: the field holding the prompt (sf_nlg_multiaspect: mr)")
+    step_delimiter: str = opt("\n\n", "prm: the string that separates reasoning steps")
+    max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
+    group_by_length: bool = opt(False, "batch examples of similar length together")
+
+
+@dataclass
+class RewardTrainConfig:
+    backbone: str = opt("", "local folder of a Hugging Face encoder or decoder (nothing is downloaded)")
+    kind: str = opt("bt", "reward-model kind: " + ", ".join(sorted(REWARD_KINDS)))
+    data: RewardDataConfig = field(default_factory=RewardDataConfig, metadata={"help": "data options (data.*)"})
+    head_args: dict = opt({}, "extra head parameters, e.g. {aggregate: mean} for prm, {min_std: 0.01} for pearl")
+    loss_args: dict = opt({}, "loss parameters, e.g. {kl_weight: 0.01} for pearl")
+    output_dir: str = opt("runs/reward-model", "run folder: config, metrics.jsonl, checkpoints, final model")
+    max_steps: int = opt(100, "optimizer steps")
+    batch_size: int = opt(8, "pairs (or rated responses) per micro-batch")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
+    learning_rate: float = opt(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_ratio: float = opt(0.1, "share of max_steps spent warming up")
+    lr_scheduler: str = opt("cosine", "cosine | linear | constant")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
+    max_length: int = opt(512, "maximum tokens of prompt + response")
+    max_response_length: int | None = opt(None, "maximum response tokens (default max_length / 2)")
+    seed: int = opt(42, "seed for initialisation, data order and splits")
+    save_steps: int = opt(0, "checkpoint every N steps (0: only the final model)")
+    keep_last: int = opt(2, "checkpoints kept")
+    resume: bool = opt(False, "continue from the last checkpoint in output_dir")
+    eval_steps: int = opt(0, "evaluate every N steps (0: at start and end)")
+    eval_batch_size: int = opt(16, "examples per evaluation batch")
+    logging_steps: int = opt(10, "log metrics every N steps")
+    mixed_precision: str = opt("no", "no | bf16 | fp16")
+    tensorboard: bool = opt(False, "also write TensorBoard event files")
+    progress: bool = opt(True, "show a progress bar")
+
+
+def load_reward_config(path: str | None, overrides: list[str] = ()) -> RewardTrainConfig:
+    tree: dict = {}
+    if path:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (dotted keys for nesting)")
+        key, raw = item.split("=", 1)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    cfg = build(RewardTrainConfig, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RewardTrainConfig) -> None:
+    if not cfg.backbone:
+        raise ConfigError("backbone is required: a local folder of a Hugging Face encoder or decoder")
+    kind = get_reward_kind(cfg.kind)
+    if not cfg.data.train and not cfg.data.datasets:
+        raise ConfigError("data.train (or data.datasets) is required")
+    if cfg.data.datasets and kind.data != "pairs":
+        raise ConfigError(f"data.datasets trains several preference files together; kind {cfg.kind!r} reads {kind.data}")
+    if cfg.data.more and cfg.kind != "bt":
+        raise ConfigError("data.more applies to the bt kind")
+    if cfg.data.margin not in MARGINS:
+        raise ConfigError(f"data.margin must be one of {MARGINS}, got {cfg.data.margin!r}")
+    if kind.data == "ratings" and not cfg.data.attributes:
+        raise ConfigError("multi_objective needs data.attributes, e.g. [informativeness, naturalness, overall]")
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
+    params = inspect.signature(kind.loss).parameters
+    allowed = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty]
+    unknown = sorted(set(cfg.loss_args) - set(allowed))
+    if unknown:
+        raise ConfigError(f"kind {cfg.kind!r} has no loss parameter {unknown}; it takes {allowed}")
+
+
+def dataset_specs(cfg: RewardTrainConfig) -> list[dict]:
+    if not cfg.data.datasets:
+        return [{"path": cfg.data.train, "weight": 1.0}]
+    specs = []
+    for i, d in enumerate(cfg.data.datasets):
+        if isinstance(d, str):
+            d = {"path": d}
+        if not isinstance(d, dict) or "path" not in d or set(d) - {"path", "weight", "name"}:
+            raise ConfigError(f"data.datasets[{i}] must be a path or {{path, weight}}, got {d!r}")
+        specs.append({"path": d["path"], "weight": float(d.get("weight", 1.0)), "name": d.get("name", d["path"])})
+    return specs
+
+
+def load_file(cfg: RewardTrainConfig, path: str, dataset: int = 0, weight: float = 1.0):
+    d, data = cfg.data, get_reward_kind(cfg.kind).data
+    if data == "pairs":
+        return load_pairs(path, d.format, d.on_bad_row, d.list_to_pairs, d.min_score_gap, d.margin, d.margin_scale,
+                          dataset, weight)
+    if data == "ratings":
+        return load_ratings(path, list(d.attributes), d.prompt_field, d.on_bad_row)
+    return load_steps(path, d.step_delimiter, d.on_bad_row)
+
+
+def load_data(cfg: RewardTrainConfig) -> tuple[list, list, dict]:
+    train, held_out, report = [], [], {}
+    for i, spec in enumerate(dataset_specs(cfg)):
+        examples, info = load_file(cfg, spec["path"], i, spec["weight"])
+        if not cfg.data.eval:
+            examples, held = seeded_split(examples, cfg.data.eval_fraction, cfg.seed)
+            held_out += held
+        train += examples
+        report[spec["path"]] = {**info, "train": len(examples), "weight": spec["weight"]}
+    if cfg.data.eval:
+        held_out, info = load_file(cfg, cfg.data.eval)
+        report["eval"] = info
+    if cfg.data.max_examples:
+        train = train[:cfg.data.max_examples]
+    return train, held_out, report
+
+
+class LoopAdapter(torch.nn.Module):
+    """What train_loop expects of a trainee: `.model` (saved and restored) and `.mask_head`."""
+
+    def __init__(self, model: RewardModel):
+        super().__init__()
+        self.model, self.mask_head = model, None
+
+    def forward(self, batch: dict):
+        return self.model(batch)
+
+
+def build_model(cfg: RewardTrainConfig, train: list) -> RewardModel:
+    kind = get_reward_kind(cfg.kind)
+    backbone = RewardBackbone(cfg.backbone, cfg.max_length, cfg.max_response_length)
+    head = dict(cfg.head_args)
+    if kind.data == "ratings":
+        offset, scale = rating_stats(train, list(cfg.data.attributes))
+        head.update(attributes=list(cfg.data.attributes), offset=offset, scale=scale)
+    if kind.data == "steps":
+        head["delimiter"] = cfg.data.step_delimiter
+    loss = dict(cfg.loss_args)
+    if cfg.data.more:
+        loss["more"] = True
+    return RewardModel(backbone, cfg.kind, head, loss)
+
+
+def train_reward_model(cfg: RewardTrainConfig) -> dict:
+    """Train one reward model; returns the summary also written to output_dir/summary.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from prefalign.logging import JsonlSink, TensorBoardSink
+
+    started = time.time()
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    train_set, eval_set, report = load_data(cfg)
+    model = build_model(cfg, train_set)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
+    trainee, optimizer = acc.prepare(LoopAdapter(model), optimizer)
+    sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)] if acc.is_main_process else []
+    if cfg.tensorboard and acc.is_main_process:
+        sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    components = Components(acc, trainee, optimizer, scheduler, None, {}, None, train_set, eval_set, None, None,
+                            model.backbone.tokenizer.pad_token_id, None, sinks,
+                            build_batch=lambda examples, idx: build_batch(model, examples, idx),
+                            compute_loss=lambda trainee, batch: trainee(batch))
+    settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
+                            cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps, cfg.eval_batch_size,
+                            cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
+    try:
+        history = train_loop(components, settings)
+    finally:
+        for sink in sinks:
+            sink.close()
+    summary = {"objective": f"reward model ({cfg.kind})", "kind": cfg.kind, "steps": history["state"]["step"],
+               "data": {"train": first_load_report(report), "files": report, "train_examples": len(train_set),
+                        "eval_examples": len(eval_set)},
+               "eval_start": history["eval_start"], "eval_end": history["eval_end"],
+               "wall_time_s": round(time.time() - started, 2), "config": to_dict(cfg)}
+    if acc.is_main_process:
+        summary["final_model"] = str(save_reward_model(model, out_dir / "final"))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    acc.end_training()
+    return summary
+
+
+def first_load_report(report: dict) -> dict:
+    """The skipped-row counts of all training files together (what the CLI summary prints)."""
+    loads = [v["load"] for k, v in report.items() if k != "eval"]
+    return {"skipped": sum(x["skipped"] for x in loads),
+            "skipped_by_reason": {r: n for x in loads for r, n in x["skipped_by_reason"].items()}}
