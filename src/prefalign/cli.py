@@ -107,7 +107,7 @@ def cmd_objectives(args) -> int:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["paper"], r["reference"], r["data"], r["trainer"], r["summary"])
-    Console(width=220).print(table)
+    Console(width=220, markup=False).print(table)
     return 0
 
 

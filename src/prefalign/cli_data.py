@@ -71,7 +71,7 @@ def print_table(title: str, rows: dict) -> None:
     table.add_column("value", overflow="fold")
     for key, value in rows.items():
         table.add_row(str(key), value if isinstance(value, str) else json.dumps(value, default=str))
-    Console(width=160).print(table)
+    Console(width=160, markup=False).print(table)
 
 
 def print_steps(reports: list[dict]) -> None:
@@ -118,7 +118,7 @@ def cmd_list(args) -> int:
     for b in builders:
         table.add_row(b.name, f"arXiv:{b.paper}" if b.paper else "-",
                       ", ".join(f"{k}={v!r}" for k, v in b.params().items()), b.summary)
-    Console(width=200).print(table)
+    Console(width=200, markup=False).print(table)
     return 0
 
 

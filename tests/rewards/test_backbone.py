@@ -36,3 +36,14 @@ def test_minilm_encoder_backbone():
     ids = enc["input_ids"][0].tolist()
     assert ids[0] == bb.tokenizer.cls_token_id and ids.count(bb.tokenizer.sep_token_id) == 2
     assert bb(**enc).shape == (1, 384)
+
+
+def test_saved_decoder_backbone_keeps_last_token_pooling(tiny_model_dir, tmp_path):
+    from prefalign.rewards.model import RewardModel, load_reward_model, save_reward_model
+
+    model = RewardModel(RewardBackbone(str(tiny_model_dir), max_length=32), "bt")
+    save_reward_model(model, tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.backbone.decoder
+    enc = model.backbone.encode(["q one", "q"], [" a b c d", " a"])
+    assert torch.allclose(model.eval().backbone(**enc), loaded.backbone(**enc), atol=1e-6)

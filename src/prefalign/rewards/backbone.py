@@ -44,20 +44,25 @@ def special_frame(tokenizer) -> tuple[list[int], list[int], list[int]]:
 
 
 class RewardBackbone(torch.nn.Module):
-    def __init__(self, path: str, max_length: int = 512, max_response_length: int | None = None):
+    def __init__(self, path: str, max_length: int = 512, max_response_length: int | None = None,
+                 decoder: bool | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"backbone folder not found: {path} (prefalign loads local folders only)")
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        self.decoder = is_decoder(config)
+        # A saved reward model's backbone is a bare transformer (e.g. LlamaModel), whose config no
+        # longer names a *ForCausalLM class: the saved reward_model.json passes `decoder` explicitly.
+        self.decoder = is_decoder(config) if decoder is None else decoder
         # AutoModel gives the bare transformer (no LM head) for encoders and decoders alike
         self.model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                use_safetensors=True)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # encode() truncates on token ids itself; the tokenizer's length warning would only mislead
+        self.tokenizer.model_max_length = 1 << 30
         self.path = path
         self.hidden_size = self.model.config.hidden_size
         self.max_length = max_length

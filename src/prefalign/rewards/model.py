@@ -120,7 +120,7 @@ class RewardModel(torch.nn.Module):
 
     def config(self) -> dict:
         return {"kind": self.kind.name, "head": self.head_params, "loss": self.loss_params,
-                "backbone": {"max_length": self.backbone.max_length,
+                "backbone": {"max_length": self.backbone.max_length, "decoder": self.backbone.decoder,
                              "max_response_length": self.backbone.max_response_length}}
 
     def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
