@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prefalign import cli_judge
+
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
 
 
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.set_defaults(fn=cmd_quickstart)
+    cli_judge.add_commands(sub)
     return parser
 
 
