@@ -52,3 +52,9 @@ def test_judge_args_parse_as_yaml_values():
         "temperature": 0.5, "swap": False, "principles": ["Be kind.", "Be exact."], "path": "a/b"}
     with pytest.raises(ValueError, match="key=value"):
         parse_judge_args(["novalue"])
+
+
+def test_every_judge_of_issue_4_part_3_is_registered():
+    from prefalign.judges import JUDGES
+
+    assert {"rubric", "follow_up", "relevance", "principle", "consensus", "callable"} <= set(JUDGES)
