@@ -35,6 +35,7 @@ MARKER = re.compile(r"\*{0,2}\[\s*RESULT\s*\]\*{0,2}[ \t]*:?[ \t]*", re.IGNORECA
 NUMBER = re.compile(r"\(?\s*(-?\d+(?:\.\d+)?)(?!\d)\s*\)?")
 OUT_OF_FIVE = re.compile(r"^\s*(?:/\s*5|out\s+of\s+5)(?!\d)")
 CHOICE = re.compile(r"\(?\s*(?:(?i:response)\s+)?([AB])(?![A-Za-z0-9])\s*\)?")
+ECHO = "verdict echoes the judged response"
 TIE_WORDS = re.compile(r"^\W*(?:tie|draw|both|neither|c)\b", re.IGNORECASE)
 
 
@@ -185,12 +186,17 @@ def parse_verdict(generated: str, mode: str = "absolute", quoted: list[str] | No
                 if e >= 0]
         value, reason = read_one(generated[m.end():min(ends)] if ends else generated[m.end():], mode)
         if value is not None and echoes(generated, m.start(), quoted or []):
-            value, reason = None, "verdict echoes the judged response"
-        (values.append(value) if value is not None else reasons.append(reason))
+            value, reason = None, ECHO
+        if value is None:
+            reasons.append(reason)
+        else:
+            values.append(value)
+    if ECHO in reasons:
+        return None, ECHO
     if len(set(values)) > 1:
         return None, "conflicting verdicts"
     if values and reasons:
-        return None, "ambiguous verdict" if "verdict echoes the judged response" not in reasons else reasons[0]
+        return None, "ambiguous verdict"
     if not values:
         return None, reasons[0]
     return values[0], None
