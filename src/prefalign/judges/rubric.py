@@ -155,13 +155,20 @@ def norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def echoes(generated: str, start: int, quoted: list[str], width: int = 16) -> bool:
-    """Whether the text before a verdict marker repeats the text before a marker inside a judged text."""
-    before = norm(generated[:start])[-width:]
+def common_suffix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def echoes(generated: str, start: int, quoted: list[str], min_chars: int = 8) -> bool:
+    """Whether the text before a verdict marker repeats (at least min_chars of) the text before a
+    marker inside a judged text: the judge copying the response's self-grade, not grading."""
+    before = norm(generated[:start])
     for text in quoted:
         for m in MARKER.finditer(text):
-            inside = norm(text[:m.start()])[-width:]
-            if len(inside) >= 8 and before.endswith(inside):
+            if common_suffix(before, norm(text[:m.start()])) >= min_chars:
                 return True
     return False
 
