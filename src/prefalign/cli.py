@@ -8,6 +8,7 @@ import sys
 from prefalign import cli_data
 from prefalign import cli_diagnose
 from prefalign import cli_rewards
+from prefalign import cli_judge
 
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_data.add_commands(sub)
     cli_diagnose.add_commands(sub)
     cli_rewards.add_commands(sub)
+    cli_judge.add_commands(sub)
     return parser
 
 
