@@ -76,9 +76,10 @@ def main() -> None:
         subset = pairs[:limit]
         results[name] = evaluate(make_judge(name, **specs[name]), subset)
         print(name, json.dumps(results[name]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"data": str(DATA), "judge_lm": "SmolLM2-135M-Instruct",
-                                          "results": results}, indent=2) + "\n")
+        # rewritten after every judge: the LM judges take long on a CPU, and a cut run keeps what it measured
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"data": str(DATA), "judge_lm": "SmolLM2-135M-Instruct",
+                                              "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
