@@ -80,3 +80,14 @@ def test_readme_objectives_table_is_the_registry():
     printed = run_cli("objectives", "--markdown").stdout
     assert table.strip() == printed.strip(), "README table is stale: paste `prefalign objectives --markdown`"
     assert len(objective_rows()) == printed.count("\n| `")
+
+
+def test_readme_builders_table_is_the_registry():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- builders-table:start -->\n")[1].split("<!-- builders-table:end -->")[0]
+    printed = run_cli("data", "list", "--markdown").stdout
+    assert table.strip() == printed.strip(), "README table is stale: paste `prefalign data list --markdown`"
+    from prefalign.data.pipeline import BUILDERS, load_all_builders
+
+    load_all_builders()
+    assert len(BUILDERS) == printed.count("\n| `")
