@@ -28,3 +28,8 @@ def hh_long_short(n: int | None = None) -> list[dict]:
         if short != prompt:
             out.append({"prompt": prompt, "short_prompt": short, "chosen": chosen, "rejected": rejected})
     return out[:n]
+
+
+def length_score(prompt, response) -> float:
+    """A judge for tests: longer is better (imported by name as 'tests_support:length_score')."""
+    return float(len(response))

@@ -50,6 +50,13 @@ class DataConfig:
                              "and held-out examples: a list of {name: ..., param: value} (`prefalign data list`), "
                              "e.g. [{name: to_pairs, rule: all_pairs, min_gap: 1}, {name: reward_augment}]; "
                              "each step's counts go into summary.json")
+    builder_judge: str | None = opt(None, "the judge builders such as rso, deita_select or d2o_negatives use "
+                                          "(a registered judge name, `prefalign judge --help`)")
+    builder_judge_args: dict = opt({}, "constructor arguments of data.builder_judge, e.g. {path: runs/rm/final}")
+    builder_encoder: str | None = opt(None, "sentence encoder for builders (deita diversity, dedup near='embedding'): "
+                                            "minilm or a local encoder folder")
+    builder_generator: str | None = opt(None, "local model folder that generates for builders (d2o_negatives "
+                                              "samples, longpo_short_to_long, magpie, urial)")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "

@@ -141,6 +141,25 @@ def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, de
     return out
 
 
+def builder_context(cfg: TrainConfig) -> BuildContext:
+    """What data.builders may use: a judge, an encoder and a generator, built only when configured."""
+    context = BuildContext(seed=cfg.seed)
+    if cfg.data.builder_judge:
+        from prefalign.judges import make_judge
+
+        context.judge = make_judge(cfg.data.builder_judge, **cfg.data.builder_judge_args)
+    if cfg.data.builder_encoder:
+        from prefalign.encoders import SentenceEncoder
+
+        context.encoder = SentenceEncoder(None if cfg.data.builder_encoder == "minilm" else cfg.data.builder_encoder)
+    if cfg.data.builder_generator:
+        from prefalign.data.synth import LocalModel
+
+        context.generator = LocalModel(load_model(cfg.data.builder_generator).eval(),
+                                       load_tokenizer(cfg.data.builder_generator))
+    return context
+
+
 def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     aspect = cfg.data.score_weights or cfg.data.score_aspect
     train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
@@ -154,7 +173,7 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
         train = train[: cfg.data.max_examples]
     built = {}
     if cfg.data.builders:
-        context = BuildContext(seed=cfg.seed)
+        context = builder_context(cfg)
         train, built["train"] = run_builders(train, cfg.data.builders, context)
         held_out, built["eval"] = run_builders(held_out, cfg.data.builders, context)
         if not train:
@@ -348,7 +367,7 @@ def train_curriculum(cfg: TrainConfig) -> dict:
     out = Path(cfg.output_dir)
     aspect = cfg.data.score_weights or cfg.data.score_aspect
     lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
-    lists, built = run_builders(lists, cfg.data.builders, BuildContext(seed=cfg.seed))
+    lists, built = run_builders(lists, cfg.data.builders, builder_context(cfg))
     if cfg.data.eval:
         eval_path = cfg.data.eval
     else:

@@ -58,3 +58,21 @@ def test_builders_reach_summary_json(tiny_model_dir, tmp_path):
     step = summary["data"]["builders"]["train"][0]
     assert step["builder"] == "to_pairs" and step["rule"] == "best_vs_each" and step["out"] == step["pairs"]
     assert summary["config"]["data"]["builders"] == [{"name": "to_pairs", "rule": "best_vs_each"}]
+
+
+def test_training_config_builds_the_judge_builders_use(tmp_path):
+    from prefalign.config import DataConfig, TrainConfig
+    from prefalign.data.pipeline import run_builders
+    from prefalign.data.records import Example
+    from prefalign.run import builder_context
+
+    cfg = TrainConfig(model=str(tmp_path), data=DataConfig(
+        train="x.jsonl", builder_judge="callable", builder_judge_args={"score_fn": "tests_support:length_score"}))
+    context = builder_context(cfg)
+    assert context.judge.score(["q"], ["four"]) == [4.0] and context.encoder is None
+    pool = [Example("q", ["a", "bbbb", "cc"], [0.0, 0.0, 0.0], "list", "t:1")]
+    out, reports = run_builders(pool, [{"name": "rso", "rewards": "judge", "labels": "judge", "beta": 1e-3,
+                                        "num_samples": 2, "pairing": "tournament"}], context)
+    # with beta -> 0 each pass accepts only the best remaining candidate by the judge's score
+    # (length): "bbbb", then "cc"; the judge then labels the pair
+    assert [e.responses for e in out] == [["bbbb", "cc"]]

@@ -43,3 +43,10 @@ def test_registry_builds_by_name():
     assert make_judge("callable", score_fn=length_score).score(["q"], ["ab"]) == [2.0]
     with pytest.raises(ValueError, match="unknown judge"):
         make_judge("nope")
+
+
+def test_functions_given_as_text_are_imported():
+    judge = CallableJudge(score_fn="tests_support:length_score")
+    assert judge.score(["q"], ["abc"]) == [3.0]
+    with pytest.raises(ValueError, match="package.module:function"):
+        CallableJudge(score_fn="no_colon")

@@ -87,6 +87,20 @@ def bt_probability(diff: float, temperature: float = 1.0) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
+def import_function(fn):
+    if not isinstance(fn, str):
+        return fn
+    module, _, name = fn.partition(":")
+    if not module or not name:
+        raise ValueError(f"a function given as text must be 'package.module:function', got {fn!r}")
+    import importlib
+
+    found = getattr(importlib.import_module(module), name, None)
+    if not callable(found):
+        raise ValueError(f"{fn!r} is not a callable")
+    return found
+
+
 @register_judge("callable")
 class CallableJudge(Judge):
     """Wrap Python functions: score_fn(prompt, response) -> float | None and/or compare_fn(prompt, a, b) -> P(a)."""
@@ -95,6 +109,8 @@ class CallableJudge(Judge):
         super().__init__()
         if score_fn is None and compare_fn is None:
             raise ValueError("CallableJudge needs score_fn, compare_fn or both")
+        # from YAML or the command line a function arrives as "package.module:function"
+        score_fn, compare_fn = import_function(score_fn), import_function(compare_fn)
         self.score_fn, self.compare_fn, self.temperature = score_fn, compare_fn, temperature
 
     def score(self, prompts, responses):
