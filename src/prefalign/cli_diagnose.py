@@ -165,18 +165,22 @@ def cmd_diagnose(args) -> int:
     tokenizer = load_tokenizer(str(Path(inputs["model"])))
     policy = load_policy(Path(inputs["model"]), inputs["base"], args.dtype).to(device).eval()
     reference = load_model(inputs["reference"], args.dtype).to(device).eval()
-    judge = make_judge(args.judge, **parse_judge_args(args.judge_arg)) if args.judge else None
+    judge_args = parse_judge_args(args.judge_arg)
+    judge = make_judge(args.judge, **judge_args) if args.judge else None
+    # a callable judge is only as recognisable as its function: name it
+    fns = [getattr(v, "__name__", "?") for k, v in judge_args.items() if k.endswith("_fn") and callable(v)]
+    judge_name = f"{args.judge}({', '.join(fns)})" if judge and fns else args.judge or ""
     notes = [f"policy: `{inputs['model']}`", f"reference: `{inputs['reference']}`"] + notes + [
         f"beta = {beta:g}" + (" (the run's)" if inputs["beta"] is not None else " (default; set --beta)"),
         f"generation: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, "
-        f"seed {args.seed}", f"judge: `{args.judge}`" if judge else "judge: none (no win rate or calibration)"]
+        f"seed {args.seed}", f"judge: `{judge_name}`" if judge else "judge: none (no win rate or calibration)"]
     if not inputs["run"]:
         notes.append("no run folder: no checkpoints, so no likelihood or reward over-optimisation sections")
     settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
     report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
     try:
         diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,
-                                args.judge or "", tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
+                                judge_name, tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
                                 inputs["max_length"], inputs["max_prompt_length"], args.tie_band, args.bootstrap,
                                 inputs["metrics"], inputs["summary"], not args.no_progress, notes,
                                 run_dir=inputs["run"], reference_dir=inputs["reference"],

@@ -51,9 +51,9 @@ def test_diagnose_a_run_folder_with_a_judge(run_dir, capsys):
     win = got["Win rate"]["data"]
     assert win["judged"] + win["missing"] == 4 and not win["both_orders"]  # a score judge: one order
     factors = got["Preference factors"]["data"]
-    assert {"data labels", "policy implicit reward", "judge callable"} <= set(factors)
+    assert {"data labels", "policy implicit reward", "judge callable(log_words)"} <= set(factors)
     # the judge scores log word count, so its preferences are explained by length
-    length = next(r for r in factors["judge callable"]["factors"] if r["factor"] == "length")
+    length = next(r for r in factors["judge callable(log_words)"]["factors"] if r["factor"] == "length")
     assert length["weight"] > 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "Length bias" in html

@@ -70,7 +70,8 @@ def test_every_checkpoint_probed_with_a_scoring_judge(run_dir, tiny_model_dir, t
     lik = got["Likelihood over-optimisation"]
     assert [r["step"] for r in lik["table"]] == [0, 1, 2, 3]  # the start model, each checkpoint, final
     assert [r["model"] for r in lik["table"]][1:] == ["checkpoint-1", "checkpoint-2", "final"]
-    assert lik["table"][0]["entropy vs start"] == 0.0 and lik["table"][0]["mass vs start"] == 0.0
+    assert lik["table"][0]["entropy vs start"] == "+0.0%" and lik["table"][0]["mass vs start"] == "+0.0%"
+    assert "Only the start and the final model were probed" not in lik["text"]
     assert len(lik["data"]["logged_in_training"]) == 2 and lik["data"]["training_monitor"]["best_step"] == 2
     assert "stopped early" in lik["text"] and "step 2" in lik["text"] and "2 times" in lik["text"]
     rew = got["Reward over-optimisation"]
@@ -81,6 +82,7 @@ def test_every_checkpoint_probed_with_a_scoring_judge(run_dir, tiny_model_dir, t
         assert r["gain"] == pytest.approx(r["score"] - rows[0]["score"])
     fit = rew["data"]["fit"]
     assert fit is not None and fit["points"] == 3 and f"a = {fit['a']:.4g}" in rew["text"]
+    assert "`callable(log_words)`" in rew["text"] and rew["data"]["judge"] == "callable(log_words)"
     html = (out / "report.html").read_text()
     assert "likelihood_overopt" in html and "reward_overopt" in html
 
@@ -95,6 +97,7 @@ def test_start_row_equals_the_probe_run_alone(run_dir, tiny_model_dir, tokenizer
     assert "Reward over-optimisation" not in got  # no judge
     rows = got["Likelihood over-optimisation"]["data"]["rows"]
     assert [r["step"] for r in rows] == [0, 3]
+    assert "Only the start and the final model were probed" in got["Likelihood over-optimisation"]["text"]
     shift = got["Token distribution shift"]["data"]
     assert sum(shift["counts"].values()) == shift["positions"] and shift["prompts"] == 3
     assert sum(shift[f"{k}_share"] for k in ("unshifted", "marginal", "shifted")) == pytest.approx(1.0)

@@ -50,6 +50,10 @@ def logged_indicators(metrics_path: Path | None) -> list[dict]:
             for r in read_metrics(metrics_path) if any(f"overopt/{k}" in r for k in INDICATORS)]
 
 
+NO_CHECKPOINTS = ("Only the start and the final model were probed (the run kept no checkpoints between them, or "
+                  "--checkpoints 2): two points, no trend. Train with save_steps > 0 to see one.")
+
+
 def code_span(token: str) -> str:
     # a token may hold a backtick, which would end the Markdown code span early
     return "`" + repr(token).replace("`", "'") + "`"
@@ -98,8 +102,9 @@ def likelihood_section(report: Report, models: list, prompts: list, tokenizer, s
     monitor = (summary or {}).get("overopt")
     first = r["rows"][0]
     table = [{"step": row["step"], "model": Path(row["model"]).name, f"top-{k} entropy": row["topk_entropy"],
-              "entropy vs start": row["topk_entropy"] / first["topk_entropy"] - 1, f"top-{k} mass": row["topk_mass"],
-              "mass vs start": row["topk_mass"] / first["topk_mass"] - 1, "positions": row["positions"]}
+              "entropy vs start": f"{row['topk_entropy'] / first['topk_entropy'] - 1:+.1%}",
+              f"top-{k} mass": row["topk_mass"], "mass vs start": f"{row['topk_mass'] / first['topk_mass'] - 1:+.1%}",
+              "positions": row["positions"]}
              for row in r["rows"]]
     png = report.figure_path("likelihood_overopt.png")
     plot_likelihood_indicators(r, png, logged=logged, stop=monitor)
@@ -111,6 +116,8 @@ def likelihood_section(report: Report, models: list, prompts: list, tokenizer, s
             f"goes on warns that the model is losing output diversity (entropy) or leaking probability into the "
             f"tail (mass), which the paper finds comes before a drop in quality. \"vs start\" is the relative "
             f"change; with {r['prompts']} sampled answers per model, changes of a few percent are sampling noise.")
+    if len(models) == 2:
+        text += "\n\n" + NO_CHECKPOINTS
     if logged:
         text += (f"\n\nThe trainer also logged the indicators {len(logged)} times (`overopt/*` in metrics.jsonl, "
                  f"on its own held-out prompts and settings, so not comparable point for point; dashed in the plot).")
@@ -130,6 +137,7 @@ def reward_section(report: Report, models: list, reference_dir, judge, judge_nam
         return None
     r = reward_vs_kl(models, reference_dir, judge, prompts, settings.max_new_tokens, settings.seed,
                      settings.batch_size, progress=progress, loader=loader, tokenizer=tokenizer)
+    r["judge"] = judge_name  # e.g. "callable(log_words)" rather than the class's registry name
     table = [{"step": row["step"], "model": Path(row["model"]).name + (" (reference)" if row["is_reference"] else ""),
               "KL": row["kl"], "KL std err": row.get("kl_stderr"), "d = sqrt(KL)": row["d"], "score": row["score"],
               "gain": row["gain"], "scored": row["scored"], "missing": row["missing_scores"]} for row in r["rows"]]
@@ -137,13 +145,15 @@ def reward_section(report: Report, models: list, reference_dir, judge, judge_nam
     plot_reward_vs_kl(r, png)
     fit, peak = r["fit"], r["peak"]
     lines = [f"- fit over {fit['points']} checkpoints: a = {fit['a']:.4g}, b = {fit['b']:.4g}, "
-             f"rmse {fit['rmse']:.3g}" if fit else f"- no fit: {r['note']}"]
+             f"rmse {fit['rmse']:.3g}" if fit else f"- {r['note']}"]
     if peak:
         lines.append(f"- peak: d* = {peak['d']:.4g} (KL {peak['kl']:.4g} nats), gain {peak['gain']:.4g}; "
                      + ("the last checkpoint is **past the peak**" if r["rows"][-1]["d"] > peak["d"]
                         else "no checkpoint is past it yet"))
     if fit and r["note"]:
         lines.append(f"- {r['note']}")
+    if len(models) == 2:
+        lines.append(f"- {NO_CHECKPOINTS}")
     if r["kl_not_positive"]:
         lines.append(f"- {r['kl_not_positive']} checkpoint(s) had a sampled KL <= 0 (noise near the reference): "
                      "drawn at d = 0 and left out of the fit")
