@@ -141,6 +141,10 @@ def summarise(rows: list[dict], judge_name: str = "judge") -> dict:
         result["note"] = "b <= 0: the fitted gain still rises at every d (no over-optimisation in this range)"
     elif result["peak"]["d"] > max(r["d"] for r in usable):
         result["note"] = "the peak lies beyond the largest d measured: an extrapolation"
+    elif result["peak"]["d"] < min(r["d"] for r in usable):
+        # only R(0) = 0 pins the curve there: the rise and the peak are assumed, not measured
+        result["note"] = (f"the peak lies below the smallest d measured ({min(r['d'] for r in usable):.3g}): an "
+                          f"extrapolation between the reference and the first checkpoint")
     return result
 
 
