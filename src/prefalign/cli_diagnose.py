@@ -11,13 +11,19 @@ EPILOG = """examples:
   prefalign diagnose runs/dpo
   prefalign diagnose --model runs/dpo/final --reference base/ --data pairs.jsonl --judge callable ...
   prefalign diagnose runs/dpo --judge NAME --judge-arg path=rm/ --judge-arg temperature=1.0
+  prefalign diagnose runs/dpo --checkpoints 3 --no-token-shift     # cap the over-optimisation cost
+
+sections: ranking accuracy, hardest pairs, sample KL, token distribution shift, win rate and judge
+calibration (with --judge), preference factors, likelihood over-optimisation per checkpoint (run
+folders), reward over-optimisation (run folder + a judge with score()), training curves.
 
 output: report.md, report.html (self-contained), report.json and PNGs in --output-dir
 (default RUN/diagnostics, or ./diagnostics with --model)."""
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("diagnose", help="report whether alignment worked: ranking, KL, win rate, factors, curves",
+    p = sub.add_parser("diagnose", help="report whether alignment worked: ranking, KL, token shift, win rate, factors, "
+                       "over-optimisation, curves",
                        epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json)")
     p.add_argument("--model", help="policy model folder (instead of a run folder)")
@@ -38,6 +44,17 @@ def add_commands(sub) -> None:
                    help="assumed true preference probability when the data has no soft_label (stated in the report)")
     p.add_argument("--tie-band", type=float, default=0.0, help="judge verdicts with |P - 0.5| <= this are ties")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the win-rate interval")
+    p.add_argument("--no-token-shift", action="store_true",
+                   help="skip the token distribution shift of the policy against the reference (one greedy answer "
+                        "per prompt)")
+    p.add_argument("--no-likelihood-overopt", action="store_true",
+                   help="skip the per-checkpoint likelihood over-optimisation indicators (run folders only)")
+    p.add_argument("--no-reward-overopt", action="store_true",
+                   help="skip judge score vs sqrt(KL) over checkpoints (run folder + a judge with score() only)")
+    p.add_argument("--checkpoints", type=int, default=6,
+                   help="models probed per run for over-optimisation, evenly spaced, start and final included "
+                        "(0: all); each costs a model load and a round of generation per probe")
+    p.add_argument("--overopt-k", type=int, default=10, help="k of the top-k entropy / mass indicators")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -88,7 +105,7 @@ def run_inputs(args) -> dict:
             "eval_fraction": cfg.data.eval_fraction, "split_seed": cfg.seed, "format": args.format or cfg.data.format,
             "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
             "max_prompt_length": cfg.max_prompt_length, "metrics": run / "metrics.jsonl", "summary": summary,
-            "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective}
+            "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run}
 
 
 def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
@@ -129,12 +146,16 @@ def cmd_diagnose(args) -> int:
     from prefalign.judges import make_judge
     from prefalign.models import load_model, load_tokenizer
 
+    if args.checkpoints < 0 or args.checkpoints == 1:
+        raise ValueError(f"--checkpoints must be 0 (all) or at least 2 (the start and the final model), "
+                         f"got {args.checkpoints}")
     if args.run:
         inputs = run_inputs(args)
     elif args.model and args.reference and args.data:
         inputs = {"model": args.model, "reference": args.reference, "base": args.reference, "data": args.data,
                   "format": args.format, "beta": args.beta, "max_length": 512, "max_prompt_length": 256,
-                  "metrics": None, "summary": None, "output_dir": args.output_dir or "diagnostics", "objective": None}
+                  "metrics": None, "summary": None, "output_dir": args.output_dir or "diagnostics", "objective": None,
+                  "run": None}
     else:
         raise ValueError("give a run folder, or all of --model, --reference and --data")
     beta = inputs["beta"] if inputs["beta"] is not None else 0.1
@@ -144,18 +165,29 @@ def cmd_diagnose(args) -> int:
     tokenizer = load_tokenizer(str(Path(inputs["model"])))
     policy = load_policy(Path(inputs["model"]), inputs["base"], args.dtype).to(device).eval()
     reference = load_model(inputs["reference"], args.dtype).to(device).eval()
-    judge = make_judge(args.judge, **parse_judge_args(args.judge_arg)) if args.judge else None
+    judge_args = parse_judge_args(args.judge_arg)
+    judge = make_judge(args.judge, **judge_args) if args.judge else None
+    # a callable judge is only as recognisable as its function: name it
+    fns = [getattr(v, "__name__", "?") for k, v in judge_args.items() if k.endswith("_fn") and callable(v)]
+    judge_name = f"{args.judge}({', '.join(fns)})" if judge and fns else args.judge or ""
     notes = [f"policy: `{inputs['model']}`", f"reference: `{inputs['reference']}`"] + notes + [
         f"beta = {beta:g}" + (" (the run's)" if inputs["beta"] is not None else " (default; set --beta)"),
         f"generation: {args.prompts} prompts, up to {args.max_new_tokens} new tokens, batch {args.batch_size}, "
-        f"seed {args.seed}", f"judge: `{args.judge}`" if judge else "judge: none (no win rate or calibration)"]
+        f"seed {args.seed}", f"judge: `{judge_name}`" if judge else "judge: none (no win rate or calibration)"]
+    if not inputs["run"]:
+        notes.append("no run folder: no checkpoints, so no likelihood or reward over-optimisation sections")
     settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
     report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
     try:
         diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,
-                                args.judge or "", tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
+                                judge_name, tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
                                 inputs["max_length"], inputs["max_prompt_length"], args.tie_band, args.bootstrap,
-                                inputs["metrics"], inputs["summary"], not args.no_progress, notes), report)
+                                inputs["metrics"], inputs["summary"], not args.no_progress, notes,
+                                run_dir=inputs["run"], reference_dir=inputs["reference"],
+                                loader=lambda folder: load_policy(Path(folder), inputs["base"], args.dtype),
+                                token_shift=not args.no_token_shift, likelihood_overopt=not args.no_likelihood_overopt,
+                                reward_overopt=not args.no_reward_overopt, checkpoints=args.checkpoints,
+                                overopt_k=args.overopt_k), report)
     except BaseException:
         report.discard()
         raise

@@ -33,7 +33,9 @@ def sections(folder) -> dict:
 def test_diagnose_a_run_folder_with_a_judge(run_dir, capsys):
     code = main(["diagnose", str(run_dir), "--pairs", "10", "--prompts", "4", "--max-new-tokens", "6",
                  "--batch-size", "4", "--bootstrap", "200", "--no-progress", "--judge", "callable",
-                 "--judge-arg", "score_fn=prefalign.diagnostics.factors:log_words"])
+                 "--judge-arg", "score_fn=prefalign.diagnostics.factors:log_words",
+                 # switched off here (and their PNGs absent), tested in test_diagnose_overopt.py
+                 "--no-token-shift", "--no-likelihood-overopt", "--no-reward-overopt"])
     assert code == 0, capsys.readouterr().err
     out = run_dir / "diagnostics"
     for name in ("report.md", "report.html", "report.json", "ranking_margins.png", "judge_reliability.png",
@@ -42,15 +44,16 @@ def test_diagnose_a_run_folder_with_a_judge(run_dir, capsys):
     got = sections(out)
     assert list(got) == ["Inputs", "Ranking accuracy", "Hardest pairs", "Sample KL", "Win rate", "Samples", "Judge calibration",
                          "Preference factors", "Training curves"]
+    assert not any((out / n).exists() for n in ("token_shift.png", "likelihood_overopt.png", "reward_overopt.png"))
     ranking = got["Ranking accuracy"]["data"]
     assert ranking["pairs"] == 10 and "assumption" in got["Ranking accuracy"]["text"]  # p assumed, said so
     assert "beta = 0.2" in got["Ranking accuracy"]["text"]  # the run's beta
     win = got["Win rate"]["data"]
     assert win["judged"] + win["missing"] == 4 and not win["both_orders"]  # a score judge: one order
     factors = got["Preference factors"]["data"]
-    assert {"data labels", "policy implicit reward", "judge callable"} <= set(factors)
+    assert {"data labels", "policy implicit reward", "judge callable(log_words)"} <= set(factors)
     # the judge scores log word count, so its preferences are explained by length
-    length = next(r for r in factors["judge callable"]["factors"] if r["factor"] == "length")
+    length = next(r for r in factors["judge callable(log_words)"]["factors"] if r["factor"] == "length")
     assert length["weight"] > 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "Length bias" in html
@@ -68,6 +71,11 @@ def test_model_equal_to_reference_has_zero_kl_and_no_model_preference(tiny_model
     assert r["ranking_accuracy"] == r["reference_ranking_accuracy"]
     assert got["Preference factors"]["data"]["undecided_sources"] == ["policy implicit reward"]
     assert "Win rate" not in got and "Training curves" not in got
+    # the policy's greedy tokens are the reference's own top tokens at every position
+    shift = got["Token distribution shift"]["data"]
+    assert shift["unshifted_share"] == 1.0 and shift["counts"]["shifted"] == 0 and shift["most_shifted"] == []
+    assert shift["positions"] == sum(r["count"] for r in shift["per_position"]) > 0
+    assert "Likelihood over-optimisation" not in got  # no run folder, no checkpoints
 
 
 def test_bad_inputs_fail_with_a_clear_message(tmp_path, capsys):

@@ -55,6 +55,9 @@ def test_summarise_reports_why_there_is_no_fit_or_no_peak(tmp_path):
     assert one["fit"] is None and "two or more distinct d" in one["note"] and one["kl_not_positive"] == 1
     rising = summarise(rows([(d, float(gao_curve(d, 1.0, -0.1))) for d in (0.5, 1.0, 2.0)]))
     assert rising["fit"]["b"] == pytest.approx(-0.1) and rising["peak"] is None and "b <= 0" in rising["note"]
+    # a = 1, b = 1/2 peaks at d* = e (see test_peak_by_hand): measured only at d >= 3 it lies below them all
+    early = summarise(rows([(d, float(gao_curve(d, 1.0, 0.5))) for d in (3.0, 4.0, 5.0)]))
+    assert early["peak"]["d"] == pytest.approx(math.e) and "below the smallest d measured (3)" in early["note"]
     peaked = summarise(rows([(d, float(gao_curve(d, 1.0, 0.5))) for d in (0.5, 1.0, 2.0, 4.0)]))
     assert peaked["peak"]["d"] == pytest.approx(math.e) and peaked["note"] is None
     out = plot_reward_vs_kl(peaked, tmp_path / "r.png")

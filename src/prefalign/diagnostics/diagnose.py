@@ -18,6 +18,8 @@ from prefalign.data.tokenize import tokenize_examples
 from prefalign.diagnostics.factors import (DEFAULT_FACTORS, explain_preferences, factor_matrix, length_bias_sentence,
                                            plot_factor_weights)
 from prefalign.diagnostics.kl import sample_kl
+from prefalign.diagnostics.overopt_sections import evenly_spaced, likelihood_section, reward_section, token_shift_section
+from prefalign.diagnostics.overoptimization import run_models
 from prefalign.diagnostics.plots import plot_training_curves
 from prefalign.diagnostics.ranking import ranking_report
 from prefalign.diagnostics.report import Report
@@ -241,6 +243,14 @@ class DiagnoseInputs:
     summary: dict | None = None
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    run_dir: Path | None = None  # a run folder: its checkpoints feed the over-optimisation sections
+    reference_dir: str | None = None  # the reference's folder (reward over-optimisation reloads it)
+    loader: object = None  # folder -> model (merges LoRA checkpoints); None: prefalign.models.load_model
+    token_shift: bool = True
+    likelihood_overopt: bool = True
+    reward_overopt: bool = True
+    checkpoints: int = 0  # models probed per run, evenly spaced, start and final included; 0: all
+    overopt_k: int = 10
 
 
 def diagnose(x: DiagnoseInputs, report: Report) -> Report:
@@ -254,6 +264,8 @@ def diagnose(x: DiagnoseInputs, report: Report) -> Report:
     ranking_section(report, x.examples, pol, ref, x.beta, x.true_p, x.p_source)
     prompts = list({repr(e.prompt): e.prompt for e in x.examples}.values())[: x.n_prompts]  # distinct, in order
     kl_section(report, x.policy, x.reference, x.tokenizer, prompts, x.settings, x.progress)
+    if x.token_shift:
+        token_shift_section(report, x.policy, x.reference, x.tokenizer, prompts, x.settings)
     zeros = PairLogps(*(torch.zeros_like(t) for t in (pol.chosen, pol.rejected, pol.chosen_tokens,
                                                       pol.rejected_tokens)))
     sources = {"data labels": [1.0] * len(x.examples), "policy implicit reward": margin_preferences(pol, ref),
@@ -267,9 +279,24 @@ def diagnose(x: DiagnoseInputs, report: Report) -> Report:
         probs = calibration_section(report, x.judge, x.judge_name, x.examples)["probs"]
         sources[f"judge {x.judge_name}"] = outcomes_from_probs(probs, x.tie_band)
     factor_section(report, x.examples, sources, x.factors)
+    overopt_sections(x, report, prompts)
     if x.metrics_path is not None and Path(x.metrics_path).is_file():
         curves_section(report, Path(x.metrics_path), x.summary)
     return report
+
+
+def overopt_sections(x: DiagnoseInputs, report: Report, prompts: list) -> None:
+    """Likelihood and reward over-optimisation across a run's checkpoints (run folders only)."""
+    want_reward = x.reward_overopt and x.judge is not None
+    if x.run_dir is None or not (x.likelihood_overopt or want_reward):
+        return
+    models = evenly_spaced(run_models(x.run_dir), x.checkpoints)
+    if x.likelihood_overopt:
+        likelihood_section(report, models, prompts, x.tokenizer, x.settings, x.overopt_k, x.loader, x.progress,
+                           x.metrics_path, x.summary)
+    if want_reward:
+        reward_section(report, models, x.reference_dir or models[0][1], x.judge, x.judge_name, prompts, x.tokenizer,
+                       x.settings, x.loader, x.progress)
 
 
 def true_preference(examples: list, assumed: float) -> tuple[float | torch.Tensor, str]:

@@ -145,34 +145,51 @@ def run_models(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def indicators_over_checkpoints(models: list[tuple[int, Path]], prompts: list, k: int = 10, dtype: str = "float32",
-                                device: str | None = None, progress: bool = True, **kwargs) -> dict:
-    """likelihood_indicators for each (step, folder); a table of rows ordered by step."""
+                                device: str | None = None, progress: bool = True, loader: Callable | None = None,
+                                tokenizer=None, **kwargs) -> dict:
+    """likelihood_indicators for each (step, folder); a table of rows ordered by step.
+
+    loader(folder) -> model replaces load_model (e.g. to merge a LoRA checkpoint into its base);
+    tokenizer, when given, is used for every folder (a LoRA checkpoint may not hold one).
+    """
     from prefalign.logging import progress_iter
     from prefalign.models import load_model, load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loader = loader or (lambda folder: load_model(str(folder), dtype))
     rows = []
     for step, folder in progress_iter(models, "over-optimisation indicators", enabled=progress):
-        model = load_model(str(folder), dtype).to(device)
-        result = likelihood_indicators(model, load_tokenizer(str(folder)), prompts, k, **kwargs)
+        model = loader(folder).to(device)
+        result = likelihood_indicators(model, tokenizer or load_tokenizer(str(folder)), prompts, k, **kwargs)
         rows.append({"step": step, "model": str(folder), **result})
         del model
     return {"k": k, "prompts": len(prompts), "rows": rows}
 
 
-def plot_likelihood_indicators(result: dict, out_png: Path, title: str = "") -> Path:
-    """Top-k entropy and top-k mass against training step, one panel each."""
+def plot_likelihood_indicators(result: dict, out_png: Path, title: str = "", logged: list[dict] | None = None,
+                               stop: dict | None = None) -> Path:
+    """Top-k entropy and top-k mass against training step, one panel each.
+
+    result: a probe table (indicators_over_checkpoints) or a monitor summary. logged: rows
+    {step, topk_entropy, topk_mass} the trainer measured (other prompts, drawn apart); stop: a
+    monitor summary whose threshold is drawn on its indicator's panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result["rows"] if "rows" in result else result["history"]  # a probe table or a monitor summary
+    stop = stop or (result if "threshold_value" in result else None)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, label in zip(axes, INDICATORS, (f"top-{result['k']} entropy (nats)", f"top-{result['k']} mass")):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-")
-        if "threshold_value" in result and result.get("indicator") == key:
-            ax.axhline(result["threshold_value"], color="tab:red", ls="--", lw=1, label="stop threshold")
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", label="checkpoints" if logged else None)
+        pts = [(r["step"], r[key]) for r in logged or [] if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "s--", ms=4, alpha=0.7, label="logged in training (its prompts)")
+        if stop and stop.get("indicator") == key and stop.get("threshold_value") is not None:
+            ax.axhline(stop["threshold_value"], color="tab:red", ls="--", lw=1, label="stop threshold")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_title(label)

@@ -96,26 +96,28 @@ def sample_and_score(policy, reference, tokenizer, prompts: list, judge, setting
 
 def reward_vs_kl(models: list[tuple[int, Path]], reference_dir: Path, judge, prompts: list,
                  max_new_tokens: int = 48, seed: int = 0, batch_size: int = 8, dtype: str = "float32",
-                 device: str | None = None, progress: bool = True) -> dict:
+                 device: str | None = None, progress: bool = True, loader=None, tokenizer=None) -> dict:
     """Judge score and sampled KL for each (step, model folder) against the reference; the Gao fit and its peak.
 
     Every checkpoint samples with the same seed. The reference folder (if listed in `models`,
-    e.g. a run's step 0) is taken as d = 0 without estimating anything.
+    e.g. a run's step 0) is taken as d = 0 without estimating anything. loader(folder) -> model
+    replaces load_model (e.g. to merge a LoRA checkpoint); tokenizer defaults to the reference's.
     """
     from prefalign.logging import progress_iter
     from prefalign.models import load_model, load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loader = loader or (lambda folder: load_model(str(folder), dtype))
     settings = GenerateSettings(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    tokenizer = load_tokenizer(str(reference_dir))
-    reference = load_model(str(reference_dir), dtype).to(device).eval()
+    tokenizer = tokenizer or load_tokenizer(str(reference_dir))
+    reference = loader(reference_dir).to(device).eval()
     base = sample_and_score(reference, None, tokenizer, prompts, judge, settings)
     rows = [{"step": 0, "model": str(reference_dir), "kl": 0.0, "d": 0.0, "gain": 0.0, **base, "is_reference": True}]
     same = Path(reference_dir).resolve()
     for step, folder in progress_iter(models, "reward vs KL", enabled=progress):
         if Path(folder).resolve() == same:
             continue
-        policy = load_model(str(folder), dtype).to(device).eval()
+        policy = loader(folder).to(device).eval()
         got = sample_and_score(policy, reference, tokenizer, prompts, judge, settings)
         rows.append({"step": step, "model": str(folder), **got, "d": math.sqrt(max(got["kl"], 0.0)),
                      "gain": got["score"] - base["score"], "is_reference": False})
@@ -139,6 +141,10 @@ def summarise(rows: list[dict], judge_name: str = "judge") -> dict:
         result["note"] = "b <= 0: the fitted gain still rises at every d (no over-optimisation in this range)"
     elif result["peak"]["d"] > max(r["d"] for r in usable):
         result["note"] = "the peak lies beyond the largest d measured: an extrapolation"
+    elif result["peak"]["d"] < min(r["d"] for r in usable):
+        # only R(0) = 0 pins the curve there: the rise and the peak are assumed, not measured
+        result["note"] = (f"the peak lies below the smallest d measured ({min(r['d'] for r in usable):.3g}): an "
+                          f"extrapolation between the reference and the first checkpoint")
     return result
 
 
