@@ -44,14 +44,17 @@ def special_frame(tokenizer) -> tuple[list[int], list[int], list[int]]:
 
 
 class RewardBackbone(torch.nn.Module):
-    def __init__(self, path: str, max_length: int = 512, max_response_length: int | None = None):
+    def __init__(self, path: str, max_length: int = 512, max_response_length: int | None = None,
+                 decoder: bool | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"backbone folder not found: {path} (prefalign loads local folders only)")
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        self.decoder = is_decoder(config)
+        # a saved reward model says so itself: AutoModel writes a bare LlamaModel whose config no
+        # longer names a "ForCausalLM" architecture, and mean pooling would silently replace last-token
+        self.decoder = is_decoder(config) if decoder is None else bool(decoder)
         # AutoModel gives the bare transformer (no LM head) for encoders and decoders alike
         self.model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                use_safetensors=True)
