@@ -60,6 +60,8 @@ class RewardTrainConfig:
     batch_size: int = opt(8, "pairs (or rated responses) per micro-batch")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
     learning_rate: float = opt(2e-5, "peak learning rate (AdamW)")
+    head_learning_rate: float | None = opt(None, "peak learning rate of the head alone (default: learning_rate); "
+                                                 "PAL's per-user weights and small heads often need a larger one")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of max_steps spent warming up")
     lr_scheduler: str = opt("cosine", "cosine | linear | constant")
@@ -112,6 +114,8 @@ def validate(cfg: RewardTrainConfig) -> None:
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if cfg.head_learning_rate is not None and cfg.head_learning_rate <= 0:
+        raise ConfigError(f"head_learning_rate must be positive, got {cfg.head_learning_rate}")
     if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
     params = inspect.signature(kind.loss).parameters
@@ -208,7 +212,10 @@ def train_reward_model(cfg: RewardTrainConfig) -> dict:
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     train_set, eval_set, report = load_data(cfg)
     model = build_model(cfg, train_set, eval_set)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
+    groups = [{"params": list(model.backbone.parameters()), "lr": cfg.learning_rate},
+              {"params": list(model.head.parameters()), "lr": head_lr}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
     trainee, optimizer = acc.prepare(LoopAdapter(model), optimizer)
