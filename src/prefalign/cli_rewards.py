@@ -42,8 +42,10 @@ def cmd_eval_rm(args) -> int:
     from prefalign.rewards.model import load_reward_model
 
     model = load_reward_model(args.model_dir)
-    examples, subsets, report = load_eval_pairs(args.data, args.subset_field, args.on_bad_row)
-    valid = load_eval_pairs(args.calibrate, on_bad_row=args.on_bad_row)[0] if args.calibrate else None
+    # a per-user model (PAL) needs each pair's user; any model gets per-user accuracy when asked
+    user_field = args.user_field or ("user_id" if getattr(model.head, "per_user", False) else None)
+    examples, subsets, report = load_eval_pairs(args.data, args.subset_field, args.on_bad_row, user_field)
+    valid = load_eval_pairs(args.calibrate, None, args.on_bad_row, user_field)[0] if args.calibrate else None
     result = evaluate_pairs(model, examples, subsets, valid, args.batch_size, parse_direction(args.direction),
                             args.bins, not args.no_progress)
     result["data"] = report
@@ -55,6 +57,8 @@ def cmd_eval_rm(args) -> int:
     print(line)
     for name, value in result.get("subsets", {}).items():
         print(f"  {name:<28} {value['accuracy']:.4f}  ({value['pairs']} pairs)")
+    for name, value in result.get("users", {}).items():
+        print(f"  user {name:<23} {value['accuracy']:.4f}  ({value['pairs']} pairs)")
     if report["skipped"]:
         print(f"{report['skipped']} bad rows skipped: {report['skipped_by_reason']}")
     print(f"wrote {files['json']}, {files['markdown']}, {files['plot']}")
@@ -62,7 +66,7 @@ def cmd_eval_rm(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("train-rm", help="train a reward model (bt, multi_objective, pearl, prm)",
+    p = sub.add_parser("train-rm", help="train a reward model (bt, multi_objective, pearl, prm, gpm, pal)",
                        formatter_class=argparse.RawTextHelpFormatter,
                        description="Train a reward model with CONFIG.yaml; override any key with key=value.",
                        epilog="options (YAML keys and key=value overrides):\n" + options_table())
@@ -74,6 +78,8 @@ def add_commands(sub) -> None:
     p.add_argument("model_dir", help="a saved reward model folder (train-rm's output_dir/final)")
     p.add_argument("data", help="preference pairs (any format prefalign reads)")
     p.add_argument("--subset-field", default=None, help="row field naming each pair's category, e.g. subset")
+    p.add_argument("--user-field", default=None,
+                   help="row field naming each pair's user: per-user accuracy (pal models default to user_id)")
     p.add_argument("--calibrate", default=None, help="validation pairs to fit a temperature on")
     p.add_argument("--direction", default=None, help="multi-objective models: v as comma-separated weights")
     p.add_argument("--batch-size", type=int, default=16)

@@ -5,6 +5,10 @@ PEARL: its Gaussian probability, z = logit(P)). Accuracy counts P > 0.5 (ties sc
 the top-label ECE of diagnostics.calibration on [0.5, 1] bins. With a validation file, one
 temperature T is fitted on its logits (NLL of sigmoid(z / T)) and ECE is reported before and
 after dividing the test logits by T; accuracy cannot change (T > 0 keeps every sign).
+GPM (arXiv 2410.02197) has no scalar reward: z is the logit of its own skew-symmetric P(a > b).
+PAL (arXiv 2406.08469) compares for a user: each pair's `user_id` (--user-field) picks the user's
+weights, and accuracy is reported overall and per user (any model gets the per-user table when
+a user field is given).
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ from prefalign.data.builders import pairs_from_lists
 from prefalign.data.readers import iter_rows, load_examples
 from prefalign.diagnostics.calibration import expected_calibration_error, fit_temperature, reliability_bins
 from prefalign.logging import progress_iter
+from prefalign.rewards.data import read_users
 from prefalign.rewards.model import RewardModel
 
 
-def load_eval_pairs(path: str, subset_field: str | None = None, on_bad_row: str = "error") -> tuple[list, list[str], dict]:
+def load_eval_pairs(path: str, subset_field: str | None = None, on_bad_row: str = "error",
+                    user_field: str | None = None) -> tuple[list, list[str], dict]:
     """Pairs (ranked lists -> best vs worst), each pair's subset label ("all" without a field) and
-    the load report (rows skipped by reason when on_bad_row="skip")."""
+    the load report (rows skipped by reason when on_bad_row="skip"). With `user_field`, each
+    pair's user id is validated (rewards/data.py) and kept in example.extra["user"]."""
     examples, report = load_examples(path, on_bad_row=on_bad_row)
+    if user_field:
+        examples, users = read_users(path, examples, user_field, on_bad_row, report)
+        for e in examples:
+            e.extra["user"] = users[e.source]
     if any(e.kind == "list" for e in examples):
         examples, _ = pairs_from_lists(examples, "best_vs_worst")
     if any(e.kind != "pair" for e in examples):
@@ -48,12 +59,29 @@ def pair_logits(model: RewardModel, examples: list, batch_size: int = 16, direct
                 progress: bool = True) -> torch.Tensor:
     """[N] logit of P(chosen > rejected) for each pair, computed in chunks behind a progress bar."""
     out = []
+    per_user = "user" in getattr(getattr(model, "head", None), "inputs", ())
     chunks = [examples[s:s + batch_size] for s in range(0, len(examples), batch_size)]
     for chunk in progress_iter(chunks, "scoring pairs", progress):
+        # only a per-user model (PAL) takes users; the others ignore who asked
+        users = {"users": pair_users(chunk)} if per_user else {}
         p = model.probabilities([e.prompt for e in chunk], [e.responses[0] for e in chunk],
-                                [e.responses[1] for e in chunk], direction, batch_size)
+                                [e.responses[1] for e in chunk], direction, batch_size, **users)
         out.append(torch.logit(p.double().clamp(1e-12, 1 - 1e-12)))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def pair_users(examples: list) -> list[str]:
+    missing = [e.source for e in examples if e.extra.get("user") is None]
+    if missing:
+        raise ValueError(f"{missing[0]}: no user id; a per-user (PAL) model needs one per pair (--user-field)")
+    return [e.extra["user"] for e in examples]
+
+
+def grouped_accuracy(logits: torch.Tensor, labels: list[str]) -> dict:
+    groups = defaultdict(list)
+    for i, s in enumerate(labels):
+        groups[s].append(i)
+    return {s: {"pairs": len(idx), "accuracy": pair_accuracy(logits[idx])} for s, idx in sorted(groups.items())}
 
 
 def pair_accuracy(logits: torch.Tensor) -> float:
@@ -78,12 +106,10 @@ def evaluate_pairs(model: RewardModel, examples: list, subsets: list[str], valid
                    batch_size: int = 16, direction=None, n_bins: int = 10, progress: bool = True) -> dict:
     logits = pair_logits(model, examples, batch_size, direction, progress)
     result = {"pairs": len(examples), "accuracy": pair_accuracy(logits), **calibration(logits, n_bins)}
-    groups = defaultdict(list)
-    for i, s in enumerate(subsets):
-        groups[s].append(i)
-    if len(groups) > 1:
-        result["subsets"] = {s: {"pairs": len(idx), "accuracy": pair_accuracy(logits[idx])}
-                             for s, idx in sorted(groups.items())}
+    if len(set(subsets)) > 1:
+        result["subsets"] = grouped_accuracy(logits, subsets)
+    if examples and all(getattr(e, "extra", {}).get("user") is not None for e in examples):
+        result["users"] = grouped_accuracy(logits, [e.extra["user"] for e in examples])
     if valid:
         v = pair_logits(model, valid, batch_size, direction, progress)
         # every outcome is 1 (chosen won): -log sigmoid(z / T) is the same for either orientation of
@@ -130,6 +156,9 @@ def markdown_report(result: dict, model_dir: str, data: str) -> str:
     if "subsets" in result:
         lines += ["", "| subset | pairs | accuracy |", "|---|---|---|"]
         lines += [f"| {s} | {v['pairs']} | {v['accuracy']:.4f} |" for s, v in result["subsets"].items()]
+    if "users" in result:
+        lines += ["", "| user | pairs | accuracy |", "|---|---|---|"]
+        lines += [f"| {u} | {v['pairs']} | {v['accuracy']:.4f} |" for u, v in result["users"].items()]
     lines += ["", "![reliability diagram](reliability.png)", ""]
     return "\n".join(lines)
 

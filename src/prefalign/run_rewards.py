@@ -43,6 +43,7 @@ class RewardDataConfig:
     attributes: list = opt([], "multi_objective: the rated attributes, e.g. [informativeness, naturalness, overall]")
     prompt_field: str = opt("prompt", "ratings files: the field holding the prompt (sf_nlg_multiaspect: mr)")
     step_delimiter: str = opt("\n\n", "prm: the string that separates reasoning steps")
+    user_field: str = opt("user_id", "pal: the row field naming each pair's user (a string or integer id)")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together")
 
@@ -59,6 +60,8 @@ class RewardTrainConfig:
     batch_size: int = opt(8, "pairs (or rated responses) per micro-batch")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
     learning_rate: float = opt(2e-5, "peak learning rate (AdamW)")
+    head_learning_rate: float | None = opt(None, "peak learning rate of the head alone (default: learning_rate); "
+                                                 "PAL's per-user weights and small heads often need a larger one")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.1, "share of max_steps spent warming up")
     lr_scheduler: str = opt("cosine", "cosine | linear | constant")
@@ -111,6 +114,8 @@ def validate(cfg: RewardTrainConfig) -> None:
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if cfg.head_learning_rate is not None and cfg.head_learning_rate <= 0:
+        raise ConfigError(f"head_learning_rate must be positive, got {cfg.head_learning_rate}")
     if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
         raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
     params = inspect.signature(kind.loss).parameters
@@ -134,10 +139,12 @@ def dataset_specs(cfg: RewardTrainConfig) -> list[dict]:
 
 
 def load_file(cfg: RewardTrainConfig, path: str, dataset: int = 0, weight: float = 1.0):
-    d, data = cfg.data, get_reward_kind(cfg.kind).data
+    kind = get_reward_kind(cfg.kind)
+    d, data = cfg.data, kind.data
     if data == "pairs":
+        users = d.user_field if getattr(kind.head, "per_user", False) else None
         return load_pairs(path, d.format, d.on_bad_row, d.list_to_pairs, d.min_score_gap, d.margin, d.margin_scale,
-                          dataset, weight)
+                          dataset, weight, users)
     if data == "ratings":
         return load_ratings(path, list(d.attributes), d.prompt_field, d.on_bad_row)
     return load_steps(path, d.step_delimiter, d.on_bad_row)
@@ -171,10 +178,14 @@ class LoopAdapter(torch.nn.Module):
         return self.model(batch)
 
 
-def build_model(cfg: RewardTrainConfig, train: list) -> RewardModel:
+def build_model(cfg: RewardTrainConfig, train: list, held_out: list = ()) -> RewardModel:
     kind = get_reward_kind(cfg.kind)
     backbone = RewardBackbone(cfg.backbone, cfg.max_length, cfg.max_response_length)
     head = dict(cfg.head_args)
+    if getattr(kind.head, "per_user", False):
+        # held-out users too: one seen only there keeps the untrained, uniform weights (PAL's zero-shot start)
+        users = sorted({e.user for e in list(train) + list(held_out)})
+        head.update(users=users, n_users=len(users))
     if kind.data == "ratings":
         offset, scale = rating_stats(train, list(cfg.data.attributes))
         head.update(attributes=list(cfg.data.attributes), offset=offset, scale=scale)
@@ -200,8 +211,11 @@ def train_reward_model(cfg: RewardTrainConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     train_set, eval_set, report = load_data(cfg)
-    model = build_model(cfg, train_set)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model = build_model(cfg, train_set, eval_set)
+    head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
+    groups = [{"params": list(model.backbone.parameters()), "lr": cfg.learning_rate},
+              {"params": list(model.head.parameters()), "lr": head_lr}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
     trainee, optimizer = acc.prepare(LoopAdapter(model), optimizer)

@@ -61,10 +61,11 @@ def test_skew_symmetry_and_self_comparison_are_exact():
     torch.manual_seed(0)
     head = GPMHead(hidden_size=8, k=3, gate=True)
     a, b, x = torch.randn(16, 8), torch.randn(16, 8), torch.randn(16, 8)
-    p_ab, p_ba = head.probability(a, b, x), head.probability(b, a, x)
+    out_a, out_b = head(a, x), head(b, x)
+    p_ab, p_ba = head.probability(out_a, out_b), head.probability(out_b, out_a)
     assert torch.allclose(p_ab + p_ba, torch.ones(16), atol=1e-7)
-    assert torch.equal(head.probability(a, a, x), torch.full((16,), 0.5))
-    v, lam = head(a, x)
+    assert torch.equal(head.probability(out_a, out_a), torch.full((16,), 0.5))
+    v, lam = out_a["embedding"], out_a["scales"]
     assert v.shape == (16, 6) and lam.shape == (16, 3)
     assert torch.allclose(v.norm(dim=-1), torch.ones(16), atol=1e-6)
     assert (lam > 0).all()
@@ -77,8 +78,10 @@ def test_gate_needs_prompt_features_and_fixed_scales_do_not():
     with pytest.raises(ValueError, match="prompt_features"):
         head(torch.randn(3, 4))
     fixed = GPMHead(hidden_size=4, k=2, gate=False)
-    _, lam = fixed(torch.randn(3, 4))
+    lam = fixed(torch.randn(3, 4))["scales"]
     assert torch.allclose(lam, torch.ones(3, 2), atol=1e-4)  # softplus(0.5413) = 1
+    half = GPMHead(hidden_size=4, k=2, gate=False, beta=2.0)  # the temperature is folded into the scales
+    assert torch.allclose(half(torch.randn(3, 4))["scales"], torch.full((3, 2), 0.5), atol=1e-4)
 
 
 def test_gradcheck_float64():
@@ -125,7 +128,7 @@ def test_learns_a_cycle_that_bradley_terry_cannot(one_thread):
             loss_fn().backward()
             opt.step()
     with torch.no_grad():
-        gpm_acc = (gpm.probability(test_w, test_l) > 0.5).float().mean().item()
+        gpm_acc = (gpm.probability(gpm(test_w), gpm(test_l)) > 0.5).float().mean().item()
         bt_acc = (bt(test_w) > bt(test_l)).float().mean().item()
     assert gpm_acc > 0.97
     assert bt_acc < 0.75
@@ -144,7 +147,8 @@ def test_save_and_load_round_trip(tmp_path, tiny_model_dir):
     assert bb2.decoder and head2.params == head.params
     feats = torch.randn(3, bb.hidden_size)
     with torch.no_grad():
-        assert torch.equal(head(feats, feats)[0], head2(feats, feats)[0])
+        assert torch.equal(head(feats, feats)["embedding"], head2(feats, feats)["embedding"])
+        assert torch.equal(head(feats, feats)["scales"], head2(feats, feats)["scales"])
         enc = bb.encode(["hi"], [" there"])
         assert torch.allclose(bb(**enc), bb2(**bb2.encode(["hi"], [" there"])), atol=1e-6)
     with pytest.raises(ValueError, match="kind"):

@@ -129,16 +129,26 @@ def test_pal_beats_a_single_bt_model_on_opposed_groups(one_thread):
     assert bt_acc < 0.65
 
 
-def test_save_and_load_round_trip(tmp_path):
-    head = hand_head_a()
-    folder = save_pal(tmp_path / "pal", head, users=["alice", "bob"])
-    head2, bb, users = load_pal(folder, load_backbone=False)
-    assert bb is None and users == ["alice", "bob"] and head2.params == head.params
-    x = torch.randn(4, 1)
+def test_save_and_load_round_trip(tmp_path, tiny_model_dir):
+    """The common reward-model folder (load_reward_model) with the user names in reward_model.json."""
+    from prefalign.rewards.backbone import RewardBackbone
+
+    torch.manual_seed(0)
+    bb = RewardBackbone(str(tiny_model_dir), max_length=32)
+    head = PALHead(bb.hidden_size, n_users=2, n_prototypes=2, dim=3, mode="B")
     with torch.no_grad():
-        assert torch.equal(head.rewards(x, user_ids=torch.tensor([0, 1, 1, 0])),
-                           head2.rewards(x, user_ids=torch.tensor([0, 1, 1, 0])))
+        head.user_logits.copy_(torch.tensor([[1.0, -1.0], [0.0, 2.0]]))
+    folder = save_pal(tmp_path / "pal", head, bb, users=["alice", "bob"])
+    assert {p.name for p in folder.iterdir()} == {"backbone", "head.safetensors", "reward_model.json"}
+    head2, bb2, users = load_pal(folder)
+    assert users == ["alice", "bob"] and bb2.decoder
+    assert {k: v for k, v in head2.params.items() if k != "users"} == {k: v for k, v in head.params.items() if k != "users"}
+    x, fx = torch.randn(4, bb.hidden_size), torch.randn(4, bb.hidden_size)
+    ids = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        assert torch.equal(head.rewards(x, fx, user_ids=ids), head2.rewards(x, fx, user_ids=ids))
+    assert head2.user_indices(["bob", "alice"]).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="carol"):
+        head2.user_indices(["carol"])
     with pytest.raises(ValueError, match="user names"):
-        save_pal(tmp_path / "bad", head, users=["only-one"])
-    with pytest.raises(FileNotFoundError, match="backbone"):
-        load_pal(folder)
+        save_pal(tmp_path / "bad", head, bb, users=["only-one"])

@@ -21,7 +21,8 @@ PROMPTS = ["\n\nHuman: how do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAs
 A = [" Mix flour and water, then bake.", " Hello! How can I help?", " an answer"]
 B = [" I will not help.", " Go away.", " another answer entirely"]
 HEADS = {"bt": {}, "pearl": {}, "multi_objective": {"attributes": ["x", "y"], "offset": [1.0, 2.0], "scale": [2.0, 0.5]},
-         "prm": {"delimiter": "\n\n"}}
+         "prm": {"delimiter": "\n\n"}, "gpm": {"k": 2}, "pal": {"n_users": 2, "users": ["ann", "bo"], "dim": 4}}
+USERS = ["ann", "bo", "ann"]
 
 
 @pytest.fixture
@@ -38,15 +39,18 @@ def test_every_registered_kind_has_a_test_case():
     assert set(REWARD_KINDS) <= set(HEADS)
 
 
-@pytest.mark.parametrize("kind", ["bt", "pearl", "multi_objective"])
+@pytest.mark.parametrize("kind", ["bt", "pearl", "multi_objective", "gpm", "pal"])
 def test_head_shapes_and_probability_symmetry(tiny_bert_dir, kind):
     model = make(tiny_bert_dir, kind)
-    out = model.outputs(model.encode(PROMPTS, A))
+    users = USERS if kind == "pal" else None
+    out = model.outputs(model.encode(PROMPTS, A, users))
     if kind == "multi_objective":
         assert out["attributes"].shape == (3, 2)
+    elif kind == "gpm":
+        assert out["embedding"].shape == (3, 4) and out["scales"].shape == (3, 2)
     else:
         assert out["reward"].shape == (3,)
-    ab, ba = model.probabilities(PROMPTS, A, B), model.probabilities(PROMPTS, B, A)
+    ab, ba = model.probabilities(PROMPTS, A, B, users=users), model.probabilities(PROMPTS, B, A, users=users)
     assert ab.shape == (3,) and torch.allclose(ab + ba, torch.ones(3), atol=1e-6)
 
 
@@ -89,20 +93,26 @@ def test_steps_that_do_not_fit_are_dropped_and_counted(tiny_model_dir):
     assert len(enc["step_pos"]) == enc["kept_counts"][0]
 
 
-@pytest.mark.parametrize("kind", ["bt", "pearl", "multi_objective", "prm"])
+@pytest.mark.parametrize("kind", ["bt", "pearl", "multi_objective", "prm", "gpm", "pal", "decoder-bt"])
 def test_save_load_roundtrip(tiny_bert_dir, tiny_model_dir, tmp_path, kind):
-    folder = tiny_model_dir if kind == "prm" else tiny_bert_dir
+    folder = tiny_model_dir if kind in ("prm", "decoder-bt") else tiny_bert_dir
+    kind = kind.removeprefix("decoder-")
     model = make(folder, kind)
     with torch.no_grad():
         for p in model.head.parameters():
             p.add_(0.3)  # not the fresh initialisation
     responses = ["step a\n\nstep b", "only one step", "x\n\ny\n\nz"] if kind == "prm" else A
-    before = model.rewards(PROMPTS, responses)
+    users = USERS if kind == "pal" else None
+    before = model.rewards(PROMPTS, responses, users=users) if kind != "gpm" else None
+    p_before = model.probabilities(PROMPTS, responses, B, users=users)
     saved = save_reward_model(model, tmp_path / "rm")
     assert sorted(p.name for p in saved.iterdir()) == ["backbone", "head.safetensors", "reward_model.json"]
     loaded = load_reward_model(saved)
     assert loaded.kind.name == kind and loaded.head_params == model.head_params
-    assert torch.equal(loaded.rewards(PROMPTS, responses), before)
+    assert loaded.backbone.decoder == model.backbone.decoder  # a saved bare LlamaModel keeps last-token pooling
+    if before is not None:
+        assert torch.equal(loaded.rewards(PROMPTS, responses, users=users), before)
+    assert torch.equal(loaded.probabilities(PROMPTS, responses, B, users=users), p_before)
 
 
 def test_reward_model_judge(tiny_bert_dir, tmp_path):

@@ -1,12 +1,15 @@
 """Judges backed by saved preference models: a GPM (compare only) and a PAL model (per-user scores).
 
-"preference_model" (arXiv 2410.02197): loads a folder written by rewards.gpm.save_gpm. compare()
+Both load the common reward-model folder through rewards.model.load_reward_model (what
+`prefalign train-rm kind=gpm|pal` writes, or rewards.gpm.save_gpm / rewards.pal.save_pal).
+
+"preference_model" (arXiv 2410.02197): loads a saved GPM (kind "gpm"). compare()
 embeds every distinct (prompt, response) once and every distinct prompt once (for the eigenvalue
 gate), then P(a > b) = sigmoid(<R(x) v_a, v_b> / beta): skew-symmetric by construction, so
 compare(p, a, b) + compare(p, b, a) = 1 and compare(p, a, a) = 1/2. score() raises: a GPM has no
 scalar reward, and cyclic preferences admit none.
 
-"pal" (arXiv 2406.08469): loads a folder written by rewards.pal.save_pal and scores responses for
+"pal" (arXiv 2406.08469): loads a saved PAL model (kind "pal") and scores responses for
 ONE user: `user=` a name the model was trained on, or `weights=` K mixture weights (e.g. from
 `fit_user`, the few-shot fit of an unseen user). score = r_u(x, y) = -||f(x, y) - a_u(x)||^2 and
 compare is the Bradley-Terry link sigmoid(r_a - r_b), which is exactly PAL's P(a > b | u).
@@ -18,8 +21,8 @@ import torch
 
 from prefalign.judges.base import Judge, check_aligned, register_judge
 from prefalign.rewards.backbone import render
-from prefalign.rewards.gpm import load_gpm, preference_score
-from prefalign.rewards.pal import fit_user_weights, load_pal
+from prefalign.rewards.model import load_reward_model
+from prefalign.rewards.pal import fit_user_weights
 
 
 class PooledFeatures:
@@ -50,9 +53,9 @@ class PooledFeatures:
 class PreferenceModelJudge(Judge):
     def __init__(self, path: str, batch_size: int = 16, device: str = "cpu"):
         super().__init__()
-        self.head, backbone = load_gpm(path)
-        self.head.to(device)
-        self.features = PooledFeatures(backbone, batch_size, device)
+        model = load_reward_model(path, device, kind="gpm")
+        self.head = model.head
+        self.features = PooledFeatures(model.backbone, batch_size, device)
         self.device = device
 
     @torch.no_grad()
@@ -63,9 +66,7 @@ class PreferenceModelJudge(Judge):
         # one call over a + b: a response that appears on both sides is still embedded once
         fa, fb = self.features(list(prompts) * 2, list(a) + list(b)).to(self.device).split(n)
         fx = self.features.prompts(prompts).to(self.device) if self.head.gate else None
-        v_a, lam = self.head(fa, fx)
-        v_b, _ = self.head(fb, fx)
-        probs = torch.sigmoid(preference_score(v_a, v_b, lam) / self.head.beta).tolist()
+        probs = self.head.probability(self.head(fa, fx), self.head(fb, fx)).tolist()
         for p in probs:
             self.stats.record(p)
         return probs
@@ -76,9 +77,9 @@ class PALJudge(Judge):
     def __init__(self, path: str, user: str | None = None, weights: list[float] | None = None,
                  batch_size: int = 16, device: str = "cpu"):
         super().__init__()
-        self.head, backbone, self.users = load_pal(path)
-        self.features = PooledFeatures(backbone, batch_size, device)
-        self.head.to(device)
+        model = load_reward_model(path, device, kind="pal")
+        self.head, self.users = model.head, model.head.users
+        self.features = PooledFeatures(model.backbone, batch_size, device)
         self.device = device
         if user is not None and weights is not None:
             raise ValueError("pass user= (a trained user's name) or weights= (mixture weights), not both")

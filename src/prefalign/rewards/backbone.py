@@ -52,9 +52,9 @@ class RewardBackbone(torch.nn.Module):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"backbone folder not found: {path} (prefalign loads local folders only)")
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        # A saved reward model's backbone is a bare transformer (e.g. LlamaModel), whose config no
-        # longer names a *ForCausalLM class: the saved reward_model.json passes `decoder` explicitly.
-        self.decoder = is_decoder(config) if decoder is None else decoder
+        # a saved reward model says so itself: AutoModel writes a bare LlamaModel whose config no
+        # longer names a "ForCausalLM" architecture, and mean pooling would silently replace last-token
+        self.decoder = is_decoder(config) if decoder is None else bool(decoder)
         # AutoModel gives the bare transformer (no LM head) for encoders and decoders alike
         self.model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                use_safetensors=True)

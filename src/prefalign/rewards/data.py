@@ -36,6 +36,7 @@ class RMExample:
     rating_mask: list[float] | None = None
     steps: list[str] | None = None
     labels: list[float] | None = None
+    user: str | None = None  # PAL: the annotator's id (as a string)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -46,7 +47,8 @@ class RMExample:
 
 def load_pairs(path: str, fmt: str = "auto", on_bad_row: str = "error", list_to_pairs: str = "best_vs_worst",
                min_gap: float = 0.0, margin: str = "none", margin_scale: float = 1.0, dataset: int = 0,
-               weight: float = 1.0) -> tuple[list[RMExample], dict]:
+               weight: float = 1.0, user_field: str | None = None) -> tuple[list[RMExample], dict]:
+    """Pairs for a pairwise kind; with `user_field` (PAL) every row must name its user there."""
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
     examples, report = load_examples(path, fmt, on_bad_row)
@@ -54,6 +56,10 @@ def load_pairs(path: str, fmt: str = "auto", on_bad_row: str = "error", list_to_
     if not kinds <= {"pair", "list"}:
         raise ValueError(f"{path}: a pairwise reward model needs pairs or ranked lists, the file holds {sorted(kinds)}")
     info = {"load": report.as_dict()}
+    if user_field:
+        examples, users = read_users(path, examples, user_field, on_bad_row, report)
+        info["load"] = report.as_dict()
+        info["users"] = len(set(users.values()))
     if "list" in kinds:
         examples, pairing = pairs_from_lists(examples, list_to_pairs, min_gap)
         info["pairing"] = pairing.as_dict()
@@ -66,8 +72,39 @@ def load_pairs(path: str, fmt: str = "auto", on_bad_row: str = "error", list_to_
             m = margin_scale * (float(e.extra["score_chosen"]) - float(e.extra["score_rejected"]))
             if m < 0:
                 raise ValueError(f"{e.source}: score_chosen is below score_rejected; a negative margin is not a preference")
-        out.append(RMExample(e.prompt, list(e.responses), e.source, m, dataset, weight, extra=dict(e.extra)))
+        out.append(RMExample(e.prompt, list(e.responses), e.source, m, dataset, weight, extra=dict(e.extra),
+                             user=users[e.source] if user_field else None))
     return out, info
+
+
+def user_id(value, source: str, row: int, name: str) -> str:
+    """A user id: a non-empty string or an integer (kept as its decimal string)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(source, row, name, f"must be a string or integer user id, got {value!r}")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(source, row, name, "is empty")
+    return str(value)
+
+
+def read_users(path: str, examples: list, field_name: str, on_bad_row: str, report: LoadReport) -> tuple[list, dict]:
+    """The user id of every example's row (examples' sources end in ':row'); rows with a missing or
+    bad id raise DataError naming file, row and field, or (on_bad_row=skip) are dropped and counted."""
+    rows = dict(iter_rows(path))
+    kept, users = [], {}
+    for e in examples:
+        row_no = int(e.source.rsplit(":", 1)[1])
+        row = rows.get(row_no)
+        try:
+            if not isinstance(row, dict) or row.get(field_name) is None:
+                raise DataError(str(path), row_no, field_name, "is missing (a PAL reward model needs each row's user)")
+            users[e.source] = user_id(row[field_name], str(path), row_no, field_name)
+            kept.append(e)
+        except DataError as err:
+            if on_bad_row == "error":
+                raise
+            report.skip(err)
+            report.kept -= 1
+    return kept, users
 
 
 def number(value, source: str, row: int, name: str) -> float:
@@ -166,7 +203,12 @@ def build_batch(model, examples: list[RMExample], indices: list[int]) -> dict:
     data = model.kind.data
     if data == "pairs":
         prompts = [e.prompt for e in chosen]
-        batch = model.encode(prompts + prompts, [e.responses[0] for e in chosen] + [e.responses[1] for e in chosen])
+        users = [e.user for e in chosen] if "user" in model.head.inputs else None
+        if users is not None and None in users:
+            raise ValueError(f"{chosen[users.index(None)].source}: no user id; a {model.kind.name!r} model "
+                             "needs one per pair (train-rm reads data.user_field)")
+        batch = model.encode(prompts + prompts, [e.responses[0] for e in chosen] + [e.responses[1] for e in chosen],
+                             users + users if users is not None else None)
         batch["margin"] = torch.tensor([e.margin for e in chosen])
         batch["dataset"] = torch.tensor([e.dataset for e in chosen], dtype=torch.long)
         if any(e.weight != 1.0 for e in chosen):

@@ -22,30 +22,23 @@ fixed temperature (1.0 by default: the eigenvalues already learn the scale).
 Sign convention: the paper writes <R v_i, v_j> = v_i^T R^T v_j; writing v_i^T R v_j instead only
 flips the sign of R, which the learned embedding absorbs.
 
-Interface for the reward-model registry (train-rm / eval-rm):
+Registered as reward kind "gpm" (rewards/heads.py): `prefalign train-rm kind=gpm` trains it on
+ordinary pairs with the one loop; the gate's prompt features are the backbone on (prompt, ""),
+computed once per distinct prompt of a batch (RewardModel.encode/outputs).
     head = GPMHead(hidden_size, k=4, gate=True, mlp_hidden=0, beta=1.0)
-    v, lambdas = head(features [N, H], prompt_features [N, H] | None)   # v [N, 2k] unit norm, lambdas [N, k]
-    gpm_loss(v_chosen, v_rejected, lambdas, beta) -> per_example [N]   (mean it for the step)
-    gpm_probability(v_a, v_b, lambdas, beta) -> [N] P(a > b)
-  features: RewardBackbone(prompt, response) pooled vectors; prompt_features: the backbone on
-  (prompt, "") (only when gate=True). Data: ordinary pairs (prompt, chosen, rejected), no extra field.
-  Saved as a folder: backbone/ (save_pretrained, safetensors + tokenizer), head.safetensors,
-  reward_model.json {"kind": "gpm", "head": {constructor params}, "backbone": {...}}.
-  `score()` has no meaning for a GPM (no scalar reward); judges.preference_model only compares.
+    out = head(features [N, H], prompt_features [N, H] | None)  # {"embedding": [N, 2k] unit, "scales": [N, k]}
+    head.probability(out_a, out_b) -> [N] P(a > b);  gpm_pair_loss(out_c, out_r, batch) -> [N]
+  Saved in the common reward-model folder (rewards/model.py: backbone/, head.safetensors,
+  reward_model.json with kind "gpm"); load_reward_model reads it. A GPM has no scalar reward:
+  `score()` / `rewards()` raise; judges.preference_model only compares.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
-MODEL_FILE = "reward_model.json"
-HEAD_FILE = "head.safetensors"
 
 
 def skew_operator(k: int, lambdas: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,7 +93,14 @@ def projection(hidden_size: int, out: int, mlp_hidden: int) -> torch.nn.Module:
 
 
 class GPMHead(torch.nn.Module):
-    """Pooled features [N, H] -> unit preference embeddings [N, 2k] and block eigenvalues [N, k]."""
+    """Pooled features [N, H] -> unit preference embeddings [N, 2k] and block scales [N, k].
+
+    Reward-kind interface (rewards/heads.py): forward returns {"embedding": v, "scales": lambda / beta}
+    (the eigenvalues with the temperature folded in, so that P = sigmoid(<R v_a, v_b>) reads them
+    directly); probability(out_a, out_b) is P(a > b); there is no scalar reward (`scalar = False`)."""
+
+    reads = "pooled"
+    scalar = False
 
     def __init__(self, hidden_size: int, k: int = 4, gate: bool = True, mlp_hidden: int = 0, beta: float = 1.0):
         super().__init__()
@@ -108,8 +108,9 @@ class GPMHead(torch.nn.Module):
             raise ValueError(f"GPM needs k >= 1 two-dimensional blocks, got k={k}")
         if beta <= 0:
             raise ValueError(f"GPM temperature beta must be positive, got {beta}")
-        self.params = {"hidden_size": hidden_size, "k": k, "gate": gate, "mlp_hidden": mlp_hidden, "beta": beta}
+        self.params = {"k": k, "gate": gate, "mlp_hidden": mlp_hidden, "beta": beta}
         self.k, self.beta, self.gate = k, beta, gate
+        self.inputs = ("prompt_features",) if gate else ()
         self.embed = projection(hidden_size, 2 * k, mlp_hidden)
         # softplus(0.5413) = 1: every block starts with eigenvalue 1
         if gate:
@@ -127,74 +128,41 @@ class GPMHead(torch.nn.Module):
                              "the backbone's pooled vector for (prompt, '')")
         return F.softplus(self.scale_gate(prompt_features))
 
-    def forward(self, features: torch.Tensor, prompt_features: torch.Tensor | None = None):
+    def forward(self, features: torch.Tensor, prompt_features: torch.Tensor | None = None) -> dict:
         v = F.normalize(self.embed(features), dim=-1)
-        return v, self.eigenvalues(prompt_features, features.shape[0])
+        return {"embedding": v, "scales": self.eigenvalues(prompt_features, features.shape[0]) / self.beta}
+
+    def probability(self, out_a: dict, out_b: dict) -> torch.Tensor:
+        """P(a > b); the scales are read from out_a (both sides share the prompt)."""
+        return gpm_probability(out_a["embedding"], out_b["embedding"], out_a["scales"])
+
+    def reward(self, out: dict, direction=None) -> torch.Tensor:
+        raise ValueError("a GPM has no scalar reward per response (cyclic preferences admit none); compare pairs")
 
     def loss(self, chosen: torch.Tensor, rejected: torch.Tensor, prompt_features=None) -> torch.Tensor:
         """Per-example loss on pooled features of the chosen and rejected responses to the same prompts."""
-        v_c, lam = self(chosen, prompt_features)
-        v_r, _ = self(rejected, prompt_features)
-        return gpm_loss(v_c, v_r, lam, self.beta)
-
-    def probability(self, a: torch.Tensor, b: torch.Tensor, prompt_features=None) -> torch.Tensor:
-        v_a, lam = self(a, prompt_features)
-        v_b, _ = self(b, prompt_features)
-        return gpm_probability(v_a, v_b, lam, self.beta)
+        return gpm_pair_loss(self(chosen, prompt_features), self(rejected, prompt_features), {})
 
 
-# ---- saved format (shared with rewards.pal): backbone/ + head.safetensors + reward_model.json ----
-
-def save_head_model(folder, kind: str, head: torch.nn.Module, params: dict, backbone=None, extra: dict | None = None) -> Path:
-    """Write the model into a hidden temp folder, then rename it into place (a crash never leaves half a model)."""
-    folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    meta = {"kind": kind, "head": params, **(extra or {})}
-    if backbone is not None:
-        backbone.model.save_pretrained(tmp / "backbone", safe_serialization=True)
-        backbone.tokenizer.save_pretrained(tmp / "backbone")
-        # AutoModel saves a bare LlamaModel whose config no longer says "ForCausalLM": keep the pooling rule
-        meta["backbone"] = {"decoder": backbone.decoder, "max_length": backbone.max_length,
-                            "max_response_length": backbone.max_response_length}
-    save_file({k: t.detach().contiguous().cpu() for k, t in head.state_dict().items()}, str(tmp / HEAD_FILE))
-    (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
+def gpm_pair_loss(out_c: dict, out_r: dict, batch: dict) -> torch.Tensor:
+    """The registered `gpm` kind's loss: -log P(chosen > rejected) per pair [B] (times the pair's
+    dataset weight when several files train together)."""
+    loss = gpm_loss(out_c["embedding"], out_r["embedding"], out_c["scales"])
+    return loss * batch["dataset_weight"] if "dataset_weight" in batch else loss
 
 
-def read_head_model(folder, kind: str, head_cls, load_backbone: bool = True):
-    """(head, backbone | None, meta) from a saved folder; checks the kind and the head's tensors."""
-    folder = Path(folder)
-    meta_path = folder / MODEL_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a saved reward model: no {MODEL_FILE}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("kind") != kind:
-        raise ValueError(f"{meta_path}: kind is {meta.get('kind')!r}, expected {kind!r}")
-    head = head_cls(**meta["head"])
-    head.load_state_dict(load_file(str(folder / HEAD_FILE)), strict=True)
-    backbone = None
-    if load_backbone:
-        from prefalign.rewards.backbone import RewardBackbone
+# ---- saved format: the common reward-model folder (rewards/model.py), kind "gpm" ----
 
-        saved = meta.get("backbone")
-        if saved is None or not (folder / "backbone").is_dir():
-            raise FileNotFoundError(f"{folder} holds no backbone/ folder; it was saved head-only")
-        backbone = RewardBackbone(str(folder / "backbone"), max_length=saved["max_length"],
-                                  max_response_length=saved["max_response_length"])
-        backbone.decoder = saved["decoder"]
-    return head.eval(), backbone, meta
+def save_gpm(folder, head: GPMHead, backbone) -> Path:
+    """Save a head + backbone built outside train-rm in the common reward-model format."""
+    from prefalign.rewards.model import adopt_head, save_reward_model
+
+    return save_reward_model(adopt_head(backbone, "gpm", head, head.params), folder)
 
 
-def save_gpm(folder, head: GPMHead, backbone=None) -> Path:
-    return save_head_model(folder, "gpm", head, head.params, backbone)
+def load_gpm(folder, device: str = "cpu"):
+    """(head, backbone) of a saved GPM (any folder load_reward_model reads, checked to be kind gpm)."""
+    from prefalign.rewards.model import load_reward_model
 
-
-def load_gpm(folder, load_backbone: bool = True):
-    head, backbone, _ = read_head_model(folder, "gpm", GPMHead, load_backbone)
-    return head, backbone
+    model = load_reward_model(folder, device, kind="gpm")
+    return model.head, model.backbone

@@ -5,9 +5,12 @@ loss function (head outputs + batch -> per-example losses [B]) and the data it t
   pairs    prompt, chosen, rejected (+ optional margin, dataset id): loss(out_c, out_r, batch, **args)
   ratings  prompt, response, attribute ratings [D] with a mask:     loss(out, batch, **args)
   steps    prompt, response steps, one good/bad label per step:      loss(out, batch, **args)
-Every head says how its outputs become one scalar reward per response (`reward`) and P(a > b)
-(`probability`); judges, evaluation and metrics use only those two. A new kind (GPM, PAL) is a
-head class with these methods, a loss and one `register_reward_kind` call.
+Every head says how its outputs become one scalar reward per response (`reward`; `scalar = False`
+when there is none, as for GPM) and P(a > b) (`probability`); judges, evaluation and metrics use
+only those two. `inputs` names what a head reads beside the pooled features: "prompt_features"
+(the backbone on (prompt, ""), for GPM's gate and PAL model B) and "user" (PAL's user indices);
+RewardModel supplies them. A new kind is a head class with these methods, a loss and one
+`register_reward_kind` call (gpm and pal live in rewards/gpm.py and rewards/pal.py).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from prefalign.rewards.gpm import GPMHead, gpm_pair_loss
 from prefalign.rewards.losses import (bt_loss, directional_reward, gaussian_bt_loss, gaussian_preference_probability,
                                       more_weights, rating_loss, step_bce_loss)
+from prefalign.rewards.pal import PALHead, pal_pair_loss
 
 DATA_KINDS = ("pairs", "ratings", "steps")
 
@@ -56,6 +61,8 @@ class ScalarHead(torch.nn.Module):
     """One scalar reward per response; P(a > b) = sigmoid(r_a - r_b) (Bradley-Terry)."""
 
     reads = "pooled"
+    scalar = True
+    inputs: tuple = ()
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -174,3 +181,7 @@ register_reward_kind("pearl", GaussianHead, gaussian_pair_loss, "pairs", "2306.0
                      "Gaussian reward mean and std; P(a > b) = Phi((mu_a - mu_b) / sqrt(s_a^2 + s_b^2))")
 register_reward_kind("prm", StepHead, step_loss, "steps", "2412.15904",
                      "process reward: a good/bad logit per reasoning step, BCE at each step's last token")
+register_reward_kind("gpm", GPMHead, gpm_pair_loss, "pairs", "2410.02197",
+                     "general preference model: unit embeddings, skew-symmetric P(a > b); captures cyclic preferences")
+register_reward_kind("pal", PALHead, pal_pair_loss, "pairs", "2406.08469",
+                     "pluralistic: ideal-point mixture of K prototypes with per-user weights (pairs need user_id)")

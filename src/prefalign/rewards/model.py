@@ -3,7 +3,9 @@
 Saved folder (written whole, then renamed into place):
   backbone/            save_pretrained (safetensors) + tokenizer
   head.safetensors     the head's weights and buffers
-  reward_model.json    {"kind": ..., "head": {constructor params}, "backbone": {"max_length", "max_response_length"}}
+  reward_model.json    {"kind": ..., "head": {constructor params}, "loss": {...},
+                        "backbone": {"decoder", "max_length", "max_response_length"}}
+Every kind (bt, multi_objective, pearl, prm, gpm, pal) saves and loads through this one format.
 """
 
 from __future__ import annotations
@@ -44,18 +46,38 @@ class RewardModel(torch.nn.Module):
         self.head = self.kind.head(backbone.hidden_size, **self.head_params)
         self.loss_params = dict(loss_params or {})
 
-    def encode(self, prompts: list, responses: list) -> dict:
+    def encode(self, prompts: list, responses: list, users: list | None = None) -> dict:
+        """Token ids for (prompt, response) rows, plus what the head's `inputs` ask for: the distinct
+        prompts alone (prompt_input_ids + prompt_index per row) and user indices (PAL)."""
         if self.head.reads == "tokens":
             steps = [split_steps(render(r), self.head.delimiter) for r in responses]
             return encode_steps(self.backbone, prompts, steps, self.head.delimiter)
-        return self.backbone.encode(prompts, responses)
+        enc = self.backbone.encode(prompts, responses)
+        if "prompt_features" in self.head.inputs:
+            # each distinct prompt passes the backbone once (a pair batch holds every prompt twice)
+            keys = [render(p) for p in prompts]
+            distinct = list(dict.fromkeys(keys))
+            alone = self.backbone.encode(distinct, [""] * len(distinct))
+            enc["prompt_input_ids"], enc["prompt_attention_mask"] = alone["input_ids"], alone["attention_mask"]
+            enc["prompt_index"] = torch.tensor([distinct.index(k) for k in keys], dtype=torch.long)
+        if "user" in self.head.inputs:
+            if users is None:
+                raise ValueError(f"a {self.kind.name!r} reward model scores for a user: pass users= (one per row)")
+            enc["user"] = self.head.user_indices(users)
+        return enc
 
     def outputs(self, enc: dict) -> dict:
         """The head's per-response outputs for encoded rows."""
         if self.head.reads == "tokens":
             hidden = self.backbone.hidden_states(enc["input_ids"], enc["attention_mask"])
             return self.head(hidden, enc["step_row"], enc["step_pos"], enc["input_ids"].shape[0])
-        return self.head(self.backbone(enc["input_ids"], enc["attention_mask"]))
+        extra = {}
+        if "prompt_features" in self.head.inputs:
+            alone = self.backbone(enc["prompt_input_ids"], enc["prompt_attention_mask"])
+            extra["prompt_features"] = alone[enc["prompt_index"]]
+        if "user" in self.head.inputs:
+            extra["user"] = enc["user"]
+        return self.head(self.backbone(enc["input_ids"], enc["attention_mask"]), **extra)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """One micro-batch (rewards/data.py builds it) -> per-example losses [B] and metric sums."""
@@ -64,11 +86,13 @@ class RewardModel(torch.nn.Module):
             b = batch["input_ids"].shape[0] // 2
             out_c, out_r = split_pairs(out, b)
             per = self.kind.loss(out_c, out_r, batch, **self.loss_params)
-            rc, rr = self.head.reward(out_c).detach().float(), self.head.reward(out_r).detach().float()
             p = self.head.probability(out_c, out_r).detach().float()
-            return per, {"loss": (per.detach().float().sum(), float(b)), "rewards/accuracy": (win_share(p).sum(), float(b)),
-                         "rewards/margins": ((rc - rr).sum(), float(b)), "rewards/chosen": (rc.sum(), float(b)),
-                         "rewards/rejected": (rr.sum(), float(b))}
+            metrics = {"loss": (per.detach().float().sum(), float(b)), "rewards/accuracy": (win_share(p).sum(), float(b))}
+            if self.head.scalar:  # a GPM has no scalar reward: loss and accuracy only
+                rc, rr = self.head.reward(out_c).detach().float(), self.head.reward(out_r).detach().float()
+                metrics.update({"rewards/margins": ((rc - rr).sum(), float(b)), "rewards/chosen": (rc.sum(), float(b)),
+                                "rewards/rejected": (rr.sum(), float(b))})
+            return per, metrics
         per = self.kind.loss(out, batch, **self.loss_params)
         n = float(per.shape[0])
         metrics = {"loss": (per.detach().float().sum(), n)}
@@ -83,44 +107,50 @@ class RewardModel(torch.nn.Module):
         return per, metrics
 
     @torch.no_grad()
-    def score_outputs(self, prompts: list, responses: list, batch_size: int = 16) -> list[dict]:
+    def score_outputs(self, prompts: list, responses: list, batch_size: int = 16, users: list | None = None) -> list[dict]:
         """Head outputs per chunk of `batch_size` responses (eval mode, no gradients)."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         chunks = []
         for s in range(0, len(responses), batch_size):
-            enc = self.encode(prompts[s:s + batch_size], responses[s:s + batch_size])
+            enc = self.encode(prompts[s:s + batch_size], responses[s:s + batch_size],
+                              None if users is None else users[s:s + batch_size])
             enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
             chunks.append({k: v.float() for k, v in self.outputs(enc).items()
                            if isinstance(v, torch.Tensor) and k not in ("features", "step_row", "step_logits")})
         self.train(was_training)
         return chunks
 
-    def rewards(self, prompts: list, responses: list, direction=None, batch_size: int = 16) -> torch.Tensor:
-        """[N] one scalar reward per response (multi-objective: v . r for `direction`)."""
+    def rewards(self, prompts: list, responses: list, direction=None, batch_size: int = 16,
+                users: list | None = None) -> torch.Tensor:
+        """[N] one scalar reward per response (multi-objective: v . r for `direction`; PAL: r_u for `users`)."""
+        if not self.head.scalar:
+            raise ValueError(f"a {self.kind.name!r} model has no scalar reward per response; use probabilities()")
         if direction is not None and not hasattr(self.head, "attributes"):
             raise ValueError(f"a direction applies to multi-objective reward models; this one is {self.kind.name!r}")
-        chunks = self.score_outputs(prompts, responses, batch_size)
+        chunks = self.score_outputs(prompts, responses, batch_size, users)
         if not chunks:
             return torch.zeros(0)
         return torch.cat([self.head.reward(c, direction) if direction is not None else self.head.reward(c)
                           for c in chunks]).cpu()
 
-    def probabilities(self, prompts: list, a: list, b: list, direction=None, batch_size: int = 16) -> torch.Tensor:
-        """[N] P(a preferred over b) under the model's own link (BT sigmoid, PEARL's Gaussian)."""
+    def probabilities(self, prompts: list, a: list, b: list, direction=None, batch_size: int = 16,
+                      users: list | None = None) -> torch.Tensor:
+        """[N] P(a preferred over b) under the model's own link (BT sigmoid, PEARL's Gaussian, GPM's
+        skew-symmetric form, PAL's per-user BT)."""
         if direction is not None:  # a direction turns attribute scores into one BT reward
             return torch.sigmoid(self.rewards(prompts, a, direction, batch_size) - self.rewards(prompts, b, direction,
                                                                                                 batch_size))
-        out_a = self.score_outputs(prompts, a, batch_size)
-        out_b = self.score_outputs(prompts, b, batch_size)
+        out_a = self.score_outputs(prompts, a, batch_size, users)
+        out_b = self.score_outputs(prompts, b, batch_size, users)
         if not out_a:
             return torch.zeros(0)
         return torch.cat([self.head.probability(x, y) for x, y in zip(out_a, out_b)]).cpu()
 
     def config(self) -> dict:
         return {"kind": self.kind.name, "head": self.head_params, "loss": self.loss_params,
-                "backbone": {"max_length": self.backbone.max_length, "decoder": self.backbone.decoder,
+                "backbone": {"decoder": self.backbone.decoder, "max_length": self.backbone.max_length,
                              "max_response_length": self.backbone.max_response_length}}
 
     def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
@@ -155,7 +185,15 @@ def save_reward_model(model: RewardModel, folder) -> Path:
     return folder
 
 
-def load_reward_model(folder, device: str | torch.device = "cpu") -> RewardModel:
+def adopt_head(backbone: RewardBackbone, kind: str, head: torch.nn.Module, params: dict) -> RewardModel:
+    """A RewardModel around a head built outside train-rm (its weights copied; params rebuild it)."""
+    model = RewardModel(backbone, kind, params)
+    model.head.load_state_dict(head.state_dict(), strict=True)
+    return model
+
+
+def load_reward_model(folder, device: str | torch.device = "cpu", kind: str | None = None) -> RewardModel:
+    """Load any saved reward model; `kind` (optional) checks that the folder holds that kind."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -164,6 +202,8 @@ def load_reward_model(folder, device: str | torch.device = "cpu") -> RewardModel
     for key in ("kind", "head", "backbone"):
         if key not in cfg:
             raise ValueError(f"{path}: missing key {key!r}")
+    if kind is not None and cfg["kind"] != kind:
+        raise ValueError(f"{path}: kind is {cfg['kind']!r}, expected {kind!r}")
     backbone = RewardBackbone(str(folder / "backbone"), **cfg["backbone"])
     model = RewardModel(backbone, cfg["kind"], cfg["head"], cfg.get("loss"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")), strict=True)

@@ -26,9 +26,11 @@ Interface for the reward-model registry (train-rm / eval-rm):
     r = head.rewards(features [N, H], prompt_features [N, H] | None, user_ids [N] | weights [N, K]) -> [N]
     head.loss(chosen [N, H], rejected [N, H], prompt_features, user_ids) -> per_example [N]
   features: RewardBackbone(prompt, response) pooled; prompt_features: the backbone on (prompt, "")
-  (mode B only). Data: pairs with an integer-able `user_id` field per row (Example.extra["user_id"]),
-  mapped to 0..n_users-1 by the caller; the names are saved in reward_model.json ("users").
-  Saved as backbone/ + head.safetensors + reward_model.json {"kind": "pal", "head": {...}, "users": [...]}.
+  (mode B only). Registered as reward kind "pal": `prefalign train-rm kind=pal` reads a `user_id`
+  field per pair row (data.user_field; str or int, validated in rewards/data.py), maps the names of
+  all loaded users (train and held-out: a user seen only in held-out data keeps the untrained,
+  uniform weights, PAL's zero-shot start) to 0..n_users-1, and stores them as head param "users".
+  Saved in the common reward-model folder (rewards/model.py), read back by load_reward_model.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefalign.rewards.gpm import projection, read_head_model, save_head_model
+from prefalign.rewards.gpm import projection
 
 
 def ideal_points(prototypes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -57,15 +59,28 @@ def pal_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> torc
 
 
 class PALHead(torch.nn.Module):
+    """Reward-kind interface (rewards/heads.py): forward(features, prompt_features, user) ->
+    {"reward": r_u [N]}; probability = sigmoid(r_a - r_b) (PAL's P(a > b | u)). `users` names the
+    n_users rows of user weights (default "0".."n_users-1"); they are saved in reward_model.json."""
+
+    reads = "pooled"
+    scalar = True
+    per_user = True  # train-rm reads a user id per pair row and fills n_users / users from the data
+
     def __init__(self, hidden_size: int, n_users: int, n_prototypes: int = 2, dim: int = 16,
-                 mode: str = "B", mlp_hidden: int = 0):
+                 mode: str = "B", mlp_hidden: int = 0, users: list[str] | None = None):
         super().__init__()
         if mode not in ("A", "B"):
             raise ValueError(f"PAL mode must be 'A' (fixed prototypes) or 'B' (prompt-dependent), got {mode!r}")
         if n_prototypes < 1 or n_users < 1:
             raise ValueError(f"PAL needs n_prototypes >= 1 and n_users >= 1, got {n_prototypes}, {n_users}")
-        self.params = {"hidden_size": hidden_size, "n_users": n_users, "n_prototypes": n_prototypes,
-                       "dim": dim, "mode": mode, "mlp_hidden": mlp_hidden}
+        users = [str(u) for u in users] if users is not None else [str(i) for i in range(n_users)]
+        if len(users) != n_users or len(set(users)) != n_users:
+            raise ValueError(f"{len(users)} user names ({len(set(users))} distinct) for a head with {n_users} users")
+        self.users = users
+        self.inputs = ("user",) + (("prompt_features",) if mode == "B" else ())
+        self.params = {"n_users": n_users, "n_prototypes": n_prototypes, "dim": dim, "mode": mode,
+                       "mlp_hidden": mlp_hidden, "users": users}
         self.mode, self.K, self.dim = mode, n_prototypes, dim
         self.item = projection(hidden_size, dim, mlp_hidden)
         if mode == "A":
@@ -102,6 +117,31 @@ class PALHead(torch.nn.Module):
         return pal_loss(self.rewards(chosen, prompt_features, user_ids, weights),
                         self.rewards(rejected, prompt_features, user_ids, weights))
 
+    def user_indices(self, names: list) -> torch.Tensor:
+        """[N] row indices of user names (as str); an unknown name is an error naming it."""
+        index = {u: i for i, u in enumerate(self.users)}
+        unknown = sorted({str(n) for n in names} - set(index))
+        if unknown:
+            raise ValueError(f"users {unknown[:5]} are not among this PAL model's {len(self.users)} users "
+                             f"(e.g. {self.users[:5]}); fit an unseen user with fit_user_weights")
+        return torch.tensor([index[str(n)] for n in names], dtype=torch.long)
+
+    def forward(self, features, prompt_features=None, user=None) -> dict:
+        return {"reward": self.rewards(features, prompt_features, user_ids=user)}
+
+    def reward(self, out: dict, direction=None) -> torch.Tensor:
+        return out["reward"]
+
+    def probability(self, out_a: dict, out_b: dict) -> torch.Tensor:
+        return torch.sigmoid(out_a["reward"] - out_b["reward"])
+
+
+def pal_pair_loss(out_c: dict, out_r: dict, batch: dict) -> torch.Tensor:
+    """The registered `pal` kind's loss: -log sigmoid(r_u(chosen) - r_u(rejected)) per pair [B]
+    (times the pair's dataset weight when several files train together)."""
+    loss = pal_loss(out_c["reward"], out_r["reward"])
+    return loss * batch["dataset_weight"] if "dataset_weight" in batch else loss
+
 
 def fit_user_weights(head: PALHead, chosen: torch.Tensor, rejected: torch.Tensor, prompt_features=None,
                      steps: int = 100, lr: float = 0.2) -> torch.Tensor:
@@ -123,14 +163,20 @@ def fit_user_weights(head: PALHead, chosen: torch.Tensor, rejected: torch.Tensor
     return torch.softmax(theta.detach(), -1)
 
 
-def save_pal(folder, head: PALHead, backbone=None, users: list[str] | None = None):
-    users = users or [str(i) for i in range(head.params["n_users"])]
-    if len(users) != head.params["n_users"]:
-        raise ValueError(f"{len(users)} user names for a head with {head.params['n_users']} users")
-    return save_head_model(folder, "pal", head, head.params, backbone, extra={"users": list(users)})
+def save_pal(folder, head: PALHead, backbone, users: list[str] | None = None):
+    """Save a head + backbone built outside train-rm in the common reward-model format; `users`
+    (optional) renames the head's users."""
+    from prefalign.rewards.model import adopt_head, save_reward_model
+
+    params = dict(head.params)
+    if users is not None:
+        params["users"] = [str(u) for u in users]
+    return save_reward_model(adopt_head(backbone, "pal", head, params), folder)
 
 
-def load_pal(folder, load_backbone: bool = True):
-    """(head, backbone | None, users) from a saved folder."""
-    head, backbone, meta = read_head_model(folder, "pal", PALHead, load_backbone)
-    return head, backbone, meta["users"]
+def load_pal(folder, device: str = "cpu"):
+    """(head, backbone, users) of a saved PAL model (load_reward_model, checked to be kind pal)."""
+    from prefalign.rewards.model import load_reward_model
+
+    model = load_reward_model(folder, device, kind="pal")
+    return model.head, model.backbone, model.head.users
