@@ -109,6 +109,9 @@ def validate(cfg: RewardTrainConfig) -> None:
         raise ConfigError("data.more applies to the bt kind")
     if cfg.data.margin not in MARGINS:
         raise ConfigError(f"data.margin must be one of {MARGINS}, got {cfg.data.margin!r}")
+    if cfg.data.margin != "none" and cfg.kind != "bt":
+        # only the Bradley-Terry loss has a margin term; refusing beats silently training without one
+        raise ConfigError(f"data.margin applies to the bt kind; kind {cfg.kind!r} has no margin term")
     if kind.data == "ratings" and not cfg.data.attributes:
         raise ConfigError("multi_objective needs data.attributes, e.g. [informativeness, naturalness, overall]")
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):

@@ -130,3 +130,11 @@ def test_cli_train_rm_and_eval_rm(tiny_bert_dir, tmp_path, capsys):
     assert (tmp_path / "eval" / "reliability.png").stat().st_size > 0 and (tmp_path / "eval" / "eval.md").exists()
     assert main(["train-rm", f"backbone={tiny_bert_dir}", f"data.train={HH}", "kind=nope"]) == 1
     assert "unknown reward kind 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["pearl", "gpm", "pal"])
+def test_margin_is_refused_for_kinds_without_a_margin_term(kind):
+    from prefalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="margin applies to the bt kind"):
+        load_reward_config(None, [f"kind={kind}", "backbone=x", "data.train=p.jsonl", "data.margin=score_gap"])
