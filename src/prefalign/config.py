@@ -192,6 +192,13 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    cfg = build(TrainConfig, read_tree(path, overrides))
+    validate(cfg)
+    return cfg
+
+
+def read_tree(path: str | None, overrides: list[str] = ()) -> dict:
+    """The YAML file's mapping (safe_load) with key=value overrides applied (dotted keys nest)."""
     tree: dict = {}
     if path:
         with open(path, encoding="utf-8") as f:
@@ -203,9 +210,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
             raise ConfigError(f"override {item!r} must look like key=value (dotted keys for nesting)")
         key, raw = item.split("=", 1)
         set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    cfg = build(TrainConfig, tree)
-    validate(cfg)
-    return cfg
+    return tree
 
 
 def validate(cfg: TrainConfig) -> None:

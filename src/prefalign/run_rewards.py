@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from prefalign.config import ConfigError, build, opt, set_dotted, to_dict
+from prefalign.config import ConfigError, build, opt, read_tree, to_dict
 from prefalign.data.readers import seeded_split
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.data import MARGINS, build_batch, load_pairs, load_ratings, load_steps, rating_stats
@@ -81,18 +81,7 @@ class RewardTrainConfig:
 
 
 def load_reward_config(path: str | None, overrides: list[str] = ()) -> RewardTrainConfig:
-    tree: dict = {}
-    if path:
-        with open(path, encoding="utf-8") as f:
-            tree = yaml.safe_load(f) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (dotted keys for nesting)")
-        key, raw = item.split("=", 1)
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    cfg = build(RewardTrainConfig, tree)
+    cfg = build(RewardTrainConfig, read_tree(path, overrides))
     validate(cfg)
     return cfg
 
