@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/check-bt-minilm")
     ap.add_argument("--max-steps", type=int, default=None, help="default: one epoch of the training pairs")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--learning-rate", type=float, default=3e-5)
+    ap.add_argument("--learning-rate", type=float, default=6e-5)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--held-out", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
