@@ -24,7 +24,6 @@ from prefalign.diagnostics.report import Report
 from prefalign.diagnostics.reward_overopt import plot_reward_vs_kl, reward_vs_kl
 from prefalign.diagnostics.token_shift import KINDS, plot_token_shift, token_shift
 from prefalign.generation import GenerateSettings
-from prefalign.judges.base import Judge
 
 
 def evenly_spaced(models: list, n: int) -> list:
@@ -37,9 +36,8 @@ def evenly_spaced(models: list, n: int) -> list:
 
 
 def can_score(judge) -> bool:
-    """Whether the judge scores single responses (the base class's score() only raises; a
-    CallableJudge without score_fn falls back to it)."""
-    return type(judge).score is not Judge.score and getattr(judge, "score_fn", "absent") is not None
+    """Whether the judge scores single responses (compare-only judges do not)."""
+    return judge.can_score
 
 
 def logged_indicators(metrics_path: Path | None) -> list[dict]:

@@ -63,6 +63,11 @@ def check_aligned(*columns) -> int:
     return n
 
 
+class CompareOnlyError(NotImplementedError):
+    """A judge that only compares pairs (e.g. a general preference model) was asked for a score.
+    Not a missing feature: such judges have no scalar score by design (check `judge.can_score`)."""
+
+
 class Judge:
     """Base class: implement `score` or `compare` (or both)."""
 
@@ -72,8 +77,13 @@ class Judge:
     def __init__(self):
         self.stats = JudgeStats()
 
+    @property
+    def can_score(self) -> bool:
+        """Whether score() gives per-response scores (False for compare-only judges)."""
+        return type(self).score is not Judge.score
+
     def score(self, prompts: list, responses: list) -> list[float | None]:
-        raise NotImplementedError(f"the {self.name!r} judge compares pairs only; it cannot score a single response")
+        raise CompareOnlyError(f"the {self.name!r} judge compares pairs only; it cannot score a single response")
 
     def compare(self, prompts: list, a: list, b: list) -> list[float | None]:
         check_aligned(prompts, a, b)
@@ -112,6 +122,10 @@ class CallableJudge(Judge):
         # from YAML or the command line a function arrives as "package.module:function"
         score_fn, compare_fn = import_function(score_fn), import_function(compare_fn)
         self.score_fn, self.compare_fn, self.temperature = score_fn, compare_fn, temperature
+
+    @property
+    def can_score(self) -> bool:
+        return self.score_fn is not None
 
     def score(self, prompts, responses):
         if self.score_fn is None:

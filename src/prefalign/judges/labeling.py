@@ -154,19 +154,14 @@ def label_by_compare(judge, rows, batch_size, progress, report) -> list[dict]:
 
 def label_pairs(judge: Judge, rows: list[Candidates], mode: str = "auto", batch_size: int = 16,
                 progress: bool = True) -> tuple[list[dict], LabelReport]:
-    """Preference pairs from candidate rows; mode "score", "compare" or "auto" (score, and compare
-    when the judge's score raises NotImplementedError, the base class's answer for compare-only judges)."""
+    """Preference pairs from candidate rows; mode "score", "compare" or "auto" (score when the judge
+    can, else compare)."""
     if mode not in ("auto", "score", "compare"):
         raise ValueError(f"mode must be auto, score or compare, got {mode!r}")
     report = LabelReport(rows=len(rows))
-    if mode == "compare":
+    if mode == "compare" or (mode == "auto" and not judge.can_score):
         pairs = label_by_compare(judge, rows, batch_size, progress, report)
-    else:
-        try:
-            pairs = label_by_score(judge, rows, batch_size, progress, report)
-        except NotImplementedError:
-            if mode == "score":
-                raise
-            pairs = label_by_compare(judge, rows, batch_size, progress, report)
+    else:  # mode "score" on a compare-only judge raises CompareOnlyError from score()
+        pairs = label_by_score(judge, rows, batch_size, progress, report)
     report.pairs = len(pairs)
     return pairs, report

@@ -20,6 +20,10 @@ class RewardModelJudge(Judge):
         if direction is not None:
             self.model.rewards(["-"], ["-"], direction)  # a bad direction fails at construction
 
+    @property
+    def can_score(self) -> bool:
+        return bool(getattr(self.model.head, "scalar", True))  # a GPM head has no scalar reward
+
     def score(self, prompts: list, responses: list) -> list[float | None]:
         check_aligned(prompts, responses)
         values = self.model.rewards(list(prompts), list(responses), self.direction, self.batch_size).tolist()
