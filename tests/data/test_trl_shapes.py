@@ -143,6 +143,8 @@ BAD_ROWS = [
     ({"chosen": Q + reply("4"), "rejected": "5"}, "rejected", "like chosen"),
     ({"chosen": "Four.", "rejected": "Five."}, "chosen", "shares no leading words"),
     ({"chosen": "Say 4", "rejected": "Say 4 5"}, "chosen", "response is empty"),
+    ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"}, "chosen",
+     "no shared '\\n\\nAssistant:' turn"),  # an HH transcript keeps the HH rule even when it finds no cut
     ({"prompt": "What is 2+2?", "chosen": [user("What is 3+3?")] + reply("6"), "rejected": reply("5")},
      "chosen", "does not repeat the prompt"),
     ({"prompt": "What is 2+2?", "chosen": reply("4"), "rejected": Q}, "rejected", "does not repeat the prompt"),

@@ -136,14 +136,14 @@ def split_hh_dialogue(chosen: str, rejected: str, source: str, row: int) -> tupl
 def split_shared_text(chosen: str, rejected: str, source: str, row: int) -> tuple[str, str, str]:
     """TRL's standard implicit-prompt pair: two full texts; the prompt is the text they share.
 
-    An HH-style transcript (the shared part holds "\\n\\nAssistant:") is cut after its last shared
-    assistant marker. Other text is cut at the longest common prefix moved back to a word
+    An HH-style transcript (both texts hold "\\n\\nAssistant:") is cut after its last shared
+    assistant marker, or is an error when they share none. Other text is cut at the longest common prefix moved back to a word
     boundary: a word only partly shared ("4" of "42" / "45") and the whitespace before it go to
     the responses, so "The sky is blue." / "The sky is green." give "The sky is" + " blue.".
     """
-    shared = common_prefix(chosen, rejected)
-    if HH_ASSISTANT in chosen[:shared]:
+    if HH_ASSISTANT in chosen and HH_ASSISTANT in rejected:
         return split_hh_dialogue(chosen, rejected, source, row)
+    shared = common_prefix(chosen, rejected)
     cut = shared
     continues = [cut < len(t) and not t[cut].isspace() for t in (chosen, rejected)]
     if cut > 0 and not chosen[cut - 1].isspace() and any(continues):  # the cut is inside a word
