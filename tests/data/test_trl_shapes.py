@@ -141,6 +141,8 @@ BAD_ROWS = [
      "must end with an assistant"),
     ({"chosen": Q + reply("4"), "rejected": Q + reply("5") + [user("ok")] + reply("6")}, "rejected", "user turn"),
     ({"chosen": Q + reply("4"), "rejected": "5"}, "rejected", "like chosen"),
+    ({"chosen": Q + reply("4"), "rejected": Q + reply(" ")}, "rejected", "has no reply after the prompt"),
+    ({"chosen": Q + reply("4"), "rejected": Q}, "rejected", "has no turns after the prompt"),
     ({"chosen": "Four.", "rejected": "Five."}, "chosen", "shares no leading words"),
     ({"chosen": "Say 4", "rejected": "Say 4 5"}, "chosen", "response is empty"),
     ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"}, "chosen",

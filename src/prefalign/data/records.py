@@ -137,14 +137,14 @@ def split_shared_text(chosen: str, rejected: str, source: str, row: int) -> tupl
     """TRL's standard implicit-prompt pair: two full texts; the prompt is the text they share.
 
     An HH-style transcript (both texts hold "\\n\\nAssistant:") is cut after its last shared
-    assistant marker, or is an error when they share none. Other text is cut at the longest common prefix moved back to a word
-    boundary: a word only partly shared ("4" of "42" / "45") and the whitespace before it go to
-    the responses, so "The sky is blue." / "The sky is green." give "The sky is" + " blue.".
+    assistant marker, or is an error when they share none. Other text is cut at the longest
+    common prefix moved back to a word boundary: a word only partly shared ("4" of "42" / "45")
+    and the whitespace before it go to the responses, so "The sky is blue." / "The sky is
+    green." give "The sky is" + " blue.".
     """
     if HH_ASSISTANT in chosen and HH_ASSISTANT in rejected:
         return split_hh_dialogue(chosen, rejected, source, row)
-    shared = common_prefix(chosen, rejected)
-    cut = shared
+    cut = common_prefix(chosen, rejected)
     continues = [cut < len(t) and not t[cut].isspace() for t in (chosen, rejected)]
     if cut > 0 and not chosen[cut - 1].isspace() and any(continues):  # the cut is inside a word
         while cut > 0 and not chosen[cut - 1].isspace():
@@ -169,8 +169,8 @@ def same_turn(a: dict, b: dict) -> bool:
 def check_reply_turns(turns: Messages, source: str, row: int, name: str) -> Messages:
     """A response as messages: non-empty, no user turn (it would be trained as model output),
     ending with an assistant turn."""
-    if not turns:
-        raise DataError(source, row, name, "has no turns after the prompt")
+    if not any(m["content"].strip() for m in turns):
+        raise DataError(source, row, name, "has no reply after the prompt" if turns else "has no turns after the prompt")
     users = [i for i, m in enumerate(turns) if m["role"] == "user"]
     if users or turns[-1]["role"] != "assistant":
         where = f"has a user turn after the prompt (turn {users[0]} of the reply)" if users else \
