@@ -90,7 +90,7 @@ def cmd_build(args) -> int:
     specs = builder_specs(args)
     check_builders(specs)  # names and parameters, before any model is loaded
     examples, load_report = load_examples(args.input, args.format, args.on_bad_row)
-    if load_report.skipped:
+    if load_report.skipped or load_report.merged_lists:
         print_table(f"{args.input}: {load_report.kept} of {load_report.rows} rows read", load_report.as_dict())
     out, reports = run_builders(examples, specs, build_context(args))
     print_steps(reports)

@@ -30,7 +30,7 @@ def opt(default, help: str, **kw):
 class DataConfig:
     train: str = opt("", "training data: a .jsonl/.json/.parquet/.csv file (gzip allowed)")
     eval: str | None = opt(None, "held-out data file; if unset, a seeded split of data.train")
-    format: str = opt("auto", "pairs | hh | ranked | unpaired | triples | auto (detected from the fields)")
+    format: str = opt("auto", "pairs | implicit | hh | ranked | unpaired | sft | triples | auto (detected from the fields)")
     eval_fraction: float = opt(0.05, "share of data.train held out when data.eval is unset")
     on_bad_row: str = opt("error", "error: stop at the first bad row; skip: skip it and count it in the summary")
     score_aspect: str | None = opt(None, "which aspect score ranks multi-aspect responses (e.g. overall)")

@@ -33,7 +33,7 @@ class RewardDataConfig:
                              "weight multiplies that file's pair losses")
     more: bool = opt(False, "MORE (arXiv:2312.07401): weight the datasets of each batch by the min-norm "
                             "combination of their reward-head gradients")
-    format: str = opt("auto", "pairs files: pairs | hh | ranked | auto")
+    format: str = opt("auto", "pairs files: pairs | implicit | hh | ranked | auto")
     eval_fraction: float = opt(0.05, "share held out when data.eval is unset")
     on_bad_row: str = opt("error", "error | skip (skipped rows are counted in the summary)")
     list_to_pairs: str = opt("best_vs_worst", "ranked lists -> pairs: best_vs_worst | best_vs_each | all_pairs")

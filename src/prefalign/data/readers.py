@@ -119,7 +119,7 @@ def load_examples(
                 examples.extend(tree_examples(row, label, row_no, tree_options, trees))
                 report.left_out.update(trees.left_out)
             else:
-                examples.append(make_example(row, fmt, label, row_no, score_aspect))
+                examples.append(make_example(row, fmt, label, row_no, score_aspect, report))
         except DataError as err:
             if on_bad_row == "error":
                 raise

@@ -4,10 +4,16 @@ Every format becomes an `Example`. Pairs are K = 2 with target [1, 0]; ranked li
 responses with scores (higher is better); unpaired rows are K = 1 with a 0/1 label.
 A bad row raises `DataError` naming file, row and field, or, when the caller asked to skip bad
 rows, is counted in `LoadReport.skipped` by reason. Nothing is dropped silently.
+
+Pairs come in TRL's four shapes (text or chat messages, with or without a `prompt` field) and
+in the shape whose `chosen`/`rejected` conversations repeat the given prompt as leading turns
+(HuggingFaceH4/ultrafeedback_binarized). All of them become the same Example: the prompt, then
+responses that hold only what follows it (see split_shared_text / split_shared_messages).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -59,6 +65,9 @@ class LoadReport:
     first_errors: list[str] = field(default_factory=list)
     # parts of kept rows that became no example, by reason (e.g. deleted messages of a tree row)
     left_out: Counter = field(default_factory=Counter)
+    # ranked lists in which several systems wrote the same text: the copies became one response
+    merged_lists: int = 0
+    merged_responses: int = 0  # responses removed by those merges
 
     def skip(self, err: DataError) -> None:
         self.skipped[f"{err.field}: {err.reason}"] += 1
@@ -68,6 +77,7 @@ class LoadReport:
     def as_dict(self) -> dict:
         return {"rows": self.rows, "kept": self.kept, "skipped": sum(self.skipped.values()),
                 "skipped_by_reason": dict(self.skipped), "first_errors": self.first_errors,
+                "merged_identical_responses": {"lists": self.merged_lists, "responses": self.merged_responses},
                 **({"left_out_by_reason": dict(self.left_out)} if self.left_out else {})}
 
 
@@ -99,22 +109,101 @@ def require(row: dict, name: str, source: str, row_no: int) -> Any:
     return row[name]
 
 
+def common_prefix(a, b) -> int:
+    """How many leading items (characters or messages) two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def split_hh_dialogue(chosen: str, rejected: str, source: str, row: int) -> tuple[str, str, str]:
     """Split HH-RLHF transcripts at the last "\\n\\nAssistant:" they share.
 
     Both transcripts repeat the conversation and differ only in the final assistant turn, so
     the prompt is everything up to and including the last common assistant marker.
     """
-    limit = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        limit += 1
+    limit = common_prefix(chosen, rejected)
     cut = chosen.rfind(HH_ASSISTANT, 0, limit)  # the whole marker must lie in the shared part
     if cut < 0:
         raise DataError(source, row, "chosen", f"no shared {HH_ASSISTANT!r} turn to split the prompt at")
     end = cut + len(HH_ASSISTANT)
     return chosen[:end], chosen[end:], rejected[end:]
+
+
+def split_shared_text(chosen: str, rejected: str, source: str, row: int) -> tuple[str, str, str]:
+    """TRL's standard implicit-prompt pair: two full texts; the prompt is the text they share.
+
+    An HH-style transcript (both texts hold "\\n\\nAssistant:") is cut after its last shared
+    assistant marker, or is an error when they share none. Other text is cut at the longest
+    common prefix moved back to a word boundary: a word only partly shared ("4" of "42" / "45")
+    and the whitespace before it go to the responses, so "The sky is blue." / "The sky is
+    green." give "The sky is" + " blue.".
+    """
+    if HH_ASSISTANT in chosen and HH_ASSISTANT in rejected:
+        return split_hh_dialogue(chosen, rejected, source, row)
+    cut = common_prefix(chosen, rejected)
+    continues = [cut < len(t) and not t[cut].isspace() for t in (chosen, rejected)]
+    if cut > 0 and not chosen[cut - 1].isspace() and any(continues):  # the cut is inside a word
+        while cut > 0 and not chosen[cut - 1].isspace():
+            cut -= 1
+    while cut > 0 and chosen[cut - 1].isspace():
+        cut -= 1
+    if cut == 0:
+        raise DataError(source, row, "chosen", "shares no leading words with rejected: there is no prompt to split off "
+                                               "(add a 'prompt' field)")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def as_turns(prompt: Text) -> Messages:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+
+def same_turn(a: dict, b: dict) -> bool:
+    # only role and content render; other keys (ids, names from an export) do not make turns differ
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
+
+
+def check_reply_turns(turns: Messages, source: str, row: int, name: str) -> Messages:
+    """A response as messages: non-empty, no user turn (it would be trained as model output),
+    ending with an assistant turn."""
+    if not any(m["content"].strip() for m in turns):
+        raise DataError(source, row, name, "has no reply after the prompt" if turns else "has no turns after the prompt")
+    users = [i for i, m in enumerate(turns) if m["role"] == "user"]
+    if users or turns[-1]["role"] != "assistant":
+        where = f"has a user turn after the prompt (turn {users[0]} of the reply)" if users else \
+            f"must end with an assistant turn, ends with {turns[-1]['role']!r}"
+        raise DataError(source, row, name, where)
+    return turns
+
+
+def split_shared_messages(chosen: Messages, rejected: Messages, source: str, row: int,
+                          ) -> tuple[Messages, Messages, Messages]:
+    """TRL's conversational implicit-prompt pair: the leading messages both conversations share
+    are the prompt, the rest of each is its response (split on message boundaries; tokenize then
+    finds the token boundary as for any chat prompt)."""
+    n = common_prefix([(m["role"], m["content"]) for m in chosen], [(m["role"], m["content"]) for m in rejected])
+    if n == 0:
+        raise DataError(source, row, "chosen", "shares no leading message with rejected: there is no prompt to "
+                                               "split off (add a 'prompt' field)")
+    return chosen[:n], check_reply_turns(chosen[n:], source, row, "chosen"), \
+        check_reply_turns(rejected[n:], source, row, "rejected")
+
+
+def strip_repeated_prompt(prompt: Text, reply: Text, source: str, row: int, name: str) -> Text:
+    """A chat reply that starts with the prompt's turns again (HuggingFaceH4/ultrafeedback_binarized:
+    prompt "q", chosen [user "q", assistant "a"]) loses them; a reply that starts with a non-assistant
+    turn which is not the prompt is an error rather than a guess."""
+    if not isinstance(reply, list) or reply[0]["role"] == "assistant":
+        return check_reply_turns(reply, source, row, name) if isinstance(reply, list) else reply
+    turns = as_turns(prompt)
+    if len(reply) <= len(turns) or not all(same_turn(a, b) for a, b in zip(turns, reply)):
+        raise DataError(source, row, name, f"starts with a {reply[0]['role']} turn but does not repeat the prompt's "
+                                           f"{len(turns)} turn(s) and then reply; give only the reply, or the "
+                                           "whole conversation without a 'prompt' field")
+    return check_reply_turns(reply[len(turns):], source, row, name)
 
 
 def data_features(row: dict, source: str, row_no: int) -> dict:
@@ -134,16 +223,28 @@ def data_features(row: dict, source: str, row_no: int) -> dict:
 
 
 def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
-    if fmt == "hh":
-        chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen", False)
-        rejected = check_text(require(row, "rejected", source, row_no), source, row_no, "rejected", False)
+    """`pairs` rows give a prompt; `implicit` rows do not (the shared start of chosen and rejected
+    is the prompt); `hh` is `implicit` held to the HH-RLHF transcript rule."""
+    if fmt in ("hh", "implicit"):
+        text_only = fmt == "hh"
+        chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen", not text_only)
+        rejected = check_text(require(row, "rejected", source, row_no), source, row_no, "rejected", not text_only)
         if chosen == rejected:
             raise DataError(source, row_no, "rejected", "is identical to chosen")
-        prompt, chosen, rejected = split_hh_dialogue(chosen, rejected, source, row_no)
+        if isinstance(chosen, list) != isinstance(rejected, list):
+            raise DataError(source, row_no, "rejected", "must be a message list like chosen, or text like chosen")
+        split = split_hh_dialogue if text_only else split_shared_messages if isinstance(chosen, list) \
+            else split_shared_text
+        prompt, chosen, rejected = split(chosen, rejected, source, row_no)
     else:
         prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
         chosen = check_text(require(row, "chosen", source, row_no), source, row_no, "chosen")
         rejected = check_text(require(row, "rejected", source, row_no), source, row_no, "rejected")
+        # the H4 shape: a conversation repeats the prompt's turns; then the prompt becomes those turns
+        repeats = any(isinstance(x, list) and x[0]["role"] != "assistant" for x in (chosen, rejected))
+        chosen = strip_repeated_prompt(prompt, chosen, source, row_no, "chosen")
+        rejected = strip_repeated_prompt(prompt, rejected, source, row_no, "rejected")
+        prompt = as_turns(prompt) if repeats else prompt
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, str) and not value.strip():
             raise DataError(source, row_no, name, "response is empty")
@@ -153,8 +254,9 @@ def make_pair(row: dict, source: str, row_no: int, fmt: str) -> Example:
     extra["features"] = data_features(row, source, row_no)
     for name in RESPONSE_FIELDS:
         if row.get(name) is not None:
-            # hh rows hold whole dialogues in chosen/rejected, but an extra response is only the reply
-            extra[name] = check_text(row[name], source, row_no, name, allow_messages=fmt != "hh")
+            # implicit rows hold whole dialogues in chosen/rejected, but an extra response is only the reply
+            chat = fmt == "pairs" or isinstance(prompt, list)
+            extra[name] = check_text(row[name], source, row_no, name, allow_messages=chat)
     for name in PROMPT_FIELDS:
         if row.get(name) is not None:
             extra[name] = check_text(row[name], source, row_no, name)
@@ -195,7 +297,29 @@ def response_score(resp: dict, source: str, row: int, i: int, aspect: str | dict
     return float(value)
 
 
-def make_list(row: dict, source: str, row_no: int, aspect: str | dict | None = None) -> Example:
+def merge_identical(texts: list[Text], scores: list[float], aspects: list[dict | None],
+                    ) -> tuple[list[Text], list[float], list[dict | None]]:
+    """One response per distinct text, at its first position, with the mean of its copies' scores
+    (and of each aspect's ratings). Rating data holds such copies when two systems wrote the same
+    text; each copy is a real rating of that text, so none is thrown away."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(json.dumps(t, sort_keys=True, ensure_ascii=False), []).append(i)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    out_texts, out_scores, out_aspects = [], [], []
+    for idx in groups.values():
+        out_texts.append(texts[idx[0]])
+        out_scores.append(mean([scores[i] for i in idx]))
+        rated = [aspects[i] for i in idx if isinstance(aspects[i], dict)]
+        names = list(dict.fromkeys(k for a in rated for k in a))
+        out_aspects.append({k: mean([float(a[k]) for a in rated if k in a]) for k in names} if rated else None)
+    return out_texts, out_scores, out_aspects
+
+
+def make_list(row: dict, source: str, row_no: int, aspect: str | dict | None = None,
+              report: LoadReport | None = None) -> Example:
+    """A ranked list. Identical responses are merged (scores averaged) and counted in `report`;
+    a list left with one response is a bad row."""
     prompt_key = "messages" if "messages" in row else "prompt"
     prompt = check_text(require(row, prompt_key, source, row_no), source, row_no, prompt_key)
     responses = require(row, "responses", source, row_no)
@@ -215,14 +339,19 @@ def make_list(row: dict, source: str, row_no: int, aspect: str | dict | None = N
                 raise DataError(source, row_no, f"responses[{i}]", "must be {text, score|rank|scores}")
             texts.append(check_text(r.get("text"), source, row_no, f"responses[{i}].text"))
             scores.append(response_score(r, source, row_no, i, aspect))
-    if len(set(map(str, texts))) < len(texts):
-        raise DataError(source, row_no, "responses", "contains identical responses")
+    aspects = [r.get("scores") if isinstance(r, dict) else None for r in responses]
+    n_given = len(texts)
+    texts, scores, aspects = merge_identical(texts, scores, aspects)
+    if len(texts) < 2:
+        raise DataError(source, row_no, "responses", f"all {n_given} responses are the same text: nothing to rank")
     if len(set(scores)) == 1:
         raise DataError(source, row_no, "responses", "all responses have the same score: no preference")
     extra = {k: row[k] for k in ("id",) if row.get(k) is not None}
-    aspects = [r.get("scores") if isinstance(r, dict) else None for r in responses]
     if all(isinstance(a, dict) for a in aspects):
         extra["aspect_scores"] = aspects  # kept so that a builder can re-rank by another aspect later
+    if report is not None and len(texts) < n_given:  # counted only for rows that are kept
+        report.merged_lists += 1
+        report.merged_responses += n_given - len(texts)
     return Example(prompt, texts, scores, "list", f"{source}:{row_no}", extra)
 
 
@@ -234,8 +363,14 @@ def make_sft(row: dict, source: str, row_no: int) -> Example:
 
 
 def make_unpaired(row: dict, source: str, row_no: int) -> Example:
+    """TRL's unpaired preference rows, text or conversational; a conversational completion may
+    repeat the prompt's turns first (as in the H4 pairs shape). TRL defines no implicit-prompt
+    unpaired shape, so `prompt` is required."""
     prompt = check_text(require(row, "prompt", source, row_no), source, row_no, "prompt")
     completion = check_text(require(row, "completion", source, row_no), source, row_no, "completion")
+    repeats = isinstance(completion, list) and completion[0]["role"] != "assistant"
+    completion = strip_repeated_prompt(prompt, completion, source, row_no, "completion")
+    prompt = as_turns(prompt) if repeats else prompt
     label = require(row, "label", source, row_no)
     if not isinstance(label, bool):
         raise DataError(source, row_no, "label", f"must be true or false, got {label!r}")
@@ -250,7 +385,7 @@ def make_triple(row: dict, source: str, row_no: int) -> Example:
     return Example(prompt, texts, [2.0, 1.0, 0.0], "triple", f"{source}:{row_no}")
 
 
-FORMATS = ("pairs", "hh", "ranked", "unpaired", "sft", "triples", "oasst_trees")
+FORMATS = ("pairs", "implicit", "hh", "ranked", "unpaired", "sft", "triples", "oasst_trees")
 
 
 def detect_format(row: dict, source: str) -> str:
@@ -262,7 +397,7 @@ def detect_format(row: dict, source: str) -> str:
     if {"prompt", "chosen", "rejected"} <= keys:
         return "pairs"
     if {"chosen", "rejected"} <= keys:
-        return "hh"
+        return "implicit"  # TRL's implicit prompt: HH transcripts, shared text, or shared leading messages
     if "responses" in keys and keys & {"prompt", "messages"}:
         return "ranked"
     if {"prompt", "completion", "label"} <= keys:
@@ -273,13 +408,14 @@ def detect_format(row: dict, source: str) -> str:
                                     f"to one of {FORMATS}")
 
 
-def make_example(row: Any, fmt: str, source: str, row_no: int, aspect: str | None = None) -> Example:
+def make_example(row: Any, fmt: str, source: str, row_no: int, aspect: str | dict | None = None,
+                 report: LoadReport | None = None) -> Example:
     if not isinstance(row, dict):
         raise DataError(source, row_no, "*", f"a row must be an object, got {type(row).__name__}")
-    if fmt in ("pairs", "hh"):
+    if fmt in ("pairs", "implicit", "hh"):
         return make_pair(row, source, row_no, fmt)
     if fmt == "ranked":
-        return make_list(row, source, row_no, aspect)
+        return make_list(row, source, row_no, aspect, report)
     if fmt == "unpaired":
         return make_unpaired(row, source, row_no)
     if fmt == "sft":
