@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,15 +169,6 @@ def test_objective_data_mismatch_fails_before_training(tiny_model_dir, tmp_path)
         train(config(tiny_model_dir, tmp_path / "x", "objective=kto"))
 
 
-def free_port() -> int:
-    """A port nobody listens on now, from the kernel. A fixed port collided whenever two test
-    sessions on one machine (parallel CI jobs, several checkouts) ran this test at once: the
-    second rendezvous failed with "address already in use"."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("objective", ["dpo", "sparsepo"])
 def test_two_processes_equal_one_process_with_twice_the_batch(objective, tiny_model_dir, tmp_path):
     """Two gloo processes on the CPU vs one process, batch 2 x 2 == 4.
@@ -187,10 +177,12 @@ def test_two_processes_equal_one_process_with_twice_the_batch(objective, tiny_mo
     `--multi_gpu` with ACCELERATE_USE_CPU=1 runs torchrun with the gloo backend instead.
     sparsepo: the token KL and the mask head (no dropout here: each process draws its own) must
     get their gradients synchronised like the model's.
-    Seen failing once under load; causes removed: the rendezvous port is free at launch (not a
-    fixed one another session may hold), the subprocess limit is a hang guard far above a loaded
-    machine's start-up time, and both sides run one thread, so only the batch split (padding
-    and the gloo sum) separates their float arithmetic."""
+    Seen failing once under load; causes removed: the rendezvous port is picked free by accelerate
+    (--main_process_port 0) instead of a fixed one that a concurrent session (CI job, another
+    checkout) may take between accelerate's in-use check and torchrun's bind, a window that load
+    widens; the subprocess limit is a hang guard far above a loaded machine's start-up time; and
+    both sides run one thread, so only the batch split (padding, the gloo sum) separates their
+    float arithmetic."""
     script = tmp_path / "job.py"
     script.write_text(
         "import sys\nfrom prefalign.config import load_config\nfrom prefalign.run import train\n"
@@ -202,7 +194,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(objective, tiny_mo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "ACCELERATE_USE_CPU": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port())]
+              "0"]
     two = subprocess.run(launch + [str(script), *common, "batch_size=2", f"output_dir={tmp_path / 'two'}"],
                          env=env, capture_output=True, text=True, timeout=1200)
     assert two.returncode == 0, two.stderr[-3000:]
