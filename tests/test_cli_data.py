@@ -10,7 +10,7 @@ import yaml
 from prefalign.cli import main
 from prefalign.cli_data import reward_conditioning
 from prefalign.data.readers import load_examples
-from tests_support import FIXTURES, write_jsonl
+from tests_support import FIXTURES, scripted_llama, write_jsonl
 
 OASST = FIXTURES / "oasst_ranked_12.jsonl"
 SIZES = [3, 2, 2, 2, 3, 2, 2, 3, 6, 4, 2, 3]  # responses per ranked set in the fixture
@@ -92,16 +92,24 @@ def test_inspect_reads_ranked_lists_and_raw_rows(tmp_path):
         len(json.loads(x)["responses"]) for x in (FIXTURES / "sf_nlg_12.jsonl").read_text().splitlines())
 
 
-def test_magpie_command_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+def test_magpie_command_writes_what_the_model_says(tiny_model_dir, tokenizer, tmp_path, capsys):
+    """3 sampled instructions, each "I" then end of turn: 1 kept, 2 dropped as duplicates; its
+    answer is "I" too. Then a 1-token budget: no instruction can end its turn -> a clear error."""
+    # "I" is one byte of the byte-level alphabet: a token in every vocabulary the fixture trains
+    model = scripted_llama(tiny_model_dir, tokenizer, tmp_path / "says-I", [tokenizer.convert_tokens_to_ids("I")])
     out = tmp_path / "magpie.jsonl"
-    code = main(["data", "magpie", "--model", str(tiny_model_dir), "-n", "3", "--max-instruction-tokens", "12",
-                 "--max-response-tokens", "2", "--out", str(out)])
+    code = main(["data", "magpie", "--model", str(model), "-n", "3", "--max-instruction-tokens", "4",
+                 "--max-response-tokens", "4", "--out", str(out)])
     printed = capsys.readouterr()
-    if code == 0:  # a random tiny model may never end its turn; then the error says so
-        assert len(load_examples(out)[0]) >= 1
-    else:
-        assert "magpie kept none of 3 samples" in printed.err
-    assert "magpie: 0 in" in printed.out and "requested" in printed.out
+    assert code == 0, printed.err
+    examples, _ = load_examples(out)
+    assert [(e.prompt, e.responses) for e in examples] == [("I", ["I"])]
+    assert "magpie: 0 in, 1 out" in printed.out and "duplicate instruction" in printed.out
+    code = main(["data", "magpie", "--model", str(model), "-n", "3", "--max-instruction-tokens", "1",
+                 "--max-response-tokens", "4", "--out", str(tmp_path / "none.jsonl")])
+    printed = capsys.readouterr()
+    assert code == 1 and not (tmp_path / "none.jsonl").exists()
+    assert "magpie kept none of 3 samples ({'instruction did not end its turn': 3})" in printed.err
 
 
 def write_run(folder, data_cfg: dict, data_report: dict):

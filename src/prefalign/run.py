@@ -21,7 +21,7 @@ from prefalign.data.pipeline import BuildContext, run_builder, run_builders
 from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
 from prefalign.data.tokenize import TokenizeStats, tokenize_examples
 from prefalign.losses import get_objective
-from prefalign.losses.registry import Objective, unknown_params_message
+from prefalign.losses.registry import Objective, no_beta_message, unknown_params_message
 from prefalign.models import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums)
 from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
@@ -51,11 +51,18 @@ def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
     if unknown:
         raise ValueError(unknown_params_message(obj, unknown))
     if beta is not None and "beta" not in obj.params:
-        raise ValueError(f"objective {obj.name!r} has no beta; remove it from the config")
+        raise ValueError(no_beta_message(obj) + "; remove beta from the config")
     params = dict(obj.params)
     if beta is not None:
         params["beta"] = beta
     params.update(args)
+    # Rows and features are built from obj.features alone; one a parameter value switches on
+    # (orpo nll_tokens=prompt_and_response) is not built yet: refuse before any model is loaded.
+    switched = [f for f in obj.features_for(params) if f not in obj.features]
+    if switched:
+        settings = ", ".join(f"{k}={v!r}" for k, v, _ in obj.features_when if params.get(k) == v)
+        raise ValueError(f"objective {obj.name!r} with {settings} needs {switched}, which the trainer cannot "
+                         "supply yet; use the objective's default or call it on your own log-probs")
     return params
 
 

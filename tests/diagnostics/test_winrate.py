@@ -66,8 +66,24 @@ def test_a_score_based_judge_is_asked_in_one_order_only():
 
 
 def test_bootstrap_is_seeded():
-    v = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0])
-    assert bootstrap_interval(v, seed=3) == bootstrap_interval(v, seed=3)
+    """The seed alone fixes the interval: the global RNG moving in between changes nothing, and
+    each other seed draws other resamples (continuous values: distinct seeds give distinct
+    percentiles). A constant sample's interval is that constant whatever the seed."""
+    v = torch.randn(30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.manual_seed(123)
+    first = bootstrap_interval(v, n_boot=200, seed=3)
+    torch.manual_seed(456)
+    torch.rand(7)
+    assert bootstrap_interval(v, n_boot=200, seed=3) == first
+    seeds = [3, 4, 5, 6]
+    assert len({bootstrap_interval(v, n_boot=200, seed=s) for s in seeds}) == len(seeds)
+    assert bootstrap_interval(torch.full((6,), 0.25, dtype=torch.float64), n_boot=50, seed=9) == (0.25, 0.25)
+    # the win-rate report uses and records the seed it was given
+    probs = {f"q{i}": (0.9 if i % 3 else 0.2) for i in range(30)}
+    runs = [judge_win_rate(scripted(probs), list(probs), ["M"] * 30, ["O"] * 30, n_boot=200, seed=s)
+            for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0]["seed"] == 1 and runs[2]["seed"] == 2
+    assert (runs[0]["ci_low"], runs[0]["ci_high"]) != (runs[2]["ci_low"], runs[2]["ci_high"])
 
 
 def test_judge_calibration_by_hand(tmp_path):

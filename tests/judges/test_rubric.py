@@ -4,6 +4,7 @@ import math
 import pytest
 
 from conftest import FIXTURES
+from tests_support import scripted_llama
 from prefalign.judges import make_judge
 from prefalign.judges.rubric import MARKER, Rubric, RubricJudge, absolute_prompt, parse_verdict, relative_prompt
 
@@ -86,9 +87,17 @@ def test_rubric_loads_from_yaml_and_rejects_unknown_keys(tmp_path):
         Rubric.load({"criterion": "typo"})
 
 
-def test_tiny_model_end_to_end_counts_missing_verdicts(tiny_model_dir):
-    judge = make_judge("rubric", path=str(tiny_model_dir), max_new_tokens=6, batch_size=2)
-    scores = judge.score(["What is 2+2?", "Name a colour."], ["4", "Blue."])
-    assert len(scores) == 2 and all(s is None or 1.0 <= s <= 5.0 for s in scores)
-    stats = judge.stats.as_dict()
-    assert stats["verdicts"] + stats["missing"] == 2
+def test_tiny_model_end_to_end_counts_verdicts_and_missing(tiny_model_dir, tokenizer, tmp_path):
+    """Through a real model folder and generate(): a model scripted to write "[RESULT] 3" grades
+    both responses 3; one scripted to write "Fine" (no marker) gives None twice, counted missing.
+    (A random tiny model could do either, so asserting on it accepted both outcomes.)"""
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts, responses = ["What is 2+2?", "Name a colour."], ["4", "Blue."]
+    grader = scripted_llama(tiny_model_dir, tokenizer, tmp_path / "grader", ids("[RESULT] 3"))
+    judge = make_judge("rubric", path=str(grader), max_new_tokens=16, batch_size=2)
+    assert judge.score(prompts, responses) == [3.0, 3.0]
+    assert judge.stats.as_dict()["verdicts"] == 2 and judge.stats.as_dict()["missing"] == 0
+    mute = scripted_llama(tiny_model_dir, tokenizer, tmp_path / "mute", ids("Fine"))
+    judge = make_judge("rubric", path=str(mute), max_new_tokens=16, batch_size=2)
+    assert judge.score(prompts, responses) == [None, None]
+    assert judge.stats.as_dict()["verdicts"] == 0 and judge.stats.as_dict()["missing"] == 2

@@ -131,12 +131,50 @@ def test_golden_orpo():
     close(out.extras["log_odds_ratio"], (math.log(4) + lo(-1e-3) - lo(-2.0)) / 2)
 
 
+def test_golden_orpo_prompt_and_response_nll():
+    """nll_tokens="prompt_and_response" (the authors' release, xfactlab/orpo: prompt loss kept):
+    the SFT term is the given mean NLL over prompt and response, 1.5, instead of the response's
+    ln 2; the odds ratio stays on the response: ls(ln 4) = ln 0.8 -> 1.5 + 0.0223144 = 1.5223144."""
+    batch = pair([[2 * math.log(0.5), math.log(0.2)]], n_tokens=[[2.0, 1.0]], prompt_and_response_nll=[1.5])
+    out = run("orpo", batch, lam=0.1, nll_tokens="prompt_and_response")
+    close(out.per_example, [1.5 - 0.1 * math.log(0.8)])
+    close(out.per_example, [1.5223144], tol=1e-6)
+    close(out.extras["nll"], 1.5)
+    assert get_objective("orpo").params["nll_tokens"] == "response"  # TRL's choice is the default
+    # the default ignores the feature: the response-only golden above
+    close(run("orpo", batch, lam=0.1).per_example, [LN2 - 0.1 * math.log(0.8)])
+    with pytest.raises(ValueError, match="prompt_and_response_nll"):
+        run("orpo", pair([[-1.0, -2.0]], n_tokens=[[2.0, 1.0]]), nll_tokens="prompt_and_response")
+    with pytest.raises(ValueError, match="nll_tokens must be"):
+        run("orpo", batch, nll_tokens="prompt")
+
+
+def test_orpo_prompt_nll_gradient_flows_through_the_feature():
+    """d loss / d prompt_and_response_nll = 1; the response-only NLL then passes no gradient to the
+    chosen log-prob except through the odds ratio."""
+    nll = torch.tensor([1.5], dtype=torch.float64, requires_grad=True)
+    policy = torch.tensor([[-1.4, -1.6]], dtype=torch.float64, requires_grad=True)
+    batch = SeqLogps(policy=policy, n_tokens=torch.tensor([[2.0, 1.0]], dtype=torch.float64),
+                     features={"prompt_and_response_nll": nll})
+    run("orpo", batch, lam=0.0, nll_tokens="prompt_and_response").per_example.sum().backward()
+    close(nll.grad, [1.0])
+    close(policy.grad, [[0.0, 0.0]])
+
+
 def test_golden_irepo():
     """h = (1, -1), beta = 0.5 -> beta d = 1; p_hat = 0.75 -> logit = ln 3 = 1.0986123;
     (1 - 1.0986123)^2 = 0.0097244."""
     out = run("irepo", pair(H_POLICY, H_REF, soft_label=[0.75]), beta=0.5)
     close(out.per_example, [(1 - math.log(3)) ** 2])
     close(out.per_example, [0.0097244], tol=1e-6)
+
+
+def test_irepo_other_scaling_is_the_same_loss_over_beta_squared():
+    """(d - logit(p) / beta)^2 = (beta d - logit(p))^2 / beta^2: same minimiser, gradients times
+    1/beta^2. h = (1, -1), d = 2, beta = 0.5, p = 0.75: (2 - 2 ln 3)^2 = 4 (1 - ln 3)^2 = 0.0388976."""
+    out = run("irepo", pair(H_POLICY, H_REF, soft_label=[0.75]), beta=0.5)
+    close(out.per_example * 4, [(2 - math.log(3) / 0.5) ** 2])
+    close(out.per_example * 4, [0.0388976], tol=1e-6)
 
 
 def test_golden_sppo_hard():
@@ -152,6 +190,15 @@ def test_golden_selm():
     out = run("selm", pair(H_POLICY, H_REF, **REF_SAMPLE), beta=0.5, alpha=0.1)
     close(out.per_example, [-ls(1.0) + 0.1])
     close(out.extras["optimism"], 0.1)
+
+
+def test_golden_selm_defaults_are_the_authors_recipe():
+    """The authors' recipes: beta = 0.01, alpha = 0.001. h = (1, -1), d = 2 -> z = 0.02,
+    log(1 + e^-0.02) = 0.6831972; optimism 0.001 * 0.01 * h(y_ref) = 1e-5 * 2 = 2e-5 -> 0.6832172."""
+    assert get_objective("selm").params == {"beta": 0.01, "alpha": 0.001}
+    out = run("selm", pair(H_POLICY, H_REF, **REF_SAMPLE))
+    close(out.per_example, [-ls(0.02) + 2e-5])
+    close(out.per_example, [0.6832172], tol=1e-6)
 
 
 def test_golden_xpo():
@@ -205,7 +252,7 @@ def test_reductions_via_pairwise_loss():
     for name, params in cases.items():
         beta = {"beta": 0.2} if "beta" in get_objective(name).params else {}
         registry = run(name, batch, **beta, **params)
-        functional = pairwise_loss(name, *args, beta=0.2, features=batch.features, **lens, **params)
+        functional = pairwise_loss(name, *args, **beta, features=batch.features, **lens, **params)
         close(functional, registry.per_example)
 
 
@@ -332,7 +379,10 @@ def test_finite_at_large_logratios(name, params, sign):
     assert torch.isfinite(out.per_example).all(), out.per_example
     out.per_example.sum().backward()
     assert torch.isfinite(policy.grad).all()
-    assert ref_sample.grad is None or torch.isfinite(ref_sample.grad).all()
+    if "ref_sample" in get_objective(name).features:  # selm, xpo: y_ref's log-prob is in the loss
+        assert ref_sample.grad is not None and torch.isfinite(ref_sample.grad).all()
+    else:
+        assert ref_sample.grad is None
     assert torch.isfinite(out.rewards).all()
 
 

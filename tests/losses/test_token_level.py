@@ -47,14 +47,16 @@ def test_golden_sparsepo():
     """Common mask m = relu(logits): chosen relu(2, -1) = (2, 0), rejected relu(0.5) = 0.5.
     U_w = 2(0.5) + 0(-1) = 1, D_w = 2(0.2) + 0(0.4) = 0.4; U_l = 0.5(-1) = -0.5, D_l = 0.5(0.1) = 0.05.
     beta = 0.5: rewards = 0.5 (1.4, -0.45) = (0.7, -0.225), logit 0.925 -> -ls(0.925) = 0.3339916.
-    L1: sum m = 2 + 0.5 = 2.5 on both responses; 0.1 (2.5) + 0.2 (2.5) = 0.75 -> 1.0839916.
+    L1: sum m = 2 + 0.5 = 2.5 on both responses; one common mask carries the mean weight, as the
+    authors' release halves l1_u and l1_d: (0.1 + 0.2) / 2 (2.5) = 0.375 -> 0.7089916.
     Independent masks ([..., 2]): m_u as above, m_d = relu(-0.3, 1) = (0, 1) and relu(2) = 2:
     D_w = 0.4, D_l = 0.2 -> rewards (0.7, -0.15), logit 0.85 -> -ls(0.85) = 0.3558651;
-    L1 = 0.1 (2.5) + 0.2 (1 + 2) = 0.85 -> 1.2058651."""
+    L1 = 0.1 (2.5) + 0.2 (1 + 2) = 0.85 -> 1.2058651 (independent masks: each weight on its own mask)."""
     common = [[[2.0, -1.0], [0.5, 3.0]]]
     out = run("sparsepo", token_batch(token_kl=KL_TOK, mask_logits=common), beta=0.5, l1_u=0.1, l1_d=0.2)
-    close(out.per_example, [-ls(0.925) + 0.75])
-    close(out.per_example, [1.0839916], tol=1e-6)
+    close(out.per_example, [-ls(0.925) + 0.375])
+    close(out.per_example, [0.7089916], tol=1e-6)
+    close(out.extras["l1"], 0.375)
     close(out.rewards, [[0.7, -0.225]])
     close(out.extras["mask_sparsity"], 1 / 3)
     indp = [[[[2.0, -0.3], [-1.0, 1.0]], [[0.5, 2.0], [3.0, 3.0]]]]
@@ -112,13 +114,14 @@ def test_sparsepo_zero_masks_is_ln2():
 
 
 def test_sparsepo_gradient_reaches_mask_logits():
-    """d loss / d logit_t = -beta sigmoid(-z) * sign * (ratio_t + kl_t) for a positive logit (+ l1),
-    0 for a negative one (ReLU), 0 at padding. Chosen token 0: ratio 0.5 + kl 0.2, z = 0.925."""
+    """d loss / d logit_t = -beta sigmoid(-z) * sign * (ratio_t + kl_t) for a positive logit (+ the
+    common mask's L1 weight (l1_u + l1_d) / 2 = (0.1 + 0) / 2 = 0.05), 0 for a negative one (ReLU),
+    0 at padding. Chosen token 0: ratio 0.5 + kl 0.2, z = 0.925."""
     logits = t([[[2.0, -1.0], [0.5, 3.0]]], grad=True)
     out = run("sparsepo", token_batch(token_kl=KL_TOK, mask_logits=logits), beta=0.5, l1_u=0.1)
     out.per_example.sum().backward()
     s = sig(-0.925)
-    expected = [[[-0.5 * s * 0.7 + 0.1, 0.0], [0.5 * s * (-1.0 + 0.1) + 0.1, 0.0]]]
+    expected = [[[-0.5 * s * 0.7 + 0.05, 0.0], [0.5 * s * (-1.0 + 0.1) + 0.05, 0.0]]]
     close(logits.grad, expected)
 
 
@@ -131,7 +134,7 @@ def test_sparsepo_padding_junk_is_ignored():
     batch = token_batch(pol, ref, policy=t([[-3.0, -3.0]]), reference=t([[-2.5, -2.0]]), token_kl=kl,
                         mask_logits=logits)
     out = run("sparsepo", batch, beta=0.5, l1_u=0.1, l1_d=0.2)
-    close(out.per_example, [-ls(0.925) + 0.75])
+    close(out.per_example, [-ls(0.925) + 0.375])
     out.per_example.sum().backward()
     for g in (pol.grad, kl.grad, logits.grad):
         assert torch.isfinite(g).all() and g[0, 1, 1] == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prefalign.losses import OBJECTIVES, get_objective, pairwise_loss
+from prefalign.losses import get_objective, pairwise_loss
 from prefalign.types import SeqLogps
 
 
@@ -134,21 +134,17 @@ def test_tpo_l_alpha_zero_is_simpo_formula():
     out = get_objective("tpo_l")(batch, beta=beta, gamma=gamma, alpha=0.0)
     m = policy / n_tokens
     torch.testing.assert_close(out.per_example, -F.logsigmoid(beta * (m[:, 1] - m[:, 2]) - gamma))
-    simpo = OBJECTIVES.get("simpo")
-    if simpo is not None and {"beta", "gamma"} <= set(simpo.params):
-        pairs = SeqLogps(policy=policy[:, 1:], n_tokens=n_tokens[:, 1:])
-        torch.testing.assert_close(out.per_example, simpo(pairs, beta=beta, gamma=gamma).per_example)
-        functional = pairwise_loss("simpo", policy[:, 1], policy[:, 2], beta=beta, gamma=gamma,
-                                   chosen_lengths=n_tokens[:, 1], rejected_lengths=n_tokens[:, 2])
-        torch.testing.assert_close(out.per_example, functional)
+    pairs = SeqLogps(policy=policy[:, 1:], n_tokens=n_tokens[:, 1:])
+    torch.testing.assert_close(out.per_example, get_objective("simpo")(pairs, beta=beta, gamma=gamma).per_example)
+    functional = pairwise_loss("simpo", policy[:, 1], policy[:, 2], beta=beta, gamma=gamma,
+                               chosen_lengths=n_tokens[:, 1], rejected_lengths=n_tokens[:, 2])
+    torch.testing.assert_close(out.per_example, functional)
 
 
 def test_tpo_with_gold_equal_to_chosen_is_cpo():
     """When the gold response is the chosen one, TPO is CPO with lambda = alpha (both are
     reference-free DPO plus a per-token NLL on the best response)."""
-    cpo = OBJECTIVES.get("cpo")
-    if cpo is None or not {"beta", "lam"} <= set(cpo.params):
-        pytest.skip("cpo is not registered with (beta, lam)")
+    cpo = get_objective("cpo")
     policy, n_tokens = random_triples(seed=10)
     policy[:, 0], n_tokens[:, 0] = policy[:, 1], n_tokens[:, 1]
     tpo = get_objective("tpo")(SeqLogps(policy=policy, n_tokens=n_tokens), beta=0.1, alpha=0.6)

@@ -4,6 +4,8 @@ accuracy), the judges on trained folders, and user_id validation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,28 @@ def train_rows(out) -> list[dict]:
     return [r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+def test_tiny_bert_vocabulary_is_the_same_in_every_process(tmp_path):
+    """The cycle test below trains from one seed; it was seen failing once because the tiny BERT's
+    WordPiece vocabulary (tokenizers' trainer: ties broken in hash-map order) changed from one
+    test process to the next, and with it every token id and feature. Built in two fresh
+    processes, the tokenizer files must be identical."""
+    code = ("import hashlib, sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; "
+            "from rm_support import build_tiny_bert; d = build_tiny_bert(Path(sys.argv[1])); "
+            "print(hashlib.sha256((d / 'tokenizer.json').read_bytes()).hexdigest())")
+    here = Path(__file__).parent
+    digests = []
+    for i in range(2):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"bert{i}"), str(here), str(here.parent)],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.append(out.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1]
+
+
 def test_train_rm_gpm_learns_a_cycle(tiny_bert_dir, tmp_path, one_thread):
+    """Deterministic: one thread, seed 42 and a vocabulary fixed across processes (test above).
+    At this seed the eval loss falls from 0.698 to 0.009; a few other seeds sit on the ln 2
+    plateau for all 60 steps (seed 44 of 38..49), which is why the seed stays fixed."""
     data = cycle_file(tmp_path / "cycle.jsonl")
     summary = train_reward_model(config(tiny_bert_dir, data, tmp_path / "gpm", "kind=gpm", "max_steps=60",
                                         "learning_rate=3e-3", "head_args={k: 2}"))

@@ -35,15 +35,18 @@ def rows(out) -> list[dict]:
 
 
 def test_bt_learns_real_hh_pairs(tiny_bert_dir, tmp_path):
+    """The 64 training pairs are also the eval set: accuracy on the same pairs before and after
+    training (0.59 -> 0.89 here) measures learning without the noise of 8-pair training batches,
+    whose first-steps mean (one batch was 7/8 right at initialisation) the old check compared."""
     summary = train_reward_model(cfg(tiny_bert_dir, tmp_path / "run", "max_steps=24", "batch_size=8",
-                                     "data.eval_fraction=0.125"))
+                                     f"data.eval={HH}"))
     train = [r for r in rows(tmp_path / "run") if "loss" in r]
-    # 56 training pairs, 24 steps of 8: ~3.5 epochs; a fresh head starts near ln 2 and chance accuracy
+    # 64 pairs, 24 steps of 8: 3 epochs; a fresh head starts near ln 2 and near chance accuracy
     assert abs(train[0]["loss"] - math.log(2)) < 0.1
-    first = sum(r["rewards/accuracy"] for r in train[:4]) / 4
-    last = sum(r["rewards/accuracy"] for r in train[-4:]) / 4
-    assert last > 0.75 and last > first + 0.2, (first, last)
-    assert summary["eval_end"]["eval/loss"] < summary["eval_start"]["eval/loss"] + 0.5  # finite, sane
+    start, end = summary["eval_start"], summary["eval_end"]
+    assert start["eval/rewards/accuracy"] < 0.7
+    assert end["eval/rewards/accuracy"] > 0.8 and end["eval/rewards/accuracy"] > start["eval/rewards/accuracy"] + 0.2
+    assert end["eval/loss"] < start["eval/loss"] - 0.02
     assert (tmp_path / "run" / "final" / "reward_model.json").exists()
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.losses.registry import OBJECTIVES, Objective, declare_feature, get_objective, objective
+from prefalign.losses.registry import (OBJECTIVES, Objective, declare_feature, get_objective, no_beta_message,
+                                      objective)
 from prefalign.types import LossOut, SeqLogps
 
 # Family modules: importing them registers their objectives.
@@ -40,7 +41,7 @@ def pairwise_loss(
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
     *,
-    beta: float = 0.1,
+    beta: float | None = None,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
     **params,
@@ -50,8 +51,12 @@ def pairwise_loss(
     Inputs are [B] summed response log-probs (float32 or float64); `chosen_lengths` and
     `rejected_lengths` are response token counts for length-normalised objectives. `params`
     carries the objective's other hyper-parameters (see `available()` and each docstring).
+    `beta` unset uses the objective's own default (simpo 2.0, longpo 0.01, ...); an objective
+    without a beta (orpo, sppo_hard, ...) refuses one, as the config does.
     """
     obj = get_objective(name)
+    if beta is not None and "beta" not in obj.params:
+        raise ValueError(no_beta_message(obj))
     if obj.needs_reference and (ref_chosen_logps is None or ref_rejected_logps is None):
         raise ValueError(f"objective {name!r} needs ref_chosen_logps and ref_rejected_logps")
     policy = torch.stack([policy_chosen_logps, policy_rejected_logps], dim=1)
@@ -64,6 +69,6 @@ def pairwise_loss(
         n_tokens = n_tokens.to(device=policy.device, dtype=policy.dtype)
     features = params.pop("features", {})
     batch = SeqLogps(policy=policy, reference=reference, n_tokens=n_tokens, features=features)
-    if "beta" in obj.params:
+    if beta is not None:
         params["beta"] = beta
     return obj(batch, **params).per_example

@@ -145,7 +145,8 @@ def pro(batch: SeqLogps, *, sft_weight: float = 0.05, dynamic_temperature: bool 
     return LossOut(losses, r.detach(), {"nll": nll.detach().mean()})
 
 
-@objective("sppo", kind="listwise", paper="2405.00675", reference=True, features=("samples", "scores"))
+@objective("sppo", kind="listwise", paper="2405.00675", reference=True, features=("samples", "scores"),
+           beta_hint="eta = 1/beta plays beta's role: beta 0.001 is eta 1000")
 def sppo(batch: SeqLogps, *, eta: float = 1000.0) -> LossOut:
     """Self-Play Preference Optimization: regress h(y) onto eta * (P_hat(y > pi_t) - 1/2).
 

@@ -20,6 +20,13 @@ declare_feature(
     "'ref_sample_reference_logps' [B] (reference summed log-probs of y_ref)",
 )
 
+declare_feature(
+    "prompt_and_response_nll",
+    "'prompt_and_response_nll' [B]: mean per-token NLL of the whole chosen sequence, prompt and response "
+    "(every token but the first), under the policy, with grad (ORPO's authors' SFT term; the same "
+    "quantity the trainer computes for LongPO's 'long_chosen_nll')",
+)
+
 # Largest exponent fdpo passes to exp(): exp(50) ~ 5e21 is finite in float32 (as are its products
 # with beta and the gradient), and a log-ratio of 50 nats is far outside any useful training regime.
 _EXP_MAX = 50.0
@@ -203,8 +210,10 @@ def cpo(batch: SeqLogps, *, beta: float = 0.1, lam: float = 1.0) -> LossOut:
     return LossOut(losses, (beta * batch.policy).detach(), {"nll": nll.detach().mean()})
 
 
-@objective("orpo", kind="pairwise", paper="2403.07691", reference=False, features=("lengths",))
-def orpo(batch: SeqLogps, *, lam: float = 0.1) -> LossOut:
+@objective("orpo", kind="pairwise", paper="2403.07691", reference=False, features=("lengths",),
+           beta_hint="lam weights the odds-ratio term; TRL's ORPOConfig calls it beta",
+           features_when=(("nll_tokens", "prompt_and_response", ("prompt_and_response_nll",)),))
+def orpo(batch: SeqLogps, *, lam: float = 0.1, nll_tokens: str = "response") -> LossOut:
     """ORPO: NLL(w) - lam * log sigmoid(log odds(w) - log odds(l)), odds = p / (1 - p).
 
     Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference Model",
@@ -214,13 +223,25 @@ def orpo(batch: SeqLogps, *, lam: float = 0.1) -> LossOut:
     Normalisation: p = exp(mean token log-prob) (the paper's length-normalised likelihood), so
     log odds = x - log(1 - e^x) with x = logp / |y|; log(1 - e^x) is computed as
     log(-expm1(x)) for x > -log 2 and log1p(-exp(x)) below it (no cancellation either side).
-    x is clamped to <= -1e-6 (a departure): at p = 1 the odds are infinite. The SFT term is
-    the chosen response's per-token mean NLL. Needs n_tokens. No reference model.
+    x is clamped to <= -1e-6 (a departure): at p = 1 the odds are infinite. Needs n_tokens.
+    No reference model.
+
+    The SFT term's tokens (`nll_tokens`): "response" (default) is the chosen response's
+    per-token mean NLL, as TRL's ORPOTrainer (huggingface/trl, trl/trainer/orpo_trainer.py:
+    prompt labels masked). "prompt_and_response" is the authors' own choice: xfactlab/orpo
+    (src/orpo_trainer.py, src/args.py) masks the prompt only under --disable_prompt_loss, which
+    is off by default, so their NLL is the mean over the prompt and response tokens of the chosen
+    sequence; that needs features["prompt_and_response_nll"] [B] (with grad). The odds ratio is
+    over response tokens either way (their compute_logps). The trainer cannot supply that
+    feature yet, so `prefalign train` refuses nll_tokens=prompt_and_response; pass the feature
+    yourself through pairwise_loss.
     Shapes: policy [B, 2] summed log-probs; n_tokens [B, 2].
     rewards: log odds of each response, [B, 2] (their difference is the log odds ratio).
-    extras: "nll" (mean chosen NLL per token), "log_odds_ratio" (mean).
+    extras: "nll" (mean SFT term per token), "log_odds_ratio" (mean).
     """
     require_pairs(batch, "orpo")
+    if nll_tokens not in ("response", "prompt_and_response"):
+        raise ValueError(f"orpo nll_tokens must be 'response' or 'prompt_and_response', got {nll_tokens!r}")
     x = (batch.policy / batch.lengths().clamp(min=1)).clamp(max=-1e-6)
     log_half = -math.log(2.0)
     log1m_p = torch.where(
@@ -230,7 +251,10 @@ def orpo(batch: SeqLogps, *, lam: float = 0.1) -> LossOut:
     )
     log_odds = x - log1m_p
     ratio = log_odds[:, 0] - log_odds[:, 1]
-    nll = -x[:, 0]
+    if nll_tokens == "response":
+        nll = -x[:, 0]
+    else:
+        nll = batch.feature("prompt_and_response_nll").to(x.dtype)
     losses = nll - lam * F.logsigmoid(ratio)
     extras = {"nll": nll.detach().mean(), "log_odds_ratio": ratio.detach().mean()}
     return LossOut(losses, log_odds.detach(), extras)
@@ -246,6 +270,8 @@ def irepo(batch: SeqLogps, *, beta: float = 0.1, label_clip: float = 1e-3) -> Lo
     agreement or a judge's probability). Assumed form: the paper body could not be read
     here, so this is the squared regression of the project's PAPERS.md; an equation number is
     not cited. Under Bradley-Terry the optimum is beta d = logit(p), i.e. the DPO reward scale.
+    Scaling: the other candidate reading, (d - logit(p_hat) / beta)^2, is this loss divided by
+    beta^2: the same minimiser, and gradients smaller by 1/beta^2 (a learning-rate factor).
     Departure: p_hat is clipped to [label_clip, 1 - label_clip] so unanimous labels (p_hat = 1)
     give a finite target (logit(0.999) = 6.9).
 
@@ -260,7 +286,8 @@ def irepo(batch: SeqLogps, *, beta: float = 0.1, label_clip: float = 1e-3) -> Lo
     return LossOut(losses, (beta * h).detach())
 
 
-@objective("sppo_hard", kind="pairwise", paper="2405.00675", reference=True)
+@objective("sppo_hard", kind="pairwise", paper="2405.00675", reference=True,
+           beta_hint="eta = 1/beta plays beta's role: beta 0.001 is eta 1000")
 def sppo_hard(batch: SeqLogps, *, eta: float = 1000.0) -> LossOut:
     """SPPO with hard labels: (h_w - eta/2)^2 + (h_l + eta/2)^2.
 
@@ -283,7 +310,7 @@ def sppo_hard(batch: SeqLogps, *, eta: float = 1000.0) -> LossOut:
 
 
 @objective("selm", kind="pairwise", paper="2405.19332", reference=True, features=("ref_sample",))
-def selm(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.001) -> LossOut:
+def selm(batch: SeqLogps, *, beta: float = 0.01, alpha: float = 0.001) -> LossOut:
     """SELM: DPO plus the optimism term alpha * beta * h(y_ref), y_ref ~ pi_ref.
 
     Zhang et al., "Self-Exploring Language Models: Active Preference Elicitation for Online
@@ -291,8 +318,11 @@ def selm(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 0.001) -> LossOut
     objective with the reward reparameterised as beta log(pi/pi_ref) reduces to
     -log sigmoid(beta d) + alpha beta (log pi(y_ref|x) - log pi_ref(y_ref|x)), with y_ref a
     response sampled from the reference policy. The paper's exact equation could not be read
-    here; the form and alpha = 0.001 follow the authors' release (Zephyr recipe; that recipe
-    uses beta = 0.01, we keep dpo's 0.1). alpha = 0 gives DPO.
+    here; the form follows the authors' release (shenao-zhang/SELM, scripts/selm_trainer.py,
+    optimistic_dpo_loss) and so do the defaults: every released recipe uses beta = 0.01, with
+    alpha = 0.001 (recipes/zephyr-selm and recipes/phi3-selm, selm_config_full.yaml) or 0.0001
+    for Llama-3 (recipes/llama3-selm/selm_config_full.yaml, used by train_llama.sh); the
+    trainer class's own beta = 0.1 is overridden by every recipe. alpha = 0 gives DPO.
 
     Features: features["ref_sample_logps"] [B] policy summed log-probs of y_ref (with grad)
     and features["ref_sample_reference_logps"] [B] its reference summed log-probs (the
@@ -319,8 +349,8 @@ def xpo(batch: SeqLogps, *, beta: float = 0.1, alpha: float = 1e-5) -> LossOut:
     argmin alpha sum log pi(y~|x) - sum log sigmoid(beta d), y~ sampled from pi_ref.
     Minimising alpha log pi(y_ref) lowers the likelihood of what the reference already
     produces, pushing the policy to explore. alpha = 0 gives (online) DPO. The default
-    alpha = 1e-5 is only a small starting value: the paper text could not be read here to
-    confirm its recommended alpha.
+    alpha = 1e-5 is TRL's (huggingface/trl, trl/trainer/xpo_config.py), not the paper's: the
+    paper text could not be read here, and OAT's XPO (sail-sg/oat, XPOArgs.xpo_alpha) uses 5e-6.
 
     Feature: features["ref_sample_logps"] [B], the POLICY's summed log-probs of y_ref (with
     grad; y_ref is a sample from the reference policy: offline, the row field `ref_sample`,

@@ -52,6 +52,12 @@ class Objective:
     needs_reference: bool
     features: tuple[str, ...]
     couples_batch: bool  # True when one example's loss depends on others in the micro-batch
+    # What to tell a user who passes `beta` to an objective without one, when another of its
+    # parameters plays beta's role (SPPO's eta = 1/beta); "" when none does.
+    beta_hint: str = ""
+    # Features a parameter value switches on: ((param, value, features), ...). ORPO's authors' NLL
+    # over prompt and response needs the prompt tokens' log-probs, which the response-only default does not.
+    features_when: tuple[tuple[str, object, tuple[str, ...]], ...] = ()
 
     @property
     def summary(self) -> str:
@@ -67,6 +73,13 @@ class Objective:
             for p in sig.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
+
+    def features_for(self, params: dict) -> tuple[str, ...]:
+        """The features a run with these hyper-parameters needs: the fixed ones, then any that a
+        parameter value switches on."""
+        extra = [f for key, value, feats in self.features_when if params.get(key, self.params.get(key)) == value
+                 for f in feats if f not in self.features]
+        return self.features + tuple(dict.fromkeys(extra))
 
     def __call__(self, batch: SeqLogps, **params) -> LossOut:
         unknown = set(params) - set(self.params)
@@ -86,18 +99,26 @@ def objective(
     reference: bool,
     features: tuple[str, ...] = (),
     couples_batch: bool = False,
+    beta_hint: str = "",
+    features_when: tuple[tuple[str, object, tuple[str, ...]], ...] = (),
 ):
     """Decorator registering `fn` under `name`."""
     if kind not in KINDS:
         raise ValueError(f"objective {name!r}: kind {kind!r} is not one of {KINDS}")
-    bad = [f for f in features if f not in KNOWN_FEATURES]
+    switched = tuple(f for *_, feats in features_when for f in feats)
+    bad = [f for f in tuple(features) + switched if f not in KNOWN_FEATURES]
     if bad:
         raise ValueError(f"objective {name!r}: unknown features {bad}; known: {sorted(KNOWN_FEATURES)}")
 
     def register(fn: Callable[..., LossOut]) -> Callable[..., LossOut]:
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} is registered twice")
-        OBJECTIVES[name] = Objective(name, fn, kind, paper, reference, tuple(features), couples_batch)
+        sig = inspect.signature(fn).parameters
+        unknown = [key for key, *_ in features_when if key not in sig]
+        if unknown:
+            raise ValueError(f"objective {name!r}: features_when names {unknown}, which are not its parameters")
+        OBJECTIVES[name] = Objective(name, fn, kind, paper, reference, tuple(features), couples_batch, beta_hint,
+                                     tuple(features_when))
         return fn
 
     return register
@@ -118,3 +139,11 @@ def unknown_params_message(obj: Objective, unknown: list[str]) -> str:
         parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     valid = ", ".join(obj.params) or "none"
     return f"objective {obj.name!r} has no parameter {', '.join(parts)}; its parameters: {valid}"
+
+
+def no_beta_message(obj: Objective) -> str:
+    """The error for a `beta` given to an objective that has none: its own parameters, and which
+    of them plays beta's role where one does."""
+    valid = ", ".join(obj.params) or "none"
+    hint = f" ({obj.beta_hint})" if obj.beta_hint else ""
+    return f"objective {obj.name!r} has no beta; its parameters: {valid}{hint}"

@@ -82,6 +82,11 @@ its public reviews; m(y_t) in both sums):
         U(y) = sum_t m_u(y_t) log pi/pi_ref(y_t),  D(y) = sum_t m_d(y_t) KL_t(pi_ref || pi)
         loss = -log sigmoid(beta [(U(y_w) + D(y_w)) - (U(y_l) + D(y_l))])
                + l1_u (|m_u(y_w)|_1 + |m_u(y_l)|_1) + l1_d (|m_d(y_w)|_1 + |m_d(y_l)|_1).
+    With one common mask m (= m_u = m_d) the penalty is ((l1_u + l1_d) / 2) (|m(y_w)|_1 + |m(y_l)|_1),
+    as in the authors' release (huawei-noah/HEBO, SparsePO/src/trainers/sparse_trainer.py:
+    SparseTrainer halves l1_norm_param_u and _d for a common mask so that it is not penalised twice,
+    once as the reward mask and once as the KL mask); their HH recipe l1_u = l1_d = 1e-3 thus
+    puts 1e-3 on |m|_1.
     With all masks 1 it is TDPO-1 (u - delta, delta = beta D(y_l) - beta D(y_w)); with all masks 1
     and token_kl = 0 it is DPO. The paper body could not be read here: the mask head, its
     activation and the sparsity penalty follow the authors' release (huawei-noah/HEBO, SparsePO:
@@ -101,9 +106,14 @@ its public reviews; m(y_t) in both sums):
     """
     require_pairs(batch, "sparsepo")
     m = F.relu(tokens(batch, "mask_logits"))
-    m_u, m_d = (m[..., 0], m[..., 1]) if m.dim() == 4 else (m, m)
+    if m.dim() == 4:
+        m_u, m_d = m[..., 0], m[..., 1]
+        l1 = l1_u * m_u.sum((1, 2)) + l1_d * m_d.sum((1, 2))
+    else:
+        # one mask serves as both: the release halves both weights rather than penalise it twice
+        m_u = m_d = m
+        l1 = (l1_u + l1_d) / 2 * m.sum((1, 2))
     losses, rewards = masked_tdpo(batch, m_u, m_d, beta)
-    l1 = l1_u * m_u.sum((1, 2)) + l1_d * m_d.sum((1, 2))
     sparsity = (m_u == 0)[batch.feature("token_mask")].to(m_u.dtype).mean()
     return LossOut(losses + l1, rewards, {"mask_sparsity": sparsity.detach(), "l1": l1.detach().mean()})
 
@@ -195,11 +205,10 @@ def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> Los
     short-to-long KL constraint; for multi-chunk data, the sum over the chunks' short contexts).
     'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (document, instruction
     and y_w) under the policy. The paper body could not be read here: the form (NLL + lambda_ x
-    preference, NLL over every token of the long chosen sequence) and the defaults (beta = 0.01,
-    lambda_ = 0.01) follow the authors' release (DAMO-NLP-SG/LongPO, LongPOMTLMUlyssesTrainer
-    and its README command). Unverified: the release's tokenization script that could be read
-    masks prompt tokens in its labels, which would make the NLL response-only; the trainer class
-    itself could not be read, so the whole-sequence reading is kept until the paper can be checked.
+    preference) and the defaults (beta = 0.01, lambda_ = 0.01) follow the authors' release
+    (DAMO-NLP-SG/LongPO, LongPOMTLMUlyssesTrainer and its README command), and so does the NLL's
+    span: their trainer (train/longdpo_trainer.py) takes the NLL over the whole long chosen
+    sequence, from labels in which the line that would mask the prompt tokens is commented out.
     What the trainer supplies: rows carry `short_prompt` (x_S + the instruction; `prompt` is x_L +
     the instruction); batch.reference is computed on the short rows, which are the short prompt's
     tokens followed by a copy of each response's tokens (data/tokenize.short_sequence), with a
