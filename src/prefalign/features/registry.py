@@ -17,6 +17,8 @@ import difflib
 
 import torch
 
+from prefalign.models import to_slots
+
 
 class FeatureSupplier:
     """Base supplier: every hook does nothing. Subclasses set `name` and override what they own."""
@@ -119,6 +121,4 @@ class Step:
 
     def slots(self, values: torch.Tensor) -> torch.Tensor:
         """Per-row values of the N list rows [N_all, ...] -> [B, K, ...] slots."""
-        from prefalign.models import to_slots
-
         return to_slots(values[: self.batch.n_rows], self.batch.row_index, self.batch.shape)

@@ -18,6 +18,7 @@ from prefalign.types import LossOut, SeqLogps
 def forward_batch(policy, batch: Batch, reference, objective: Objective) -> SeqLogps:
     """Chosen and rejected (all K responses) go through the policy in one concatenated forward,
     together with any supplier's extra policy rows (after the N list rows)."""
+    # the objective's features, and those whose rows the batch carries (they change what the reference reads)
     active = for_features(set(objective.features) | set(batch.extras))
     wanted = {s.reference_output: True for s in active if s.reference_output}
     step = Step(policy, reference, batch)
