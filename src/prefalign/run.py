@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists
@@ -238,8 +237,8 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
-    if "activation_mask" in obj.features:
-        check_supported(model)  # an unsupported architecture fails here, before any training
+    for supplier in for_features(obj.features):
+        supplier.check_model(model)  # e.g. activation masks hook the Llama layout only
     reference, cache_hit, precompute_s = None, None, None
     # the reference is the policy's own initial weights unless reference_model names another folder
     ref_source = load_model(cfg.reference_model, cfg.dtype) if cfg.reference_model and mode in (

@@ -15,7 +15,7 @@ def to_device(value, device):
     """A tensor, a batch of rows or a dict of them moved to `device`; anything else as it is."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
-    if isinstance(value, (Rows, Batch)):
+    if isinstance(value, Rows):  # a Batch too
         return value.to(device)
     if isinstance(value, dict):
         return {k: to_device(v, device) for k, v in value.items()}
@@ -50,7 +50,9 @@ class Batch(Rows):
     The N list rows come first; a feature supplier's policy rows follow them in the same tensors
     (their indices [B] are in extras under the feature's name). row_index [N]: each list row's flat
     slot b * K + k. valid, target [B, K]. reference_logps [B, K]: precomputed reference log-probs.
-    extras: supplier-owned tensors by feature name (policy-row indices, side-row batches, row fields).
+    extras: supplier-owned tensors by feature name (policy-row indices, side-row batches, row fields);
+    a key that names a feature makes the step run its supplier, other keys ("ref_sample/reference")
+    are what a supplier keeps for itself.
     """
 
     row_index: torch.Tensor = None

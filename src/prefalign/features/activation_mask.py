@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefalign.activations import check_supported
 from prefalign.features.registry import FeatureSupplier, supplier
 
 
@@ -12,6 +13,9 @@ class ActivationMask(FeatureSupplier):
                    "activations (SparsePO's activation masks; recipe in token_level.sparsepo_act), no grad")
     reference_output = "activations"
     token_reference = True
+
+    def check_model(self, model):
+        check_supported(model)  # an unsupported architecture fails here, before any training
 
     def compute(self, step):
         out = step.reference_out

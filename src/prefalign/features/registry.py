@@ -3,6 +3,7 @@
 An objective declares `features=(...)` by name; a supplier registered under that name owns
 everything the trainer must do for it, as optional hooks:
   check      the data can supply it (before tokenization, with file and row in the message)
+  check_model  the model can give it (before any training)
   tokenize   the extra rows it needs, built with the list rows' rules (data.tokenize.RowBuilder)
   collate    tensors it adds to a batch beyond what data.collate builds from the examples
   compute    tensors it puts into SeqLogps.features, inside the step (features.step.Step)
@@ -46,6 +47,9 @@ class FeatureSupplier:
         if lacking is not None:
             raise ValueError(f"objective {objective.name!r} needs the field {self.row_field!r} on every row; "
                              f"{lacking.source} has none")
+
+    def check_model(self, model) -> None:
+        """Refuse a model this feature cannot be computed on, before any training (raise ValueError)."""
 
     def tokenize(self, example, tokenized, builder) -> None:
         """Add extra rows to `tokenized` (policy_rows / side_rows under self.name)."""
