@@ -204,9 +204,9 @@ def bare_dpo_loop(spec: dict, cfg) -> dict:
     lengths = [e.max_len for e in train_set]
 
     def seq_logps(m, b):
-        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, b["input_ids"][:, 1:, None]).squeeze(2)
-        mask = b["response_mask"][:, 1:] & b["attention_mask"][:, 1:].bool()
+        logits = m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, b.input_ids[:, 1:, None]).squeeze(2)
+        mask = b.response_mask[:, 1:] & b.attention_mask[:, 1:].bool()
         return (logp * mask).sum(1).view(-1, 2)
 
     rows, step, epoch = [], 0, 0
@@ -217,8 +217,8 @@ def bare_dpo_loop(spec: dict, cfg) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            host = collate([train_set[i] for i in idx], tok.pad_token_id, None, pad_multiple)
-            b = {k: v.to(device) for k, v in host.items()}
+            host = collate([train_set[i] for i in idx], tok.pad_token_id, pad_multiple)
+            b = host.to(device)
             policy = seq_logps(model, b)
             with torch.no_grad():
                 reference = seq_logps(ref, b)
@@ -230,8 +230,8 @@ def bare_dpo_loop(spec: dict, cfg) -> dict:
             opt.zero_grad(set_to_none=True)
             loss_value = loss.item()  # one sync per step, like the trainer's
             step += 1
-            rows.append({"step": step, "tokens": int(host["attention_mask"].sum()),
-                         "padded_tokens": host["attention_mask"].numel(),
+            rows.append({"step": step, "tokens": int(host.attention_mask.sum()),
+                         "padded_tokens": host.attention_mask.numel(),
                          "step_time_s": time.perf_counter() - t0, "loss": loss_value})
         epoch += 1
     return {"rows": rows, "reference": "frozen (bare loop)", "summary": None}
@@ -270,7 +270,7 @@ def run_one(spec: dict) -> dict:
         out = original(*args, **kwargs)
         sync()
         precompute["s"] = time.perf_counter() - t0
-        precompute["examples"] = int(out.shape[0])
+        precompute["examples"] = int(out["responses"].shape[0])
         return out
 
     run_mod.compute_reference_logps = timed_precompute

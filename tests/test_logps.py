@@ -32,7 +32,7 @@ def test_lean_and_full_paths_equal_naive_on_a_padded_batch(tiny_model_dir, token
     examples, _ = load_examples(hh_file)
     tok = tokenize_examples(examples[:3], tokenizer, max_length=96, max_prompt_length=64)
     batch = collate(tok, tokenizer.pad_token_id)
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
     naive = naive_token_logps(model, *args)
     naive.sum().backward()
     naive_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -42,7 +42,7 @@ def test_lean_and_full_paths_equal_naive_on_a_padded_batch(tiny_model_dir, token
         torch.testing.assert_close(got, naive, atol=2e-5, rtol=1e-5)
         # the host-computed index from collate selects exactly the positions the masks do
         with torch.no_grad():
-            indexed = token_logps(model, *args, impl=impl, target_index=batch["target_index"])
+            indexed = token_logps(model, *args, impl=impl, target_index=batch.target_index)
         torch.testing.assert_close(indexed, got.detach(), atol=0, rtol=0)
         got.sum().backward()
         for n, p in model.named_parameters():
@@ -57,7 +57,7 @@ def test_sequence_sums_equal_unpadded_per_example_computation(tiny_model_dir, to
     batch = collate(tok, tokenizer.pad_token_id)
     policy = PolicyLogps(model)
     with torch.no_grad():
-        sums, n_tokens = sequence_sums(policy(batch["input_ids"], batch["attention_mask"], batch["response_mask"]),
+        sums, n_tokens = sequence_sums(policy(batch.input_ids, batch.attention_mask, batch.response_mask),
                                        batch)
         for b, ex in enumerate(tok):
             for k, (ids, start) in enumerate(zip(ex.sequences, ex.response_starts)):

@@ -42,7 +42,7 @@ def perturbed(model_dir, scale=0.05, seed=1):
 
 def scored(batch) -> torch.Tensor:
     """[N, T - 1] True where position t predicts a response token."""
-    return batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
+    return batch.response_mask[:, 1:] & batch.attention_mask[:, 1:].bool()
 
 
 # ------------------------------------------------------------------------------------------ token_kl
@@ -73,11 +73,11 @@ def test_chunked_token_kl_matches_naive_formula_and_gradients(with_head):
 
 def naive_token_kl(policy, reference, batch) -> torch.Tensor:
     """Full [N, T, V] log_softmax of both models, KL(ref || policy) at response positions."""
-    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    args = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     lp = F.log_softmax(policy(**args).logits.float()[:, :-1], -1)
     with torch.no_grad():
         lr = F.log_softmax(reference(**args).logits.float()[:, :-1], -1)
-    out = torch.zeros(batch["input_ids"].shape)
+    out = torch.zeros(batch.input_ids.shape)
     out[:, 1:] = (lr.exp() * (lr - lp)).sum(-1) * scored(batch)
     return out
 
@@ -87,8 +87,8 @@ def test_token_kl_equals_full_log_softmax_values_and_gradients(impl, tiny_model_
     reference = load_model(str(tiny_model_dir)).eval()
     policy = perturbed(tiny_model_dir)
     batch = hh_batch(tokenizer, hh_file)
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-    weights = torch.randn(batch["input_ids"].shape, generator=torch.Generator().manual_seed(3))
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
+    weights = torch.randn(batch.input_ids.shape, generator=torch.Generator().manual_seed(3))
 
     naive = naive_token_kl(policy, reference, batch)
     (naive * weights).sum().backward()
@@ -112,7 +112,7 @@ def test_token_kl_is_zero_when_policy_equals_reference(tiny_model_dir, tokenizer
     model = load_model(str(tiny_model_dir)).eval()
     batch = hh_batch(tokenizer, hh_file)
     ref = reference_forward(model, batch, "lean", rows=True)
-    kl = PolicyLogps(model)(batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+    kl = PolicyLogps(model)(batch.input_ids, batch.attention_mask, batch.response_mask,
                                reference=ref.states)
     assert kl["token_kl"].abs().max() < 1e-5
 
@@ -176,7 +176,7 @@ def naive_activation_mask(maps, batch) -> torch.Tensor:
     """The release's recipe, literally: per map z-normalise then min-max over each row's response
     positions (loops over rows), mean within each group, mean over the groups."""
     sel = scored(batch)
-    n, t = batch["input_ids"].shape
+    n, t = batch.input_ids.shape
     group_means = []
     for g in GROUPS:
         per_map = []
@@ -198,9 +198,9 @@ def test_activation_mask_equals_a_direct_recomputation(tiny_model_dir, tokenizer
     model = load_model(str(tiny_model_dir)).eval()
     batch = hh_batch(tokenizer, hh_file, n=4)
     with torch.no_grad():
-        maps, logits = manual_llama_maps(model, batch["input_ids"])
-        real = batch["attention_mask"].bool()
-        hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        maps, logits = manual_llama_maps(model, batch.input_ids)
+        real = batch.attention_mask.bool()
+        hf = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         torch.testing.assert_close(logits[real], hf[real], atol=1e-4, rtol=1e-4)  # the manual forward is right
     counts = {g: len(v) for g, v in maps.items()}
     layers = model.config.num_hidden_layers
@@ -243,14 +243,14 @@ def test_mask_logits_equal_the_head_on_hf_hidden_states(masks, tiny_model_dir, t
     torch.manual_seed(0)
     head = MaskHead(cfg.hidden_size, cfg.num_hidden_layers, masks, dropout=0.0)
     batch = hh_batch(tokenizer, hh_file)
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
     ref = reference_forward(reference, batch, "lean", layers=True)
     got = PolicyLogps(policy, "lean", head)(*args, reference=ref.states)["mask_logits"]
-    assert got.shape == batch["input_ids"].shape + ((2,) if masks == 2 else ())
+    assert got.shape == batch.input_ids.shape + ((2,) if masks == 2 else ())
     with torch.no_grad():  # naive: HF's hidden states, the head's arithmetic written out per position
-        states = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        states = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            output_hidden_states=True).hidden_states[1:]
-        expected = torch.zeros(batch["input_ids"].shape + (masks,))
+        expected = torch.zeros(batch.input_ids.shape + (masks,))
         for n, t in scored(batch).nonzero().tolist():
             for j in range(masks):
                 per_layer = [F.relu(head.per_layer[j][i](head.norms[j](s[n, t]))) for i, s in enumerate(states)]
@@ -315,6 +315,6 @@ def test_adapter_off_reference_features_equal_the_frozen_base(tiny_model_dir, to
     torch.testing.assert_close(a.states.layers, b.states.layers, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.activation_mask, b.activation_mask, atol=1e-4, rtol=1e-4)
     # and the adapter is on again for the policy: its KL against the reference is not 0
-    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    args = (batch.input_ids, batch.attention_mask, batch.response_mask)
     kl = policy(*args, reference=b.states._replace(layers=None))["token_kl"]
     assert kl.max() > 1e-3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,9 +146,9 @@ class PolicyLogps(torch.nn.Module):
         return out
 
 
-def model_args(batch: dict) -> tuple:
-    """The positional arguments of PolicyLogps.forward from a collated batch."""
-    return batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch.get("target_index")
+def model_args(rows) -> tuple:
+    """The positional arguments of PolicyLogps.forward from a batch of rows (data.collate.Rows)."""
+    return rows.input_ids, rows.attention_mask, rows.response_mask, rows.target_index
 
 
 def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -157,13 +158,12 @@ def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, in
     return out.view(*shape, *values.shape[1:])
 
 
-def sequence_sums(tok_logps: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, K] summed response log-probs and response token counts."""
-    shape = tuple(batch["valid"].shape)
-    n = batch["row_index"].numel()  # rows after the N list rows are extra rows (data/collate.py)
-    scored = batch["response_mask"][:n, 1:] & batch["attention_mask"][:n, 1:].bool()
-    n_tokens = scored.sum(1).float()
-    return to_slots(tok_logps[:n].sum(1), batch["row_index"], shape), to_slots(n_tokens, batch["row_index"], shape)
+def sequence_sums(tok_logps: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, K] summed response log-probs and response token counts of a collated Batch's list rows."""
+    n = batch.n_rows  # rows after the N list rows are extra rows (data/collate.py)
+    n_tokens = batch.scored_mask(n).sum(1).float()
+    return to_slots(tok_logps[:n].sum(1), batch.row_index, batch.shape), to_slots(n_tokens, batch.row_index,
+                                                                                  batch.shape)
 
 
 class ReferenceOut(NamedTuple):
@@ -179,7 +179,7 @@ class ReferenceOut(NamedTuple):
 
 
 @torch.no_grad()
-def reference_forward(model, batch: dict, impl: str, rows: bool = False, layers: bool = False,
+def reference_forward(model, batch, impl: str, rows: bool = False, layers: bool = False,
                       activations: bool = False) -> ReferenceOut:
     """One no-grad forward of the reference `model` giving token log-probs and the requested extras:
     rows/head for the token KL, layer outputs for the mask head, activation masks from hooks."""
@@ -205,10 +205,10 @@ class FrozenReference:
         return self
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> torch.Tensor:
+    def __call__(self, batch) -> torch.Tensor:
         return self.model(*model_args(batch))
 
-    def features(self, batch: dict, **wanted) -> ReferenceOut:
+    def features(self, batch, **wanted) -> ReferenceOut:
         return reference_forward(self.model.model, batch, self.model.impl, **wanted)
 
 
@@ -222,12 +222,12 @@ class AdapterOffReference:
         return self
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> torch.Tensor:
+    def __call__(self, batch) -> torch.Tensor:
         peft_model = self.policy.model
         with peft_model.disable_adapter():
             return self.policy(*model_args(batch))
 
-    def features(self, batch: dict, **wanted) -> ReferenceOut:
+    def features(self, batch, **wanted) -> ReferenceOut:
         with self.policy.model.disable_adapter():
             return reference_forward(self.policy.model, batch, self.policy.impl, **wanted)
 
@@ -274,30 +274,44 @@ def model_fingerprint(path: str) -> str:
 
 
 def data_fingerprint(examples) -> str:
-    """Hash of the tokenized data: ids and boundaries, so tokenizer, template and truncation count."""
+    """Hash of the tokenized data: ids and boundaries, so tokenizer, template and truncation count.
+    The feature suppliers' extra rows are part of it: a precomputed reference scores some of them
+    (reference samples, LongPO's short-context rows)."""
     h = hashlib.sha256()
     for e in examples:
-        # reference samples are cached too (the last column): they are part of the key when present
-        rows = [e.sequences, e.response_starts] + ([e.ref_sample] if e.ref_sample is not None else [])
-        # LongPO's reference reads the short-context rows: they are what the cached values depend on
-        rows += [e.short_rows] if e.short_rows is not None else []
+        rows = [e.sequences, e.response_starts] + [e.policy_rows[k] for k in sorted(e.policy_rows)]
+        rows += [e.side_rows[k] for k in sorted(e.side_rows)]
         h.update(json.dumps(rows).encode())
     return h.hexdigest()
 
 
 def reference_cache_path(cache_dir: str, model_path: str, examples, impl: str, dtype: str) -> Path:
-    key = hashlib.sha256("|".join([model_fingerprint(model_path), data_fingerprint(examples), impl, dtype])
+    # "v2": the cache holds named tensors (see load_or_compute_reference); older caches never match
+    key = hashlib.sha256("|".join([model_fingerprint(model_path), data_fingerprint(examples), impl, dtype, "v2"])
                          .encode()).hexdigest()[:24]
     return Path(cache_dir).expanduser() / f"reflogps-{key}.safetensors"
 
 
-def load_or_compute_reference(path: Path, compute) -> tuple[torch.Tensor, bool]:
-    """Cached [N, K] reference log-probs, or compute them and write the cache atomically."""
+def load_or_compute_reference(path: Path, compute) -> tuple[dict[str, torch.Tensor], bool]:
+    """Cached reference values ({"responses": [N, K], supplier name: [N], ...}), or compute them and
+    write the cache atomically."""
     if path.exists():
-        return load_file(str(path))["logps"], True
-    logps = compute()
+        return load_file(str(path)), True
+    values = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({"logps": logps.contiguous()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in values.items()}, str(tmp))
     tmp.replace(path)
-    return logps, False
+    return values, False
+
+
+def with_reference(examples: list, values: dict[str, torch.Tensor], offset: int = 0) -> list:
+    """Copies of the tokenized examples carrying their precomputed reference values (rows offset,
+    offset + 1, ... of `values`): the precomputed reference provider. Collate turns them into the
+    batch's reference_logps; a supplier reads its own entry (e.g. the reference samples' sums)."""
+    out = []
+    for i, e in enumerate(examples, start=offset):
+        entry = {name: v[i].tolist() for name, v in values.items()}
+        entry["responses"] = entry["responses"][: len(e.sequences)]
+        out.append(replace(e, reference=entry))
+    return out

@@ -13,36 +13,25 @@ from pathlib import Path
 
 import torch
 
-from prefalign.activations import check_supported
 from prefalign.config import TrainConfig, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists
 from prefalign.data.pipeline import BuildContext, run_builder, run_builders
-from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
-from prefalign.data.tokenize import TokenizeStats, tokenize_examples
+from prefalign.data.collate import to_device
+from prefalign.data.tokenize import TokenizeStats
+from prefalign.features import SUPPLIERS, for_features, get_supplier, tokenize, unsupplied
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, no_beta_message, unknown_params_message
 from prefalign.models import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
-                              load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums)
+                              load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums,
+                              with_reference)
 from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
-from prefalign.train.step import REFERENCE_EXTRAS, batch_to_device
 
 # Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
            "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
-# Features the data pipeline and trainer know how to supply today: computed by the trainer
-# (lengths, token_logps, kl_logratio, contrast_token_rewards; with a live reference, token_kl,
-# mask_logits and activation_mask; long_chosen_nll from an extra policy row), read from the
-# examples' structure (scores, samples as list entries, gold, unpaired labels) or read from row
-# fields (DATA_FEATURES, RESPONSE_FIELDS scored as extra rows, PROMPT_FIELDS the reference reads).
-SUPPLIED = ({"lengths", "token_logps", "kl_logratio", "scores", "samples", "unpaired", "gold",
-             "contrast_token_rewards", "long_chosen_nll"} | set(REFERENCE_EXTRAS) | set(DATA_FEATURES)
-            | set(RESPONSE_FIELDS) | set(PROMPT_FIELDS))
-# Features the step computes with the reference model itself; a precomputed cache holds only
-# sequence sums (of the K responses and of any ref_sample), so these need a live reference.
-LIVE_REFERENCE = {"kl_logratio": "its KL reference point from mismatched pairs of each batch",
-                  "token_logps": "per-token reference log-probs",
-                  "contrast_token_rewards": "per-token reference log-probs under T-REG's contrastive prompts"}
+# Features prefalign can supply: the names its feature suppliers are registered under.
+SUPPLIED = frozenset(SUPPLIERS)
 
 
 def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
@@ -83,17 +72,12 @@ def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: 
     else:
         raise ValueError(f"objective {obj.name!r} ({obj.kind}) needs {sorted(accepted)} examples but {label} "
                          f"holds {sorted(kinds)}")
-    missing = [f for f in obj.features if f not in SUPPLIED]
+    missing = unsupplied(obj.features)
     if missing:
         raise ValueError(f"objective {obj.name!r} needs {missing}, which prefalign cannot supply from {label} yet; "
                          "see the objective's docstring for what it expects")
-    if "gold" in obj.features and kinds != {"triple"}:
-        raise ValueError(f"objective {obj.name!r} needs gold/chosen/rejected triples; {label} holds {sorted(kinds)}")
-    for name in (f for f in obj.features if f in DATA_FEATURES or f in RESPONSE_FIELDS or f in PROMPT_FIELDS):
-        lacking = next((e for e in examples if name not in e.extra and name not in e.extra.get("features", {})),
-                       None)
-        if lacking is not None:
-            raise ValueError(f"objective {obj.name!r} needs the field {name!r} on every row; {lacking.source} has none")
+    for name in obj.features:
+        get_supplier(name).check(obj, examples, label)
     return examples
 
 
@@ -115,35 +99,40 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
     if mode == "adapter_off" and cfg.reference_model:
         raise ValueError("reference_model names another model; adapter_off uses the policy's base weights: "
                          "use reference=frozen or precomputed with reference_model")
-    live = [f for f in obj.features if f in REFERENCE_EXTRAS]
+    live = [s.name for s in for_features(obj.features) if s.reference_output]
     if mode == "precomputed" and live:
         raise ValueError(f"objective {obj.name!r} needs {live}, computed from the reference model's forward on each "
                          "batch (full-vocabulary distributions, hidden states, activations), which precompute_ref "
                          "cannot cache: use reference=frozen (or adapter_off with lora=true)")
-    for name, what in LIVE_REFERENCE.items():
-        if mode == "precomputed" and name in obj.features:
-            raise ValueError(f"objective {obj.name!r} needs {what}, which the step computes with a live reference; "
-                             "precompute_ref caches sequence sums only: use reference=frozen")
+    for supplier in for_features(obj.features):
+        if mode == "precomputed" and supplier.live_reference:
+            raise ValueError(f"objective {obj.name!r} needs {supplier.live_reference}, which the step computes with a "
+                             "live reference; precompute_ref caches sequence sums only: use reference=frozen")
     return mode
 
 
 @torch.no_grad()
-def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int):
-    """[N, K] summed log-probs of every response under the (not yet trained) policy, plus a last
-    column with each example's ref_sample where the examples carry one (loop.make_batch reads it).
-    Examples with short-context rows (LongPO) are scored on those rows: the reference's context."""
+def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int
+                            ) -> dict[str, torch.Tensor]:
+    """Reference values of every example under the (not yet trained) policy: "responses" [N, K]
+    summed log-probs, plus [N] values under the name of each supplier whose extra rows the
+    reference scores (reference samples). A supplier may put its own rows in the list rows' place
+    for the reference (LongPO's short-context rows): those are scored then."""
     k = max(len(e.sequences) for e in examples)
-    out = torch.zeros(len(examples), k + (examples[0].ref_sample is not None))
+    out = {"responses": torch.zeros(len(examples), k)}
     policy.eval()
     for s in range(0, len(examples), batch_size):
         idx = list(range(s, min(s + batch_size, len(examples))))
-        batch = batch_to_device(make_batch(examples, idx, pad_id, None), device)
-        rows = batch.get("short", batch)
+        batch = to_device(make_batch(examples, idx, pad_id), device)
+        active = for_features(batch.extras)
+        rows = next((r for sup in active if (r := sup.reference_rows(batch)) is not None), batch)
         tok = policy(*model_args(rows))
         sums, _ = sequence_sums(tok, rows)
-        out[idx, : sums.shape[1]] = sums.float().cpu()
-        if "ref_sample_index" in batch:
-            out[idx, -1] = tok[batch["ref_sample_index"]].sum(1).float().cpu()
+        out["responses"][idx, : sums.shape[1]] = sums.float().cpu()
+        for sup in active:
+            values = sup.reference_values(tok, batch)
+            if values is not None:
+                out.setdefault(sup.name, torch.zeros(len(examples)))[idx] = values.float().cpu()
     policy.train()
     return out
 
@@ -198,12 +187,10 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
             raise ValueError(f"{cfg.data.train}: reward_augment needs pairs with score_chosen > score_rejected; "
                              f"none left ({augment['train']})")
     stats = TokenizeStats()
-    rows = {"ref_sample": "ref_sample" in obj.features,
-            "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
-            if "contrast_token_rewards" in obj.features else None,
-            "short_prompt": "short_prompt" in obj.features, "long_chosen_nll": "long_chosen_nll" in obj.features}
-    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, **rows)
-    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, **rows)
+    # the suppliers of the objective's features build its extra rows; a supplier reads the options it knows
+    options = {"contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)}
+    train_tok = tokenize(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, obj.features, **options)
+    eval_tok = tokenize(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, None, obj.features, **options)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
     if pairing_train:
@@ -257,9 +244,9 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
-    if "activation_mask" in obj.features:
-        check_supported(model)  # an unsupported architecture fails here, before any training
-    reference, train_ref, eval_ref, cache_hit, precompute_s = None, None, None, None, None
+    for supplier in for_features(obj.features):
+        supplier.check_model(model)  # e.g. activation masks hook the Llama layout only
+    reference, cache_hit, precompute_s = None, None, None
     # the reference is the policy's own initial weights unless reference_model names another folder
     ref_source = load_model(cfg.reference_model, cfg.dtype) if cfg.reference_model and mode in (
         "frozen", "precomputed") else model
@@ -279,7 +266,8 @@ def train(cfg: TrainConfig) -> dict:
         acc.wait_for_everyone()
         if not acc.is_main_process:
             logps, cache_hit = load_or_compute_reference(path, lambda: None)
-        train_ref, eval_ref = logps[: len(train_set)], logps[len(train_set):]
+        # stored with the tokenized examples: collate hands them to the step as the batch's reference
+        train_set, eval_set = with_reference(train_set, logps, 0), with_reference(eval_set, logps, len(train_set))
         precompute_s = round(time.time() - t_ref, 2)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
@@ -307,7 +295,7 @@ def train(cfg: TrainConfig) -> dict:
             sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
     components = Components(acc, policy, optimizer, scheduler, obj, params, reference, train_set, eval_set,
-                            train_ref, eval_ref, tokenizer.pad_token_id, tokenizer, sinks, pad_multiple,
+                            tokenizer.pad_token_id, tokenizer, sinks, pad_multiple,
                             overopt_monitor(cfg, eval_set, tokenizer, acc, policy))
     settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps,
                             cfg.max_grad_norm, cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps,

@@ -214,7 +214,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> dict:
     sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)] if acc.is_main_process else []
     if cfg.tensorboard and acc.is_main_process:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))
-    components = Components(acc, trainee, optimizer, scheduler, None, {}, None, train_set, eval_set, None, None,
+    components = Components(acc, trainee, optimizer, scheduler, None, {}, None, train_set, eval_set,
                             model.backbone.tokenizer.pad_token_id, None, sinks,
                             build_batch=lambda examples, idx: build_batch(model, examples, idx),
                             compute_loss=lambda trainee, batch: trainee(batch))

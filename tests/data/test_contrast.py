@@ -7,8 +7,9 @@ import pytest
 from prefalign.config import ConfigError, load_config
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE, contrast_sequences
 from prefalign.data.records import Example
-from prefalign.data.tokenize import tokenize_examples
+from prefalign.features import tokenize
 
+FEATURES = ["contrast_token_rewards"]
 TEMPLATES = (CONTRAST_BETTER, CONTRAST_WORSE)
 
 
@@ -23,19 +24,19 @@ def test_contrast_rows_copy_the_response_ids_when_a_merge_crosses_the_boundary(t
     # hold the same ids.
     prompt = "\n\nHuman: can you help me?\n\nAssistant: "
     ex = Example(prompt, ["Sure thing", "No way"], [1.0, 0.0], "pair", "t:1")
-    (tok,) = tokenize_examples([ex], tokenizer, max_length=400, max_prompt_length=100, contrast=TEMPLATES)
+    (tok,) = tokenize([ex], tokenizer, max_length=400, max_prompt_length=100, features=FEATURES, contrast=TEMPLATES)
     main, start = tok.sequences[0], tok.response_starts[0]
     merged = tokenizer.decode(main[start:start + 1])
     assert merged.startswith(" ") and tokenizer.decode(main[:start]).endswith(":"), "no merge across the boundary"
     for k, (seq, s) in enumerate(zip(tok.sequences, tok.response_starts)):
         for name, template in zip(("better", "worse"), TEMPLATES):
-            ids, c_start = tok.contrast[name][k]
+            ids, c_start = tok.side_rows["contrast_token_rewards"][name][k]
             assert ids[c_start:] == seq[s:]  # the same ids, EOS included
             assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
             draft = ex.responses[k]
             # the text reads instruction, draft, prompt, response: no character lost or doubled at the boundary
             assert tokenizer.decode(ids, skip_special_tokens=True) == head_text(template, draft) + prompt + draft
-    better, worse = tok.contrast["better"][0][0], tok.contrast["worse"][0][0]
+    better, worse = tok.side_rows["contrast_token_rewards"]["better"][0][0], tok.side_rows["contrast_token_rewards"]["worse"][0][0]
     assert better != worse and "helpful, correct" in tokenizer.decode(better)
     assert "unhelpful, incorrect" in tokenizer.decode(worse)
 
@@ -43,9 +44,9 @@ def test_contrast_rows_copy_the_response_ids_when_a_merge_crosses_the_boundary(t
 def test_truncated_text_prompt_keeps_the_instruction_and_the_main_prompt_ids(tokenizer):
     prompt = "\n\nHuman: " + "tell me more about the weather, " * 30 + "\n\nAssistant:"
     ex = Example(prompt, [" It is sunny.", " I do not know."], [1.0, 0.0], "pair", "t:1")
-    (tok,) = tokenize_examples([ex], tokenizer, max_length=96, max_prompt_length=48, contrast=TEMPLATES)
+    (tok,) = tokenize([ex], tokenizer, max_length=96, max_prompt_length=48, features=FEATURES, contrast=TEMPLATES)
     assert tok.truncated and tok.response_starts[0] == 48
-    ids, c_start = tok.contrast["better"][0]
+    ids, c_start = tok.side_rows["contrast_token_rewards"]["better"][0]
     head = tokenizer(head_text(CONTRAST_BETTER, "It is sunny."), add_special_tokens=False)["input_ids"]
     main = tok.sequences[0]
     # BOS, the whole instruction, then exactly the (left-truncated) main prompt and response
@@ -57,19 +58,19 @@ def test_chat_prompt_instruction_in_the_last_user_turn_and_truncation_mirrored(t
     history = [{"role": "user", "content": "an old question " * 40}, {"role": "assistant", "content": "an old answer"},
                {"role": "user", "content": "and now, how are you? {prompt} {response}"}]
     ex = Example(history, ["Fine, thanks.", "Go away."], [1.0, 0.0], "pair", "t:1")
-    (short,) = tokenize_examples([ex], tokenizer, max_length=400, max_prompt_length=300, contrast=TEMPLATES)
-    (cut,) = tokenize_examples([ex], tokenizer, max_length=96, max_prompt_length=48, contrast=TEMPLATES)
+    (short,) = tokenize([ex], tokenizer, max_length=400, max_prompt_length=300, features=FEATURES, contrast=TEMPLATES)
+    (cut,) = tokenize([ex], tokenizer, max_length=96, max_prompt_length=48, features=FEATURES, contrast=TEMPLATES)
     for tok in (short, cut):
         for k in range(2):
-            ids, c_start = tok.contrast["worse"][k]
+            ids, c_start = tok.side_rows["contrast_token_rewards"]["worse"][k]
             assert ids[c_start:] == tok.sequences[k][tok.response_starts[k]:]
             text = tokenizer.decode(ids[:c_start])
             assert "unhelpful, incorrect" in text and "and now, how are you? {prompt} {response}" in text
             assert text.endswith("Assistant:") and text.startswith(tokenizer.bos_token)
     # the main prompt lost its first tokens to left truncation; the contrast prompt lost as many
     lost = short.response_starts[0] - cut.response_starts[0]
-    full, _ = short.contrast["worse"][0]
-    kept, _ = cut.contrast["worse"][0]
+    full, _ = short.side_rows["contrast_token_rewards"]["worse"][0]
+    kept, _ = cut.side_rows["contrast_token_rewards"]["worse"][0]
     assert lost > 0 and kept[1:kept.index(tokenizer.eos_token_id)] == full[1 + lost:full.index(tokenizer.eos_token_id)]
 
 

@@ -8,7 +8,7 @@ from prefalign.data.longpo import (CONTEXT_TEMPLATE, INSTRUCTION_TEMPLATE, chunk
                                    load_documents)
 from prefalign.data.pipeline import BUILDERS, BuildContext, run_builders
 from prefalign.data.readers import load_examples
-from prefalign.data.tokenize import tokenize_examples
+from prefalign.features import tokenize
 from prefalign.losses import get_objective
 from prefalign.run import prepare_examples
 from tests_support import FIXTURES, write_jsonl
@@ -126,8 +126,8 @@ def test_built_pairs_feed_longpo(tokenizer, tmp_path):
              "rejected": p.responses[1]} for p in pairs]
     examples, _ = load_examples(write_jsonl(tmp_path / "longpo.jsonl", rows))
     examples = prepare_examples(get_objective("longpo"), examples, "best_vs_worst", "built")
-    tok = tokenize_examples(examples, tokenizer, 512, 448, short_prompt=True, long_chosen_nll=True)
-    assert all(len(t.short_rows[0][0]) < len(t.sequences[0]) for t in tok)
+    tok = tokenize(examples, tokenizer, 512, 448, features=["short_prompt", "long_chosen_nll"])
+    assert all(len(t.side_rows["short_prompt"][0][0]) < len(t.sequences[0]) for t in tok)
 
 
 def test_with_the_tiny_model(tiny_model_dir, tokenizer):

@@ -55,12 +55,12 @@ def test_collate_masks_chosen_and_rejected_with_literal_tensors():
     a = TokenizedExample([[1, 5, 6, 7], [1, 5, 8]], [2, 2], [1.0, 0.0], "pair", "a")
     b = TokenizedExample([[1, 9, 10], [1, 9, 11, 12, 13]], [2, 2], [1.0, 0.0], "pair", "b")
     batch = collate([a, b], pad_id=0)
-    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 0], [1, 5, 8, 0, 0], [1, 9, 10, 0, 0], [1, 9, 11, 12, 13]]
-    assert batch["response_mask"].int().tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0],
+    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 0], [1, 5, 8, 0, 0], [1, 9, 10, 0, 0], [1, 9, 11, 12, 13]]
+    assert batch.response_mask.int().tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0],
                                                      [0, 0, 1, 1, 1]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
-    assert batch["row_index"].tolist() == [0, 1, 2, 3]
-    assert batch["target"].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.row_index.tolist() == [0, 1, 2, 3]
+    assert batch.target.tolist() == [[1.0, 0.0], [1.0, 0.0]]
 
 
 def test_collate_ragged_lists_only_real_rows():
@@ -69,9 +69,9 @@ def test_collate_ragged_lists_only_real_rows():
     a = TokenizedExample([[1, 2], [1, 3], [1, 4]], [1, 1, 1], [3.0, 2.0, 1.0], "list", "a")
     b = TokenizedExample([[1, 5], [1, 6]], [1, 1], [0.0, 1.0], "list", "b")
     batch = collate([a, b], pad_id=0)
-    assert batch["input_ids"].shape == (5, 2)
-    assert batch["row_index"].tolist() == [0, 1, 2, 3, 4]
-    assert batch["valid"].tolist() == [[True, True, True], [True, True, False]]
+    assert batch.input_ids.shape == (5, 2)
+    assert batch.row_index.tolist() == [0, 1, 2, 3, 4]
+    assert batch.valid.tolist() == [[True, True, True], [True, True, False]]
 
 
 def test_epoch_batches_deterministic_and_length_grouped():

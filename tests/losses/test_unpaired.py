@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prefalign.losses import get_objective
-from prefalign.losses.registry import KNOWN_FEATURES
+from prefalign.features import SUPPLIERS
 from prefalign.types import SeqLogps
 
 
@@ -162,7 +162,7 @@ def test_kto_registry_entry_and_errors():
     obj = get_objective("kto")
     assert obj.kind == "unpaired" and obj.paper == "2402.01306" and obj.needs_reference
     assert obj.params == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}
-    assert {"unpaired", "kl_logratio"} <= set(obj.features) and "kl_logratio" in KNOWN_FEATURES
+    assert {"unpaired", "kl_logratio"} <= set(obj.features) and "kl_logratio" in SUPPLIERS
     batch = unpaired([-1.0], [-2.0], [1], [0.0])
     with pytest.raises(ValueError, match="kl_logratio"):
         obj(SeqLogps(policy=batch.policy, reference=batch.reference, target=batch.target))

@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from prefalign.data.collate import collate
+from prefalign.features import collate, tokenize
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE
 from prefalign.data.readers import load_examples
 from prefalign.data.records import DataError, split_hh_dialogue
-from prefalign.data.tokenize import tokenize_examples, tokenize_response, truncate
+from prefalign.data.tokenize import tokenize_response, truncate
 from prefalign.losses import get_objective
-from prefalign.models import FrozenReference, PolicyLogps, load_model
+from prefalign.models import FrozenReference, PolicyLogps, load_model, with_reference
 from prefalign.run import compute_reference_logps, prepare_examples
 from prefalign.train.loop import make_batch
 from prefalign.train.step import forward_batch
@@ -42,18 +42,18 @@ def sharp_model(tiny_model_dir):
 
 def test_contrast_token_rewards_equal_a_naive_per_example_computation(sharp_model, tokenizer, hh_file):
     examples, _ = load_examples(hh_file)
-    tok = tokenize_examples(examples[:3], tokenizer, max_length=96, max_prompt_length=48,
-                            contrast=(CONTRAST_BETTER, CONTRAST_WORSE))
+    tok = tokenize(examples[:3], tokenizer, max_length=96, max_prompt_length=48,
+                   features=["contrast_token_rewards"], contrast=(CONTRAST_BETTER, CONTRAST_WORSE))
     batch = collate(tok, tokenizer.pad_token_id)
     seq = forward_batch(PolicyLogps(sharp_model), batch, FrozenReference(sharp_model), get_objective("treg"))
     r_hat = seq.features["contrast_token_rewards"]
-    assert r_hat.shape == seq.features["policy_token_logps"].shape == (3, 2, batch["input_ids"].shape[1])
+    assert r_hat.shape == seq.features["policy_token_logps"].shape == (3, 2, batch.input_ids.shape[1])
     assert not r_hat.requires_grad
     with torch.no_grad():
         for b, ex in enumerate(tok):
             for k, (ids, start) in enumerate(zip(ex.sequences, ex.response_starts)):
-                better_ids, better_start = ex.contrast["better"][k]
-                worse_ids, worse_start = ex.contrast["worse"][k]
+                better_ids, better_start = ex.side_rows["contrast_token_rewards"]["better"][k]
+                worse_ids, worse_start = ex.side_rows["contrast_token_rewards"]["worse"][k]
                 response = ids[start:]
                 assert better_ids[better_start:] == worse_ids[worse_start:] == response
                 better = response_logps(sharp_model, better_ids, better_start)
@@ -81,12 +81,12 @@ def ref_sample_rows(n: int) -> list[dict]:
 def test_ref_sample_logps_equal_scoring_that_response_alone(tiny_model_dir, tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", ref_sample_rows(3))
     examples, _ = load_examples(path)
-    tok = tokenize_examples(examples, tokenizer, max_length=96, max_prompt_length=48, ref_sample=True)
-    plain = tokenize_examples(examples, tokenizer, max_length=96, max_prompt_length=48)
+    tok = tokenize(examples, tokenizer, max_length=96, max_prompt_length=48, features=["ref_sample"])
+    plain = tokenize(examples, tokenizer, max_length=96, max_prompt_length=48)
     model = load_model(str(tiny_model_dir))
     policy, reference = PolicyLogps(model), FrozenReference(model)
     batch = collate(tok, tokenizer.pad_token_id)
-    assert batch["input_ids"].shape[0] == 9 and batch["ref_sample_index"].tolist() == [6, 7, 8]
+    assert batch.input_ids.shape[0] == 9 and batch.extras["ref_sample"].tolist() == [6, 7, 8]
     seq = forward_batch(policy, batch, reference, get_objective("selm"))
     assert seq.policy.shape == (3, 2)  # extra rows, not extra list entries
     # the list rows are unaffected by the extra rows in their batch
@@ -113,14 +113,14 @@ def test_ref_sample_logps_equal_scoring_that_response_alone(tiny_model_dir, toke
 
 def test_precomputed_ref_sample_reference_equals_live(tiny_model_dir, tokenizer, tmp_path):
     examples, _ = load_examples(write_jsonl(tmp_path / "pairs.jsonl", ref_sample_rows(5)))
-    tok = tokenize_examples(examples, tokenizer, max_length=96, max_prompt_length=48, ref_sample=True)
+    tok = tokenize(examples, tokenizer, max_length=96, max_prompt_length=48, features=["ref_sample"])
     model = load_model(str(tiny_model_dir))
     cache = compute_reference_logps(PolicyLogps(copy.deepcopy(model)), tok, tokenizer.pad_token_id, "cpu", 2)
-    assert cache.shape == (5, 3)  # chosen, rejected, ref sample
+    assert cache["responses"].shape == (5, 2) and cache["ref_sample"].shape == (5,)  # chosen, rejected; ref sample
     idx = [4, 1, 3]
-    live = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id, None),
+    live = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id),
                          FrozenReference(model), get_objective("xpo"))
-    pre = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id, cache), None,
+    pre = forward_batch(PolicyLogps(model), make_batch(with_reference(tok, cache), idx, tokenizer.pad_token_id), None,
                         get_objective("xpo"))
     torch.testing.assert_close(pre.reference, live.reference, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(pre.features["ref_sample_reference_logps"],
@@ -155,8 +155,13 @@ def test_contrast_rewards_need_a_live_reference(tiny_model_dir, tmp_path):
 def test_nested_row_batches_move_to_the_device():
     # "contrast" and KTO's "mismatched" are batches inside the batch; left on the host they would
     # meet device tensors in the step (the "meta" device stands in for an accelerator here)
-    from prefalign.train.step import batch_to_device
+    from prefalign.data.collate import Batch, Rows, to_device
 
-    moved = batch_to_device({"input_ids": torch.ones(2, 3), "contrast": {"input_ids": torch.ones(4, 5)},
-                             "note": "kept"}, "meta")
-    assert moved["input_ids"].is_meta and moved["contrast"]["input_ids"].is_meta and moved["note"] == "kept"
+    rows = Rows(*(torch.ones(4, 5) for _ in range(4)))
+    batch = Batch(*(torch.ones(2, 3) for _ in range(8)), extras={"contrast": rows, "note": "kept",
+                                                              "nested": {"x": torch.ones(1)}})
+    moved = batch.to("meta")
+    assert moved.input_ids.is_meta and moved.extras["contrast"].input_ids.is_meta and moved.extras["note"] == "kept"
+    assert moved.extras["nested"]["x"].is_meta and moved.reference_logps.is_meta
+    # reward-model batches are plain dicts of tensors and go through the same helper
+    assert to_device({"input_ids": torch.ones(2, 3), "note": "kept"}, "meta")["input_ids"].is_meta

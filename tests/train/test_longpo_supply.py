@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from prefalign.data.collate import collate
+from prefalign.features import collate, tokenize
 from prefalign.data.readers import load_examples
 from prefalign.data.records import DataError
-from prefalign.data.tokenize import tokenize_examples, tokenize_response, truncate
+from prefalign.data.tokenize import tokenize_response, truncate
 from prefalign.losses import get_objective
-from prefalign.models import FrozenReference, PolicyLogps, data_fingerprint, load_model
+from prefalign.models import FrozenReference, PolicyLogps, data_fingerprint, load_model, with_reference
 from prefalign.run import compute_reference_logps, prepare_examples
 from prefalign.train.loop import make_batch
 from prefalign.train.step import forward_batch
@@ -32,9 +32,9 @@ def response_logps(model, ids: list[int], start: int) -> torch.Tensor:
     return torch.stack([logp[t - 1, ids[t]] for t in range(max(start, 1), len(ids))])
 
 
-def tokenized(tokenizer, path, **rows):
+def tokenized(tokenizer, path, features=()):
     examples, _ = load_examples(path)
-    return examples, tokenize_examples(examples, tokenizer, MAX_LEN, MAX_PROMPT, **rows)
+    return examples, tokenize(examples, tokenizer, MAX_LEN, MAX_PROMPT, features=features)
 
 
 @pytest.fixture
@@ -48,11 +48,12 @@ def sharp_model(tiny_model_dir):
 
 
 def test_short_rows_are_the_short_prompt_then_the_same_response_ids(tokenizer, tmp_path):
-    examples, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(6)), short_prompt=True)
+    examples, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(6)),
+                              features=["short_prompt"])
     same = 0
     for ex, t in zip(examples, tok):
-        assert len(t.short_rows) == 2
-        for k, ((ids, start), main, main_start) in enumerate(zip(t.short_rows, t.sequences, t.response_starts)):
+        assert len(t.side_rows["short_prompt"]) == 2
+        for k, ((ids, start), main, main_start) in enumerate(zip(t.side_rows["short_prompt"], t.sequences, t.response_starts)):
             assert ids[start:] == main[main_start:]  # the very same response tokens
             assert len(ids) < len(main)  # the short context is shorter
             # an independent tokenization of short_prompt + response, truncated the usual way
@@ -68,14 +69,14 @@ def test_short_rows_are_the_short_prompt_then_the_same_response_ids(tokenizer, t
 
 
 def test_reference_is_scored_after_the_short_prompt(sharp_model, tokenizer, tmp_path):
-    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(3)), short_prompt=True,
-                       long_chosen_nll=True)
+    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(3)),
+                       features=["short_prompt", "long_chosen_nll"])
     batch = collate(tok, tokenizer.pad_token_id)
     seq = forward_batch(PolicyLogps(sharp_model), batch, FrozenReference(sharp_model), get_objective("longpo"))
     with torch.no_grad():
         for b, t in enumerate(tok):
             for k in range(2):
-                short = response_logps(sharp_model, *t.short_rows[k]).sum()
+                short = response_logps(sharp_model, *t.side_rows["short_prompt"][k]).sum()
                 long = response_logps(sharp_model, t.sequences[k], t.response_starts[k]).sum()
                 torch.testing.assert_close(seq.reference[b, k], short, atol=1e-4, rtol=1e-5)
                 torch.testing.assert_close(seq.policy[b, k].detach(), long, atol=1e-4, rtol=1e-5)
@@ -83,11 +84,11 @@ def test_reference_is_scored_after_the_short_prompt(sharp_model, tokenizer, tmp_
 
 
 def test_long_chosen_nll_is_the_mean_nll_of_the_whole_chosen_sequence(tiny_model_dir, tokenizer, tmp_path):
-    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(3)), short_prompt=True,
-                       long_chosen_nll=True)
+    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(3)),
+                       features=["short_prompt", "long_chosen_nll"])
     model = load_model(str(tiny_model_dir))
     batch = collate(tok, tokenizer.pad_token_id)
-    assert batch["input_ids"].shape[0] == 9 and batch["nll_index"].tolist() == [6, 7, 8]
+    assert batch.input_ids.shape[0] == 9 and batch.extras["long_chosen_nll"].tolist() == [6, 7, 8]
     seq = forward_batch(PolicyLogps(model), batch, FrozenReference(model), get_objective("longpo"))
     assert seq.policy.shape == (3, 2)  # an extra row, not an extra list entry
     got = seq.features["long_chosen_nll"]
@@ -105,21 +106,21 @@ def test_long_chosen_nll_is_the_mean_nll_of_the_whole_chosen_sequence(tiny_model
 
 def test_precomputed_short_reference_equals_live_and_keys_the_cache(tiny_model_dir, tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", long_short_rows(5))
-    _, tok = tokenized(tokenizer, path, short_prompt=True, long_chosen_nll=True)
+    _, tok = tokenized(tokenizer, path, features=["short_prompt", "long_chosen_nll"])
     model = load_model(str(tiny_model_dir))
     cache = compute_reference_logps(PolicyLogps(copy.deepcopy(model)), tok, tokenizer.pad_token_id, "cpu", 2)
-    assert cache.shape == (5, 2)
+    assert cache["responses"].shape == (5, 2) and set(cache) == {"responses"}
     idx = [4, 1, 3]
-    live = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id, None),
+    live = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id),
                          FrozenReference(model), get_objective("longpo"))
-    pre = forward_batch(PolicyLogps(model), make_batch(tok, idx, tokenizer.pad_token_id, cache), None,
+    pre = forward_batch(PolicyLogps(model), make_batch(with_reference(tok, cache), idx, tokenizer.pad_token_id), None,
                         get_objective("longpo"))
     torch.testing.assert_close(pre.reference, live.reference, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(pre.features["long_chosen_nll"], live.features["long_chosen_nll"])
     # the cache must not be reused when only the short contexts change
     rows = long_short_rows(5)
     rows[2]["short_prompt"] = "Human: a different short context." + rows[2]["short_prompt"]
-    _, other = tokenized(tokenizer, write_jsonl(tmp_path / "q.jsonl", rows), short_prompt=True)
+    _, other = tokenized(tokenizer, write_jsonl(tmp_path / "q.jsonl", rows), features=["short_prompt"])
     assert [t.sequences for t in other] == [t.sequences for t in tok]
     assert data_fingerprint(other) != data_fingerprint(tok)
 
@@ -150,7 +151,8 @@ def test_missing_or_bad_short_prompt_names_file_row_and_field(tiny_model_dir, tm
 
 
 def test_short_rows_cannot_mix_with_token_level_reference_features(tiny_model_dir, tokenizer, tmp_path):
-    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(2)), short_prompt=True)
+    _, tok = tokenized(tokenizer, write_jsonl(tmp_path / "p.jsonl", long_short_rows(2)),
+                       features=["short_prompt"])
     model = load_model(str(tiny_model_dir))
     with pytest.raises(ValueError, match="short-context reference rows"):
         forward_batch(PolicyLogps(model), collate(tok, tokenizer.pad_token_id), FrozenReference(model),

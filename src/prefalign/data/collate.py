@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -10,7 +11,67 @@ from prefalign.data.tokenize import TokenizedExample
 from prefalign.logps import predicting_index
 
 
-def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1) -> dict:
+def to_device(value, device):
+    """A tensor, a batch of rows or a dict of them moved to `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Rows):  # a Batch too
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Rows:
+    """Right-padded token rows [N, T]: what one forward of a model reads.
+
+    target_index: the scored positions as flat indices, computed on the host (logps.predicting_index).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    target_index: torch.Tensor | None = None
+
+    def to(self, device):
+        return replace(self, **{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
+
+    def scored_mask(self, n: int | None = None) -> torch.Tensor:
+        """[n, T - 1] True where token t + 1 of a row is a scored response token (first n rows)."""
+        n = self.input_ids.shape[0] if n is None else n
+        return self.response_mask[:n, 1:] & self.attention_mask[:n, 1:].bool()
+
+
+@dataclass
+class Batch(Rows):
+    """B examples x K_b responses as rows, plus what maps the rows back to [B, K] slots.
+
+    The N list rows come first; a feature supplier's policy rows follow them in the same tensors
+    (their indices [B] are in extras under the feature's name). row_index [N]: each list row's flat
+    slot b * K + k. valid, target [B, K]. reference_logps [B, K]: precomputed reference log-probs.
+    extras: supplier-owned tensors by feature name (policy-row indices, side-row batches, row fields);
+    a key that names a feature makes the step run its supplier, other keys ("ref_sample/reference")
+    are what a supplier keeps for itself.
+    """
+
+    row_index: torch.Tensor = None
+    valid: torch.Tensor = None
+    target: torch.Tensor = None
+    reference_logps: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        """N, the number of list rows (extra rows follow them)."""
+        return self.row_index.numel()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.valid.shape)
+
+
+def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1) -> Rows:
     """(ids, response start) rows -> right-padded input_ids, attention_mask, response_mask [N, T],
     and target_index: the scored positions as flat indices, computed here on the host."""
     t_max = max(len(seq) for seq, _ in rows)
@@ -23,61 +84,63 @@ def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int =
         attention_mask[r, : len(seq)] = 1
         response_mask[r, start: len(seq)] = True
     target_index = predicting_index(response_mask[:, 1:] & attention_mask[:, 1:].bool())
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
-            "target_index": target_index}
+    return Rows(input_ids, attention_mask, response_mask, target_index)
 
 
-def all_or_none(examples: list[TokenizedExample], name: str) -> bool:
-    present = [getattr(e, name) is not None for e in examples]
+def all_or_none(examples: list[TokenizedExample], attr: str, name: str) -> bool:
+    present = [name in getattr(e, attr) for e in examples]
     if any(present) and not all(present):
         raise ValueError(f"a batch mixes examples with and without {name!r} rows")
     return all(present)
 
 
-def collate(examples: list[TokenizedExample], pad_id: int, reference: torch.Tensor | None = None,
-            pad_multiple: int = 1) -> dict:
+def side_batch(examples: list[TokenizedExample], name: str, pad_id: int, pad_multiple: int = 1) -> Rows:
+    """One batch of every example's side rows for `name`: a list per example is taken example by
+    example; a dict of lists group by group (all examples' first group, then the second, ...)."""
+    first = examples[0].side_rows[name]
+    groups = list(first) if isinstance(first, dict) else [None]
+    return pad_rows([row for g in groups for e in examples
+                     for row in (e.side_rows[name] if g is None else e.side_rows[name][g])], pad_id, pad_multiple)
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1) -> Batch:
     """Flatten B examples x K_b responses into one [N, T] batch padded to the longest row.
 
     Only real responses become rows (ragged lists waste no compute); `row_index` maps each row
-    back to its [B, K] slot. `reference` is [B, K] precomputed reference log-probs, if any.
-    Extra rows: reference-policy samples follow the N response rows in the same tensors (one
-    policy forward for all), at `ref_sample_index` [B]; T-REG's contrast rows are a separate
-    batch `contrast` (reference-only): the "better" row of each response row in order, then the
-    "worse" rows, so that row r and row N + r belong to response row r.
-    LongPO: the whole-chosen NLL rows follow any reference samples in the same tensors, at
-    `nll_index` [B]; the short-context rows are a separate batch `short` (reference-only) whose
-    row r is response row r, with the same row_index and valid, so it sums into the same slots.
+    back to its [B, K] slot. The examples' extra rows (built by feature suppliers) go into extras
+    under the feature's name: policy rows after the N list rows in the same tensors, as their row
+    indices [B]; side rows as a separate Rows batch (side_batch). Numeric row fields the reader
+    kept (extra["features"]) become [B] or [B, M] tensors in extras. Precomputed reference
+    log-probs on the examples become reference_logps [B, K].
     """
     k_max = max(len(e.sequences) for e in examples)
     slots = [(b, k) for b, e in enumerate(examples) for k in range(len(e.sequences))]
     rows = [(e.sequences[k], e.response_starts[k]) for e in examples for k in range(len(e.sequences))]
-    with_ref_sample = all_or_none(examples, "ref_sample")
-    with_nll = all_or_none(examples, "nll_row")
-    extra = ([e.ref_sample for e in examples] if with_ref_sample else []) + \
-        ([e.nll_row for e in examples] if with_nll else [])
-    batch = pad_rows(rows + extra, pad_id, pad_multiple)
-    batch["row_index"] = torch.tensor([b * k_max + k for b, k in slots], dtype=torch.long)
-    if with_ref_sample:
-        batch["ref_sample_index"] = torch.arange(len(rows), len(rows) + len(examples))
-    if with_nll:
-        batch["nll_index"] = torch.arange(len(rows) + len(extra) - len(examples), len(rows) + len(extra))
-    if all_or_none(examples, "contrast"):
-        batch["contrast"] = pad_rows([row for name in ("better", "worse") for e in examples
-                                      for row in e.contrast[name]], pad_id, pad_multiple)
+    extras = {}
+    for name in examples[0].policy_rows:
+        if all_or_none(examples, "policy_rows", name):
+            extras[name] = torch.arange(len(rows), len(rows) + len(examples))
+            rows += [e.policy_rows[name] for e in examples]
+    for name in examples[0].side_rows:
+        if all_or_none(examples, "side_rows", name):
+            extras[name] = side_batch(examples, name, pad_id, pad_multiple)
+    for name in examples[0].extra.get("features", {}):
+        extras[name] = torch.tensor([e.extra["features"][name] for e in examples])
     valid = torch.zeros(len(examples), k_max, dtype=torch.bool)
     target = torch.zeros(len(examples), k_max)
     for b, e in enumerate(examples):
         valid[b, : len(e.sequences)] = True
         target[b, : len(e.target)] = torch.tensor(e.target)
-    batch.update(valid=valid, target=target)
-    if all_or_none(examples, "short_rows"):
-        batch["short"] = pad_rows([row for e in examples for row in e.short_rows], pad_id, pad_multiple)
-        batch["short"].update(row_index=batch["row_index"], valid=valid)
-    for name in examples[0].extra.get("features", {}):
-        batch[f"feature/{name}"] = torch.tensor([e.extra["features"][name] for e in examples])
-    if reference is not None:
-        batch["reference_logps"] = reference
-    return batch
+    reference = None
+    if examples[0].reference is not None:
+        reference = torch.zeros(len(examples), k_max)
+        for b, e in enumerate(examples):
+            if e.reference is None:
+                raise ValueError("a batch mixes examples with and without precomputed reference log-probs")
+            reference[b, : len(e.sequences)] = torch.tensor(e.reference["responses"])
+    row_index = torch.tensor([b * k_max + k for b, k in slots], dtype=torch.long)
+    return Batch(**vars(pad_rows(rows, pad_id, pad_multiple)), row_index=row_index, valid=valid, target=target,
+                 reference_logps=reference, extras=extras)
 
 
 def mismatched(examples: list[TokenizedExample]) -> list[TokenizedExample]:

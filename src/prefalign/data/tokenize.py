@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefalign.data.contrast import contrast_sequences
 from prefalign.data.records import DataError, Example, Text
+
+
+Row = tuple[list[int], int]  # token ids and the index of the first scored (response) token
 
 
 @dataclass
@@ -28,16 +30,15 @@ class TokenizedExample:
     source: str
     truncated: bool = False
     extra: dict = field(default_factory=dict)
-    # Extra rows, built only when the objective needs them. ref_sample: (ids, start) of a
-    # reference-policy response, scored by the policy next to the K responses (SELM, XPO).
-    # contrast: per response k, {"better": [(ids, start)] * K, "worse": [...]} (T-REG; data/contrast.py).
-    ref_sample: tuple[list[int], int] | None = None
-    contrast: dict[str, list[tuple[list[int], int]]] | None = None
-    # LongPO (data/tokenize.short_sequence): short_rows holds, per response k, (ids, start) of the
-    # row's short_prompt followed by a copy of response k's ids, for the reference; nll_row is
-    # (sequences[0], 0), the whole chosen sequence scored from its second token, for the policy.
-    short_rows: list[tuple[list[int], int]] | None = None
-    nll_row: tuple[list[int], int] | None = None
+    # Extra rows a feature supplier (prefalign.features) built because the objective needs them,
+    # by feature name. policy_rows: one row per example that the policy scores in the same forward,
+    # after the list rows (collate records where). side_rows: rows of a separate batch that only
+    # the reference scores, a list, or a dict of lists batched group by group (collate.side_batch).
+    policy_rows: dict[str, Row] = field(default_factory=dict)
+    side_rows: dict[str, list[Row] | dict[str, list[Row]]] = field(default_factory=dict)
+    # Precomputed reference log-probs (reference=precomputed): "responses" holds the K summed
+    # log-probs; a supplier whose extra rows the reference scores adds its own entry by name.
+    reference: dict[str, list[float] | float] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -151,67 +152,61 @@ def with_row(source: str, err: DataError) -> DataError:
     return DataError(file, int(row) if row.isdigit() else 0, err.field, err.reason)
 
 
+@dataclass
+class RowBuilder:
+    """Tokenizes the rows of one example under the run's limits and remembers whether any was cut.
+    Feature suppliers build their extra rows with it, so they follow the list rows' rules."""
+
+    tokenizer: object
+    max_length: int
+    max_prompt_length: int
+    options: dict  # supplier options passed to tokenize_examples (e.g. contrast templates)
+    full_starts: list[int] = field(default_factory=list)  # list rows' response starts before truncation
+    cut_prompt: bool = False
+    cut_response: bool = False
+
+    def response_row(self, prompt: Text, response: Text, source: str) -> tuple[list[int], int, int]:
+        """(ids, start) of prompt + response after truncation, and the start before it."""
+        ids, full_start = tokenize_response(self.tokenizer, prompt, response, source)
+        ids, start, cut_p, cut_r = truncate(ids, full_start, self.max_length, self.max_prompt_length,
+                                            self.tokenizer.bos_token_id)
+        self.cut_prompt |= cut_p
+        self.cut_response |= cut_r
+        return ids, start, full_start
+
+
 def tokenize_examples(
     examples: list[Example], tokenizer, max_length: int, max_prompt_length: int, stats: TokenizeStats | None = None,
-    ref_sample: bool = False, contrast: tuple[str, str] | None = None, short_prompt: bool = False,
-    long_chosen_nll: bool = False,
+    suppliers: tuple = (), **options,
 ) -> list[TokenizedExample]:
-    """ref_sample: also tokenize each example's `ref_sample` response (same rules as the others).
-    contrast: (better, worse) templates: also build T-REG's contrast sequences (data/contrast.py).
-    short_prompt: also build each response's row after the example's `short_prompt` (LongPO's
-    reference rows, see short_sequence). long_chosen_nll: also add the whole chosen sequence as a
-    row scored from its second token (LongPO's NLL on the long chosen sequence)."""
-    if short_prompt and ref_sample:
-        raise ValueError("short_prompt rows and ref_sample rows cannot be combined: the reference scores the "
-                         "short-context rows only")
+    """Every example's K responses as (prompt + response) rows with an exact boundary.
+
+    suppliers: feature suppliers (prefalign.features) whose `tokenize(example, tokenized, builder)`
+    adds the extra rows their feature needs; `options` reach them through builder.options.
+    prefalign.features.tokenize picks the suppliers from an objective's features.
+    """
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length}) "
                          "so that every response keeps at least one token")
     stats = stats if stats is not None else TokenizeStats()
-    bos = tokenizer.bos_token_id
     out = []
     for ex in examples:
-        seqs, starts, any_prompt_cut, any_response_cut = [], [], False, False
-        contrast_rows = {"better": [], "worse": []}
-        if ref_sample and "ref_sample" not in ex.extra:
-            raise with_row(ex.source, DataError("", 0, "ref_sample", "is missing (the objective needs a response "
-                                                                       "sampled from the reference policy)"))
-        if short_prompt and "short_prompt" not in ex.extra:
-            raise with_row(ex.source, DataError("", 0, "short_prompt", "is missing (the objective scores the reference "
-                                                                         "after the short context)"))
-        extra_responses = [ex.extra["ref_sample"]] if ref_sample else []
-        for k, response in enumerate(ex.responses + extra_responses):
+        builder = RowBuilder(tokenizer, max_length, max_prompt_length, options)
+        seqs, starts = [], []
+        for response in ex.responses:
             try:
-                ids, full_start = tokenize_response(tokenizer, ex.prompt, response, ex.source)
-                ids, start, cut_p, cut_r = truncate(ids, full_start, max_length, max_prompt_length, bos)
-                if contrast is not None and k < len(ex.responses):
-                    for name, row in contrast_sequences(tokenizer, ex.prompt, response, contrast, ids, start,
-                                                        full_start, ex.source).items():
-                        contrast_rows[name].append(row)
+                ids, start, full_start = builder.response_row(ex.prompt, response, ex.source)
             except DataError as err:
-                if k == len(ex.responses) and err.field == "response":
-                    err.field = "ref_sample"  # name the row field the bad response came from
                 raise with_row(ex.source, err) from None
             seqs.append(ids)
             starts.append(start)
-            any_prompt_cut |= cut_p
-            any_response_cut |= cut_r
+            builder.full_starts.append(full_start)
+        tokenized = TokenizedExample(seqs, starts, list(ex.target), ex.kind, ex.source, extra=dict(ex.extra))
+        for supplier in suppliers:
+            supplier.tokenize(ex, tokenized, builder)
+        tokenized.truncated = builder.cut_prompt or builder.cut_response
         stats.examples += 1
-        stats.truncated_prompt += any_prompt_cut
-        stats.truncated_response += any_response_cut
-        k = len(ex.responses)
-        short_rows = None
-        if short_prompt:
-            try:
-                short_rows = [short_sequence(tokenizer, ex.extra["short_prompt"], response, seqs[j], starts[j],
-                                             max_length, max_prompt_length, ex.source)
-                              for j, response in enumerate(ex.responses)]
-            except DataError as err:
-                err.field = "short_prompt"  # the prompt, not the response, is what differs from the main rows
-                raise with_row(ex.source, err) from None
-        out.append(TokenizedExample(seqs[:k], starts[:k], list(ex.target), ex.kind, ex.source,
-                                    any_prompt_cut or any_response_cut, dict(ex.extra),
-                                    (seqs[k], starts[k]) if ref_sample else None,
-                                    contrast_rows if contrast is not None else None,
-                                    short_rows, (seqs[0], 0) if long_chosen_nll else None))
+        stats.truncated_prompt += builder.cut_prompt
+        stats.truncated_response += builder.cut_response
+        out.append(tokenized)
     return out

@@ -49,10 +49,10 @@ def pair_logps(model, tokenizer, examples: list, max_length: int = 512, max_prom
     sums, counts = [], []
     for s in progress_iter(range(0, len(tokenized), batch_size), description, enabled=progress):
         rows = [(e.sequences[k], e.response_starts[k]) for e in tokenized[s:s + batch_size] for k in (0, 1)]
-        b = {k: v.to(device) for k, v in pad_rows(rows, tokenizer.pad_token_id).items()}
-        tok = token_logps(model, b["input_ids"], b["attention_mask"], b["response_mask"], impl, b["target_index"])
+        b = pad_rows(rows, tokenizer.pad_token_id).to(device)
+        tok = token_logps(model, b.input_ids, b.attention_mask, b.response_mask, impl, b.target_index)
         sums.append(tok.sum(1).double().cpu())
-        counts.append((b["response_mask"][:, 1:] & b["attention_mask"][:, 1:].bool()).sum(1).cpu())
+        counts.append(b.scored_mask().sum(1).cpu())
     model.train(was_training)
     sums, counts = torch.cat(sums).view(-1, 2), torch.cat(counts).view(-1, 2)
     return PairLogps(sums[:, 0], sums[:, 1], counts[:, 0], counts[:, 1])

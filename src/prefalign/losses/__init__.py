@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.losses.registry import (OBJECTIVES, Objective, declare_feature, get_objective, no_beta_message,
-                                      objective)
+from prefalign.losses.registry import OBJECTIVES, Objective, get_objective, no_beta_message, objective
 from prefalign.types import LossOut, SeqLogps
 
 # Family modules: importing them registers their objectives.
@@ -25,7 +24,7 @@ from prefalign.losses import (  # noqa: F401  (registration side effect)
     unpaired,
 )
 
-__all__ = ["OBJECTIVES", "Objective", "LossOut", "SeqLogps", "available", "declare_feature", "get_objective",
+__all__ = ["OBJECTIVES", "Objective", "LossOut", "SeqLogps", "available", "get_objective",
            "objective", "pairwise_loss"]
 
 

@@ -10,22 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prefalign.losses.registry import declare_feature, objective
+from prefalign.losses.registry import objective
 from prefalign.types import LossOut, SeqLogps
-
-declare_feature(
-    "ref_sample",
-    "a response y_ref sampled from the reference policy for each prompt: features "
-    "'ref_sample_logps' [B] (policy summed log-probs of y_ref, with grad) and, where asked for, "
-    "'ref_sample_reference_logps' [B] (reference summed log-probs of y_ref)",
-)
-
-declare_feature(
-    "prompt_and_response_nll",
-    "'prompt_and_response_nll' [B]: mean per-token NLL of the whole chosen sequence, prompt and response "
-    "(every token but the first), under the policy, with grad (ORPO's authors' SFT term; the same "
-    "quantity the trainer computes for LongPO's 'long_chosen_nll')",
-)
 
 # Largest exponent fdpo passes to exp(): exp(50) ~ 5e21 is finite in float32 (as are its products
 # with beta and the gradient), and a log-ratio of 50 nats is far outside any useful training regime.

@@ -3,7 +3,8 @@
 An objective is a pure function `fn(batch: SeqLogps, *, hyper=default, ...) -> LossOut`. Its
 hyper-parameters are its keyword-only arguments; their defaults are read from the signature, so
 there is no second list to keep in sync. CLI help, `prefalign objectives`, the README table and
-the test parametrisation all come from `OBJECTIVES`.
+the test parametrisation all come from `OBJECTIVES`. The features an objective declares are names
+of feature suppliers (prefalign.features), which supply them in `SeqLogps.features`.
 """
 
 from __future__ import annotations
@@ -14,31 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from prefalign.types import LossOut, SeqLogps
-
-# What an objective may ask the data/trainer for, beyond summed policy log-probs. A family module
-# that needs another one declares it with `declare_feature` next to the objective that uses it.
-KNOWN_FEATURES: dict[str, str] = {
-    "lengths": "response token counts (always supplied by the trainer)",
-    "token_logps": "per-token policy (and reference) log-probs with their mask",
-    "gold": "a gold/reference response as an extra list entry (TPO: K = 3, column 0 gold)",
-    "scores": "a list of K responses with scalar scores or ranks in `target`",
-    "soft_label": "an empirical preference probability per pair (feature 'soft_label' [B])",
-    "reward_margins": "margins of other rewards per pair (feature 'reward_margins' [B, M])",
-    "samples": "self-generated samples as extra list entries",
-    "unpaired": "one response per example with a 0/1 desirability label in `target`",
-    "aligned_logps": "log-probs of the response under one or more aligned models",
-    "contrast_logps": "per-token log-probs under contrastive (good/bad) prompts",
-    "mask_logits": "per-token mask logits from a learned head",
-}
-
-
-
-def declare_feature(name: str, description: str) -> None:
-    """Add a feature name (what the trainer must supply in `SeqLogps.features`)."""
-    if KNOWN_FEATURES.get(name, description) != description:
-        raise ValueError(f"feature {name!r} is already declared as {KNOWN_FEATURES[name]!r}")
-    KNOWN_FEATURES[name] = description
-
 
 KINDS = ("pairwise", "listwise", "unpaired", "token_level", "multi_objective", "sft")
 
@@ -105,10 +81,8 @@ def objective(
     """Decorator registering `fn` under `name`."""
     if kind not in KINDS:
         raise ValueError(f"objective {name!r}: kind {kind!r} is not one of {KINDS}")
-    switched = tuple(f for *_, feats in features_when for f in feats)
-    bad = [f for f in tuple(features) + switched if f not in KNOWN_FEATURES]
-    if bad:
-        raise ValueError(f"objective {name!r}: unknown features {bad}; known: {sorted(KNOWN_FEATURES)}")
+    # feature names are checked against prefalign.features' suppliers when a run prepares its data
+    # (run.prepare_examples): that package sits above the pure losses, which must not import it
 
     def register(fn: Callable[..., LossOut]) -> Callable[..., LossOut]:
         if name in OBJECTIVES:

@@ -13,34 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefalign.losses.registry import declare_feature, objective
+from prefalign.losses.registry import objective
 from prefalign.types import LossOut, SeqLogps
-
-declare_feature(
-    "token_kl",
-    "'token_kl' [B, K, T]: per response position t, KL(pi_ref(.|x, y_<t) || pi(.|x, y_<t)) over the "
-    "full vocabulary, sum_v p_ref(v) (log p_ref(v) - log p(v)), >= 0, with grad through the policy",
-)
-declare_feature(
-    "activation_mask",
-    "'activation_mask' [B, K, T] in [0, 1]: per-token weights from the reference model's "
-    "activations (SparsePO's activation masks; recipe in token_level.sparsepo_act), no grad",
-)
-declare_feature(
-    "contrast_token_rewards",
-    "'contrast_token_rewards' [B, K, T] in [-0.5, 0.5]: sigmoid(log p(y_t | x_better, y_<t) - "
-    "log p(y_t | x_worse, y_<t)) - 0.5 under the reference model with contrastive prompts (T-REG)",
-)
-declare_feature(
-    "long_chosen_nll",
-    "'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (long context, "
-    "instruction and response) under the policy, with grad (LongPO)",
-)
-declare_feature(
-    "short_prompt",
-    "a row field 'short_prompt' (short context + the same instruction): batch.reference holds the "
-    "reference's log-probs of the responses after it instead of after 'prompt' (LongPO)",
-)
 
 
 def require_pairs(batch: SeqLogps, name: str) -> None:
@@ -99,7 +73,7 @@ its public reviews; m(y_t) in both sums):
     reference model's hidden states of every layer: per layer LayerNorm -> Linear(H, 1) -> ReLU
     (dropout), then a bias-free Linear(L, 1) across layers; the objective applies the final ReLU
     so that gradients reach the head through 'mask_logits'. The trainer's head is models.MaskHead
-    (config `mask_head: common | independent`). Also 'token_kl' (see declare_feature) and the
+    (config `mask_head: common | independent`). Also 'token_kl' (see prefalign.features.sparsepo) and the
     token_logps tensors. Sums over response tokens (no length normalisation).
     rewards: beta (U + D) per response, [B, 2]; their difference is the loss logit.
     extras: "mask_sparsity" (share of response tokens with m_u = 0), "l1" (mean penalty).

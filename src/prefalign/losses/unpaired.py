@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.losses.registry import declare_feature, objective
+from prefalign.losses.registry import objective
 from prefalign.types import LossOut, SeqLogps
-
-declare_feature(
-    "kl_logratio",
-    "KTO reference point: features['kl_logratio'] [B] (or a 0-dim mean) policy - reference summed "
-    "log-probs of mismatched pairs (prompt x_i, completion y_(i+1 mod B)) of the same batch",
-)
 
 
 def require_unpaired(batch: SeqLogps, name: str) -> None:

@@ -18,13 +18,14 @@ from typing import Callable
 
 import torch
 
-from prefalign.data.collate import collate, epoch_batches, mismatched
+from prefalign.data.collate import epoch_batches, to_device
+from prefalign.features import collate
 from prefalign.logging import Progress
 from prefalign.losses import Objective
 from prefalign.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from prefalign.train.metrics import MetricAccumulator
 from prefalign.train.reduce import reduce_loss
-from prefalign.train.step import batch_to_device, forward_batch, run_objective
+from prefalign.train.step import forward_batch, run_objective
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,8 +43,6 @@ class Components:
     reference: object | None  # callable(batch) -> token logps, with .features(batch, ...); or None
     train_set: list
     eval_set: list
-    train_ref: torch.Tensor | None  # [N, K] precomputed reference log-probs (+ a ref-sample column)
-    eval_ref: torch.Tensor | None
     pad_id: int
     tokenizer: object
     sinks: list
@@ -72,30 +71,15 @@ class LoopSettings:
     progress: bool
 
 
-def make_batch(examples: list, indices: list[int], pad_id: int, ref: torch.Tensor | None,
-               with_mismatched: bool = False, pad_multiple: int = 1) -> dict:
-    chosen = [examples[i] for i in indices]
-    ref_rows = None
-    if ref is not None:
-        k = max(len(e.sequences) for e in chosen)
-        ref_rows = ref[indices][:, :k]
-    batch = collate(chosen, pad_id, ref_rows, pad_multiple)
-    if ref is not None and "ref_sample_index" in batch:
-        # the cache's last column holds the reference samples' sums (run.compute_reference_logps)
-        batch["reference_ref_sample_logps"] = ref[indices][:, -1]
-    if with_mismatched:
-        batch["mismatched"] = collate(mismatched(chosen), pad_id, None, pad_multiple)
-    return batch
+def make_batch(examples: list, indices: list[int], pad_id: int, features=(), pad_multiple: int = 1):
+    """The examples at `indices` collated with what the suppliers of `features` add."""
+    return collate([examples[i] for i in indices], pad_id, features, pad_multiple)
 
 
-def needs_mismatched(objective: Objective) -> bool:
-    return "kl_logratio" in objective.features
-
-
-def micro_batch(c: Components, examples: list, indices: list[int], ref: torch.Tensor | None) -> dict:
+def micro_batch(c: Components, examples: list, indices: list[int]):
     if c.build_batch is not None:
         return c.build_batch(examples, indices)
-    return make_batch(examples, indices, c.pad_id, ref, needs_mismatched(c.objective), c.pad_multiple)
+    return make_batch(examples, indices, c.pad_id, c.objective.features, c.pad_multiple)
 
 
 def micro_loss(c: Components, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -115,7 +99,7 @@ def evaluate(c: Components, batch_size: int) -> dict[str, float]:
     mine = list(range(rank, len(c.eval_set), world))
     for s in range(0, len(mine), batch_size):
         idx = mine[s:s + batch_size]
-        batch = batch_to_device(micro_batch(c, c.eval_set, idx, c.eval_ref), c.accelerator.device)
+        batch = to_device(micro_batch(c, c.eval_set, idx), c.accelerator.device)
         with c.accelerator.autocast():
             _, metrics = micro_loss(c, batch)
         acc.add(metrics)
@@ -160,10 +144,11 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
             step_loss = torch.zeros((), device=acc.device)
             for i, global_idx in enumerate(step_batches):
                 idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = micro_batch(c, c.train_set, idx, c.train_ref)
-                tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
-                padded += batch["attention_mask"].numel()
-                batch = batch_to_device(batch, acc.device)
+                batch = micro_batch(c, c.train_set, idx)
+                mask = batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
+                tokens += int(mask.sum())  # counted on the host, before the copy
+                padded += mask.numel()
+                batch = to_device(batch, acc.device)
                 sync = i == s.accumulation - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(c.policy)), acc.autocast():
                     per_example, metrics = micro_loss(c, batch)
