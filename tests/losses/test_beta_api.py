@@ -94,12 +94,11 @@ def test_orpo_prompt_and_response_nll_is_refused_before_training():
         objective_params(orpo, None, {"nll_tokens": "prompt_and_response"})
 
 
-def test_features_when_must_name_a_parameter_and_a_known_feature():
+def test_features_when_must_name_a_parameter():
+    # feature names themselves are checked against prefalign.features' suppliers when a run prepares
+    # its data (tests/test_features.py): the pure losses cannot import that package
     from prefalign.losses.registry import objective
 
-    with pytest.raises(ValueError, match="unknown features"):
-        objective("x_test", kind="pairwise", paper="", reference=False,
-                  features_when=(("flag", True, ("no_such_feature",)),))
     with pytest.raises(ValueError, match="not its parameters"):
         objective("x_test", kind="pairwise", paper="", reference=False,
                   features_when=(("flag", True, ("lengths",)),))(lambda batch, *, other=0: None)

@@ -49,7 +49,8 @@ CASES = {
     "sparsepo": ["objective=sparsepo"],
     "sparsepo_act": ["objective=sparsepo_act"],
     "treg": ["objective=treg"],
-    "selm_precomputed": ["objective=selm", "precompute_ref=true"],
+    # beta pinned: the trajectory was recorded when selm defaulted to 0.1 (now 0.01, the authors' recipe)
+    "selm_precomputed": ["objective=selm", "beta=0.1", "precompute_ref=true"],
     "longpo_precomputed": ["objective=longpo", "precompute_ref=true", "max_length=160", "max_prompt_length=128"],
 }
 
