@@ -61,23 +61,6 @@ def test_resume_true_continues_in_the_same_folder(tiny_model_dir, tmp_path):
     assert summary["steps"] == 3
 
 
-def test_train_rm_refuses_an_earlier_run(tmp_path_factory, tmp_path, capsys):
-    from rm_support import tiny_bert_folder
-
-    bert = tiny_bert_folder(tmp_path_factory)
-    out = tmp_path / "rm"
-    args = ["train-rm", f"backbone={bert}", f"data.train={HH}", f"output_dir={out}", "max_steps=2",
-            "batch_size=4", "max_length=64", "progress=false"]
-    assert main(args) == 0
-    before = snapshot(out)
-    assert main(args) == 1
-    err = capsys.readouterr().err
-    assert str(out) in err and "resume=true" in err and "overwrite=true" in err and "prefalign train-rm" in err
-    assert snapshot(out) == before
-    assert main(args + ["overwrite=true", "max_steps=1"]) == 0
-    assert '"steps": 1' in (out / "summary.json").read_text()
-
-
 def test_curriculum_folder_is_refused_too(tiny_model_dir, tmp_path):
     out = tmp_path / "curry"
     out.mkdir()
