@@ -51,7 +51,9 @@ def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_its_outputs(ti
     after = snapshot(out)
     assert summary["steps"] == 1 and after["notes.txt"] == b"mine"
     assert not any(name.startswith("checkpoint-") for name in after)  # the earlier run's checkpoint is gone
-    assert [r for r in after["metrics.jsonl"].decode().splitlines() if '"loss"' in r].__len__() == 1
+    assert len([r for r in after["metrics.jsonl"].decode().splitlines() if '"loss"' in r]) == 1
+    # the saved config resumes the run: overwrite was this command's action, not a setting kept for later
+    assert "overwrite: false" in (out / "config.yaml").read_text()
 
 
 def test_resume_true_continues_in_the_same_folder(tiny_model_dir, tmp_path):
@@ -59,6 +61,13 @@ def test_resume_true_continues_in_the_same_folder(tiny_model_dir, tmp_path):
     train(load_config(None, overrides(tiny_model_dir, out, "save_steps=2")))
     summary = train(load_config(None, overrides(tiny_model_dir, out, "save_steps=2", "max_steps=3", "resume=true")))
     assert summary["steps"] == 3
+    # a run without checkpoints cannot be continued: resume=true would silently start it again
+    done = tmp_path / "done"
+    train(load_config(None, overrides(tiny_model_dir, done)))
+    before = snapshot(done)
+    with pytest.raises(RunFolderExists, match="without a complete checkpoint.*overwrite=true"):
+        train(load_config(None, overrides(tiny_model_dir, done, "resume=true")))
+    assert snapshot(done) == before
 
 
 def test_curriculum_folder_is_refused_too(tiny_model_dir, tmp_path):
@@ -92,3 +101,10 @@ def test_quickstart_removes_only_an_earlier_quickstart(tmp_path):
     with pytest.raises(RunFolderExists, match="--output-dir"):
         claim_quickstart_dir(other)
     assert (fresh / "thesis.tex").exists() and (other / "run").is_dir()
+
+
+def test_data_build_refuses_to_write_over_its_input(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(HH.read_bytes())
+    assert main(["data", "build", str(data), "--builder", "to_pairs", "--out", str(tmp_path / "." / "pairs.jsonl")]) == 1
+    assert "is the input file" in capsys.readouterr().err and data.read_bytes() == HH.read_bytes()

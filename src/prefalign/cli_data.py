@@ -81,6 +81,9 @@ def cmd_build(args) -> int:
     from prefalign.data.readers import load_examples
     from prefalign.data.writers import write_examples
 
+    if Path(args.out).resolve() == Path(args.input).resolve():
+        # the output replaces its file atomically: written over the input, the source data would be gone
+        raise ValueError(f"--out {args.out} is the input file; write the built data to another file")
     specs = builder_specs(args)
     check_builders(specs)  # names and parameters, before any model is loaded
     examples, load_report = load_examples(args.input, args.format, args.on_bad_row)

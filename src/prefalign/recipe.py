@@ -7,6 +7,7 @@ The recipes add their own model, reference and data, then call `run_loop`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,7 +43,9 @@ def open_run_folder(acc, cfg: LoopConfig, out_dir: Path, earlier: list[Path]) ->
             remove(earlier)
             acc.print(f"overwrite=true: removed the earlier run's {', '.join(p.name for p in earlier)} in {out_dir}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        # overwrite is what this command did, not a setting of the run: `train run/config.yaml --resume`
+        # must continue the run, not meet "resume and overwrite: choose one"
+        save_config(replace(cfg, overwrite=False), out_dir / "config.yaml")
     acc.wait_for_everyone()
 
 

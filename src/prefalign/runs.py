@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from prefalign.train.checkpoint import checkpoints
+
 # what `prefalign train` and `train-rm` write into output_dir (".*.tmp": an interrupted atomic save)
 RUN_OUTPUTS = ("config.yaml", "summary.json", "metrics.jsonl", "overopt.json", "final", "best", "last-healthy",
                "tensorboard", "checkpoint-*", ".*.tmp")
@@ -37,9 +39,15 @@ def claim_run_dir(out_dir: Path, resume: bool, overwrite: bool, outputs=RUN_OUTP
 
     Reads only: every process calls it before any of them writes; the caller deletes."""
     found = matching(out_dir, markers)
+    earlier = matching(out_dir, outputs)
+    if resume and found and "checkpoint-*" in markers and not checkpoints(out_dir):
+        # resuming needs a checkpoint: without one the run would start again and replace the earlier results
+        raise RunFolderExists(
+            f"resume=true, but {out_dir} holds a run ({', '.join(p.name for p in found)}) without a complete "
+            f"checkpoint to continue from (save_steps was 0?). To start again, set overwrite=true instead, which "
+            f"deletes {', '.join(p.name for p in earlier)} in that folder. Nothing was changed.")
     if not found or resume:
         return []
-    earlier = matching(out_dir, outputs)
     if not overwrite:
         raise RunFolderExists(
             f"{out_dir} already holds a run ({', '.join(p.name for p in found)}): `prefalign {command}` would replace "
