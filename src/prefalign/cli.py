@@ -50,6 +50,11 @@ def print_summary(summary: dict) -> None:
     skipped = summary["data"]["train"]["skipped"]
     if skipped:
         console.print(f"[yellow]{skipped} bad training rows skipped[/]: {summary['data']['train']['skipped_by_reason']}")
+    if summary.get("stopped_early"):
+        console.print(f"stopped early at step {summary['steps']}: {summary['stopped_early']}")
+    best = summary.get("best")
+    if best and best["step"] is not None:
+        console.print(f"best model ({best['metric']} {best['value']:.4f} at step {best['step']}): {best['model']}")
     if "final_model" in summary:
         console.print(f"final model: {summary['final_model']}")
 

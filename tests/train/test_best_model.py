@@ -105,3 +105,17 @@ def test_best_and_the_overopt_monitor_keep_separate_folders(tiny_model_dir, tmp_
     assert same_weights(out / "last-healthy", out / f"checkpoint-{healthy}")
     assert same_weights(out / "best", out / f"checkpoint-{summary['best_step']}" if summary["best_step"] else
                         Path(tiny_model_dir))
+
+
+def test_cli_names_the_best_model(tiny_model_dir, tmp_path, capsys):
+    from prefalign.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", f"model={tiny_model_dir}", f"data.train={HH}", f"output_dir={out}", "max_steps=2",
+            "batch_size=4", "max_length=96", "max_prompt_length=64", "progress=false", "eval_steps=1",
+            "early_stopping_patience=1", "learning_rate=1e-2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["metric"] == "eval/loss"  # early_stopping_patience alone tracks the loss
+    assert f"best model (eval/loss {summary['best_metric']['value']:.4f} at step {summary['best_step']})" in printed
