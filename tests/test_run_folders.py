@@ -108,3 +108,13 @@ def test_data_build_refuses_to_write_over_its_input(tmp_path, capsys):
     data.write_bytes(HH.read_bytes())
     assert main(["data", "build", str(data), "--builder", "to_pairs", "--out", str(tmp_path / "." / "pairs.jsonl")]) == 1
     assert "is the input file" in capsys.readouterr().err and data.read_bytes() == HH.read_bytes()
+
+
+def test_diagnose_refuses_an_output_dir_that_is_not_a_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: m\n")
+    before = snapshot(run)
+    args = ["diagnose", "--model", "m", "--reference", "r", "--data", str(HH), "--output-dir", str(run)]
+    assert main(args) == 1
+    assert "not a diagnostics report (config.yaml)" in capsys.readouterr().err and snapshot(run) == before

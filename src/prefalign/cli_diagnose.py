@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefalign.runs import load_policy
+from prefalign.runs import check_report_dir, load_policy
 
 
 EPILOG = """examples:
@@ -143,6 +143,7 @@ def cmd_diagnose(args) -> int:
                   "run": None}
     else:
         raise ValueError("give a run folder, or all of --model, --reference and --data")
+    check_report_dir(Path(inputs["output_dir"]))  # before any model loads: the report replaces that folder
     beta = inputs["beta"] if inputs["beta"] is not None else 0.1
     examples, notes = load_pairs(inputs, args.pairs)
     p, p_source = true_preference(examples, args.true_p)

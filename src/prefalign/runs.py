@@ -56,6 +56,22 @@ def claim_run_dir(out_dir: Path, resume: bool, overwrite: bool, outputs=RUN_OUTP
     return earlier
 
 
+# what `prefalign diagnose` writes; it swaps in a whole new report folder
+REPORT_FILES = ("report.md", "report.html", "report.json", "*.png")
+
+
+def check_report_dir(out_dir: Path) -> None:
+    """A report replaces its whole folder: refuse one that holds anything but an earlier report."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    ours = set(matching(out_dir, REPORT_FILES))
+    other = sorted(p.name for p in out_dir.iterdir() if p not in ours)
+    if other:
+        raise RunFolderExists(f"{out_dir} holds files that are not a diagnostics report ({', '.join(other[:8])}); "
+                              "the report replaces its whole folder: choose another --output-dir. Nothing was changed.")
+
+
 def remove(paths: list[Path]) -> None:
     for p in paths:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
