@@ -88,3 +88,14 @@ def test_threshold_nan_unknown_metric_state_and_load_at_end(tmp_path):
 def test_best_model_keys_need_evaluations(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model=m", "data.train=t.jsonl", *overrides])
+
+
+def test_quickstart_says_where_the_held_out_curve_turned():
+    from prefalign.quickstart import curve_turn
+
+    best = {"metric": "eval/loss", "step": 100, "value": 0.65, "model": "runs/quickstart/run/best"}
+    summary = {"steps": 300, "best": best, "eval_end": {"eval/loss": 0.92}}
+    assert curve_turn(summary) == ("the held-out loss was best at step 100 of 300 (0.6500; 0.9200 at the end): "
+                                   "that model is kept in runs/quickstart/run/best")
+    assert curve_turn({**summary, "best": {**best, "step": 300}}) is None  # still improving at the end
+    assert curve_turn({"steps": 300, "eval_end": {}}) is None  # no metric tracked

@@ -92,6 +92,8 @@ class KeepBest(Callback):
         return {"value": self.value, "step": self.step, "metrics": self.metrics, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict) -> None:
+        # a run killed after its last checkpoint may have written a later best/; the resumed run
+        # replays those steps identically, so it finds (and writes) that same best model again
         if state:
             self.value, self.step = state["value"], state["step"]
             self.metrics, self.bad_evals = state["metrics"], state["bad_evals"]
