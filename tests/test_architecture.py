@@ -43,7 +43,7 @@ def test_losses_import_with_transformers_blocked():
 LAYERS = {"types": 0, "losses": 0, "logps": 1, "data": 1, "logging": 1, "generation": 1, "activations": 2, "models": 2,
           "features": 2,
           "rewards": 2, "judges": 2, "encoders": 2, "train": 3, "diagnostics": 3, "online": 4, "run": 5, "config": 5,
-          "run_rewards": 5, "eval_rewards": 5, "quickstart": 6, "cli": 6, "cli_data": 6, "cli_diagnose": 6,
+          "run_rewards": 5, "eval_rewards": 5, "recipe": 5, "runs": 5, "quickstart": 6, "cli": 6, "cli_data": 6, "cli_diagnose": 6,
           "cli_rewards": 6, "cli_judge": 6}
 
 

@@ -22,13 +22,10 @@ def options_table() -> str:
 
 
 def cmd_train(args) -> int:
-    from prefalign.config import load_config
+    from prefalign.config import load_config, split_config_arg
     from prefalign.run import train, train_curriculum
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        # `prefalign train key=value ...` with no YAML file: the first word is an override
-        config, overrides = None, [config] + overrides
+    config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["resume=true"] if args.resume else []))
     summary = (train_curriculum if cfg.data.curriculum_stages else train)(cfg)
     print_summary(summary)
@@ -53,6 +50,11 @@ def print_summary(summary: dict) -> None:
     skipped = summary["data"]["train"]["skipped"]
     if skipped:
         console.print(f"[yellow]{skipped} bad training rows skipped[/]: {summary['data']['train']['skipped_by_reason']}")
+    if summary.get("stopped_early"):
+        console.print(f"stopped early at step {summary['steps']}: {summary['stopped_early']}")
+    best = summary.get("best")
+    if best and best["step"] is not None:
+        console.print(f"best model ({best['metric']} {best['value']:.4f} at step {best['step']}): {best['model']}")
     if "final_model" in summary:
         console.print(f"final model: {summary['final_model']}")
 

@@ -13,15 +13,9 @@ from pathlib import Path
 
 def key_values(items: list[str], flag: str) -> dict:
     """['k=v', ...] -> {k: YAML-parsed v} (numbers, booleans, lists, mappings as in a config)."""
-    import yaml
+    from prefalign.config import parse_key_values
 
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
+    return parse_key_values(items, flag)
 
 
 def builder_specs(args) -> list[dict]:
@@ -87,6 +81,9 @@ def cmd_build(args) -> int:
     from prefalign.data.readers import load_examples
     from prefalign.data.writers import write_examples
 
+    if Path(args.out).resolve() == Path(args.input).resolve():
+        # the output replaces its file atomically: written over the input, the source data would be gone
+        raise ValueError(f"--out {args.out} is the input file; write the built data to another file")
     specs = builder_specs(args)
     check_builders(specs)  # names and parameters, before any model is loaded
     examples, load_report = load_examples(args.input, args.format, args.on_bad_row)
@@ -179,20 +176,6 @@ def reward_conditioning(run_dir: Path) -> tuple[str, float] | None:
     return found
 
 
-def load_run_policy(run_dir: Path):
-    import yaml
-
-    from prefalign.models import load_model, load_tokenizer
-
-    final = run_dir / "final"
-    if (final / "adapter_config.json").exists():  # LoRA: merge the adapter into its base model
-        from peft import PeftModel
-
-        base = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["model"]
-        return PeftModel.from_pretrained(load_model(base), str(final)).merge_and_unload(), load_tokenizer(base)
-    return load_model(str(final)), load_tokenizer(str(final))
-
-
 def cmd_generate(args) -> int:
     from prefalign.data.builders import condition_prompt
     from prefalign.generation import GenerateSettings, generate
@@ -209,6 +192,8 @@ def cmd_generate(args) -> int:
     if conditioning and args.score is not None:
         conditioning = (conditioning[0], args.score)
     shown = [condition_prompt(p, conditioning[1], conditioning[0]) if conditioning else p for p in prompts]
+    from prefalign.runs import load_run_policy
+
     model, tokenizer = load_run_policy(run)
     settings = GenerateSettings(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                                 temperature=args.temperature or 1.0, seed=args.seed)

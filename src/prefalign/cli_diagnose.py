@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from prefalign.runs import check_report_dir, load_policy
+
 
 EPILOG = """examples:
   prefalign diagnose runs/dpo
@@ -62,32 +63,16 @@ def add_commands(sub) -> None:
 
 
 def parse_judge_args(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--judge-arg {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        if key.strip().endswith("_fn") and isinstance(value, str):
+    from prefalign.config import parse_key_values
+
+    out = parse_key_values(items, "--judge-arg")
+    for key, value in out.items():
+        if key.endswith("_fn") and isinstance(value, str):
             # a function argument (CallableJudge's score_fn / compare_fn) given as module:function
             from prefalign.diagnostics.factors import resolve_factor
 
-            value = resolve_factor(value if ":" in value else f"{value}:")[1]
-        out[key.strip()] = value
+            out[key] = resolve_factor(value if ":" in value else f"{value}:")[1]
     return out
-
-
-def load_policy(folder: Path, base: str | None, dtype: str):
-    """A full model folder, or a LoRA adapter folder (adapter_config.json) merged into its base."""
-    from prefalign.models import load_model
-
-    if not (folder / "adapter_config.json").is_file():
-        return load_model(str(folder), dtype)
-    from peft import PeftModel
-
-    if not base:
-        raise ValueError(f"{folder} holds a LoRA adapter; its base model is unknown (give --reference or a run)")
-    return PeftModel.from_pretrained(load_model(base, dtype), str(folder)).merge_and_unload()
 
 
 def run_inputs(args) -> dict:
@@ -158,6 +143,7 @@ def cmd_diagnose(args) -> int:
                   "run": None}
     else:
         raise ValueError("give a run folder, or all of --model, --reference and --data")
+    check_report_dir(Path(inputs["output_dir"]))  # before any model loads: the report replaces that folder
     beta = inputs["beta"] if inputs["beta"] is not None else 0.1
     examples, notes = load_pairs(inputs, args.pairs)
     p, p_source = true_preference(examples, args.true_p)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
 
 FORMAT = ('candidates: one row per prompt, {"prompt": str, "responses": [str | {"text": str}, ...], '
           '"reference": str (optional), "id": any (optional)}; JSONL/JSON/CSV/Parquet, gzip allowed')
@@ -13,16 +12,9 @@ FORMAT = ('candidates: one row per prompt, {"prompt": str, "responses": [str | {
 
 def parse_judge_args(items: list[str]) -> dict:
     """key=value pairs; values read as YAML scalars/lists (0.5, true, [a, b]), else kept as text."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--judge-arg must be key=value, got {item!r}")
-        try:
-            out[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            out[key] = value
-    return out
+    from prefalign.config import parse_key_values
+
+    return parse_key_values(items, "--judge-arg")
 
 
 def cmd_judge(args) -> int:

@@ -16,11 +16,10 @@ def options_table() -> str:
 
 def cmd_train_rm(args) -> int:
     from prefalign.cli import print_summary
+    from prefalign.config import split_config_arg
     from prefalign.run_rewards import load_reward_config, train_reward_model
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config] + overrides  # no YAML file: the first word is an override
+    config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_reward_config(config, overrides + (["resume=true"] if args.resume else []))
     print_summary(train_reward_model(cfg))
     return 0

@@ -65,13 +65,9 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    model: str = opt("", "local folder of a Hugging Face causal LM (nothing is downloaded)")
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
-    objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
-    beta: float | None = opt(None, "KL strength / inverse temperature; unset: the objective's own default "
-                                   "(dpo 0.1, simpo 2.0, ...; see `prefalign objectives`)")
-    objective_args: dict = opt({}, "other hyper-parameters of the objective, e.g. {label_smoothing: 0.1}")
+class LoopConfig:
+    """The training loop's options, shared by policy (`prefalign train`) and reward-model (`train-rm`) configs."""
+
     output_dir: str = opt("runs/prefalign", "run folder: config, metrics.jsonl, checkpoints, final model")
     max_steps: int = opt(100, "optimizer steps to train")
     batch_size: int = opt(4, "examples (prompts) per device per micro-batch")
@@ -82,21 +78,45 @@ class TrainConfig:
     lr_scheduler: str = opt("cosine", "cosine | linear | constant (after warm-up)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
     max_length: int = opt(512, "maximum tokens of prompt + response")
-    max_prompt_length: int = opt(256, "maximum prompt tokens (truncated from the left)")
     seed: int = opt(42, "seed for initialisation, data order and splits")
+    save_steps: int = opt(0, "save a checkpoint every N steps (0: only the final model)")
+    keep_last: int = opt(2, "checkpoints to keep (older ones are deleted)")
+    resume: bool = opt(False, "continue from the last checkpoint in output_dir")
+    overwrite: bool = opt(False, "replace an earlier run's outputs in output_dir (without it, or resume, training "
+                                 "into a folder that holds a run is refused)")
+    eval_steps: int = opt(0, "evaluate on the held-out set every N steps (0: at the start and end only)")
+    eval_batch_size: int = opt(8, "examples per evaluation batch")
+    metric_for_best_model: str | None = opt(None, "keep the model with the best value of this held-out metric in "
+                                                  "output_dir/best, e.g. loss or rewards/accuracy (needs eval_steps; "
+                                                  "default: loss when early_stopping_patience or "
+                                                  "load_best_model_at_end is set, else off)")
+    greater_is_better: bool | None = opt(None, "whether a higher metric_for_best_model is better; unset: false for "
+                                               "names containing 'loss', true otherwise")
+    early_stopping_patience: int = opt(0, "stop after this many evaluations without improving metric_for_best_model "
+                                          "(0: never stop early)")
+    early_stopping_threshold: float = opt(0.0, "how much metric_for_best_model must improve to reset the patience")
+    load_best_model_at_end: bool = opt(False, "save the best model (not the last) as output_dir/final")
+    logging_steps: int = opt(10, "log metrics every N steps")
+    mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
+    tensorboard: bool = opt(False, "also write TensorBoard event files")
+    progress: bool = opt(True, "show a progress bar")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    model: str = opt("", "local folder of a Hugging Face causal LM (nothing is downloaded)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
+    objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
+    beta: float | None = opt(None, "KL strength / inverse temperature; unset: the objective's own default "
+                                   "(dpo 0.1, simpo 2.0, ...; see `prefalign objectives`)")
+    objective_args: dict = opt({}, "other hyper-parameters of the objective, e.g. {label_smoothing: 0.1}")
+    max_prompt_length: int = opt(256, "maximum prompt tokens (truncated from the left)")
     reference: str = opt("auto", "frozen | adapter_off | precomputed | none | auto")
     reference_model: str | None = opt(None, "local folder of the reference policy (frozen or precomputed); "
                                             "unset: the policy's own initial weights")
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str = opt("~/.cache/prefalign/reference", "where precomputed reference log-probs are cached")
-    save_steps: int = opt(0, "save a checkpoint every N steps (0: only the final model)")
-    keep_last: int = opt(2, "checkpoints to keep (older ones are deleted)")
-    resume: bool = opt(False, "continue from the last checkpoint in output_dir")
-    eval_steps: int = opt(0, "evaluate on the held-out set every N steps (0: at the start and end only)")
-    eval_batch_size: int = opt(8, "examples per evaluation batch")
-    logging_steps: int = opt(10, "log metrics every N steps")
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
-    mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     pad_to_multiple_of: int | None = opt(None, "pad batch lengths to a multiple of N; unset: 64 on CUDA (few "
                                                "distinct shapes for attention kernels), 1 on CPU")
@@ -115,10 +135,9 @@ class TrainConfig:
     overopt_max_new_tokens: int = opt(32, "tokens sampled per prompt for the over-optimisation indicators")
     overopt_indicator: str = opt("topk_entropy", "which indicator early stopping watches: topk_entropy | topk_mass")
     overopt_stop: float = opt(0.0, "stop early when the indicator falls below (1 - overopt_stop) x its step-0 value, "
-                                   "e.g. 0.2: a 20% drop; the last healthy model is saved to output_dir/best and "
-                                   "summary.json names it (0: never stop)")
-    tensorboard: bool = opt(False, "also write TensorBoard event files")
-    progress: bool = opt(True, "show a progress bar")
+                                   "e.g. 0.2: a 20% drop; the last healthy model is saved to output_dir/best (to "
+                                   "output_dir/last-healthy when a best model is kept by metric_for_best_model) "
+                                   "and summary.json names it (0: never stop)")
 
 
 class ConfigError(ValueError):
@@ -205,12 +224,32 @@ def read_tree(path: str | None, overrides: list[str] = ()) -> dict:
             tree = yaml.safe_load(f) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (dotted keys for nesting)")
-        key, raw = item.split("=", 1)
-        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    for key, value in parse_key_values(overrides, "override", "dotted keys for nesting").items():
+        set_dotted(tree, key, value)
     return tree
+
+
+def parse_key_values(items, flag: str, hint: str = "") -> dict:
+    """['key=value', ...] -> {key: value}: every command's key=value parser (config overrides,
+    --param, --judge-arg). Values read as YAML (numbers, booleans, lists, mappings), kept as text
+    where they are not valid YAML; a later key replaces an earlier one."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r} must look like key=value" + (f" ({hint})" if hint else ""))
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`prefalign CMD [CONFIG.yaml] [key=value ...]`: with no YAML file the first word is an override."""
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        return None, [config] + list(overrides)
+    return config, list(overrides)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -219,15 +258,12 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.data.train:
         raise ConfigError("data.train is required")
     choices = {"reference": ("auto", "frozen", "adapter_off", "precomputed", "none"),
-               "lr_scheduler": ("cosine", "linear", "constant"), "logps_impl": ("lean", "full"),
-               "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16", "float16"),
+               "logps_impl": ("lean", "full"), "dtype": ("float32", "bfloat16", "float16"),
                "mask_head": ("common", "independent"), "overopt_indicator": ("topk_entropy", "topk_mass")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
-    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be at least 1")
+    validate_loop(cfg)
     if not 0 <= cfg.overopt_stop < 1:
         raise ConfigError("overopt_stop is a relative drop in [0, 1)")
     if cfg.overopt_stop > 0 and cfg.overopt_steps < 1:
@@ -243,6 +279,34 @@ def validate(cfg: TrainConfig) -> None:
         error = template_error(getattr(cfg.data, key))
         if error:
             raise ConfigError(f"data.{key} {error}")
+
+
+def validate_loop(cfg: LoopConfig) -> None:
+    """The checks every training config shares (cfg.data has eval and eval_fraction in both kinds)."""
+    choices = {"lr_scheduler": ("cosine", "linear", "constant"), "mixed_precision": ("no", "bf16", "fp16")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume=true continues the run in output_dir and overwrite=true replaces it: choose one")
+    if cfg.early_stopping_patience < 0 or cfg.early_stopping_threshold < 0:
+        raise ConfigError("early_stopping_patience and early_stopping_threshold cannot be negative")
+    if best_metric(cfg) is not None:
+        keys = "metric_for_best_model, early_stopping_patience and load_best_model_at_end"
+        if cfg.eval_steps < 1:
+            raise ConfigError(f"{keys} compare held-out evaluations: set eval_steps > 0 (evaluate every N steps)")
+        if not cfg.data.eval and cfg.data.eval_fraction <= 0:
+            raise ConfigError(f"{keys} need held-out data: set data.eval or data.eval_fraction > 0")
+
+
+def best_metric(cfg: LoopConfig) -> str | None:
+    """The held-out metric the best model is chosen by (HF's rule: loss unless named), or None when off."""
+    if cfg.metric_for_best_model:
+        return cfg.metric_for_best_model
+    return "loss" if cfg.early_stopping_patience or cfg.load_best_model_at_end else None
 
 
 def check_builders(specs) -> None:
@@ -265,8 +329,16 @@ def check_builders(specs) -> None:
                               f"it takes {sorted(known[spec['name']].params())}")
 
 
+def ordered_fields(cls) -> list:
+    """A config's own fields in declaration order, then those it inherits (LoopConfig's)."""
+    own = list(vars(cls).get("__annotations__", {}))
+    fields = dataclasses.fields(cls)
+    return sorted(fields, key=lambda f: (f.name not in own, own.index(f.name) if f.name in own else 0))
+
+
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    values = dataclasses.asdict(cfg)
+    return {f.name: values[f.name] for f in ordered_fields(type(cfg))}
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
@@ -276,7 +348,7 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def help_rows(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every option, nested ones dotted: the CLI's and README's table."""
     rows = []
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         if dataclasses.is_dataclass(field_types(cls)[f.name]):
             rows += help_rows(field_types(cls)[f.name], f"{prefix}{f.name}.")
             continue

@@ -25,7 +25,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = {
     "tiny": dict(model=str(ASSETS / "tiny-base"), max_steps=300, batch_size=8, learning_rate=5e-4, beta=0.1,
                  max_length=256, max_prompt_length=160, lr_scheduler="cosine", warmup_ratio=0.05,
-                 eval_batch_size=32, logging_steps=10, eval_steps=100),
+                 eval_batch_size=32, logging_steps=10, eval_steps=100, metric_for_best_model="loss"),
     "smollm2": dict(max_steps=32, batch_size=4, learning_rate=1e-4, beta=0.1, max_length=160,
                     max_prompt_length=96, lora=True, lora_r=16, lora_alpha=32, eval_batch_size=16,
                     logging_steps=4, eval_steps=0),
@@ -100,7 +100,8 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     from prefalign.diagnostics.kl import sample_kl
     from prefalign.diagnostics.plots import plot_training_curves
     from prefalign.models import load_model, load_tokenizer
-    from prefalign.run import clean_run_dir, train
+    from prefalign.run import train
+    from prefalign.runs import claim_quickstart_dir, load_policy
 
     console = Console()
     started = time.time()
@@ -111,8 +112,9 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     if steps:
         preset["max_steps"] = steps
     out = Path(output_dir)
-    clean_run_dir(out)
-    out.mkdir(parents=True)
+    removed = claim_quickstart_dir(out)  # refuses a folder holding anything but an earlier quickstart's outputs
+    if removed:
+        console.print(f"starting fresh: removed the earlier quickstart's {', '.join(removed)} in {out}")
     rows = hh_rows(as_chat=model == "smollm2")
     order = list(range(len(rows)))
     # A fixed held-out set of pairs, the rest for training: written out so the run is inspectable.
@@ -138,13 +140,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
                   f"{len(held)} held out, {cfg.max_steps} steps")
     summary = train(cfg)
     base = load_model(cfg.model)
-    final = summary["final_model"]
-    if cfg.lora:
-        from peft import PeftModel
-
-        policy = PeftModel.from_pretrained(load_model(cfg.model), final).merge_and_unload()
-    else:
-        policy = load_model(final)
+    policy = load_policy(Path(summary["final_model"]), cfg.model)
     if model == "smollm2":  # message lists: generation renders them with the chat template
         prompts = [r["prompt"] for r in held[:32]]
     else:
@@ -164,13 +160,17 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     table.add_row("KL(policy || reference), sampled", "0 (policy = reference)",
                   f"{kl_after['kl']:.4f} ± {kl_after['kl_stderr']:.4f}")
     console.print(table)
+    turn = curve_turn(summary)
+    if turn:
+        console.print(turn)
     for part in ("train", "eval"):
         report = summary["data"][part]
         if isinstance(report, dict) and report["skipped"]:
             console.print(f"{part}: {report['skipped']} of {report['rows']} rows skipped: {report['skipped_by_reason']}")
     result = {"model": model, "summary_path": str(out / "run" / "summary.json"), "plot": str(plot),
               "kl_after": kl_after, "wall_time_s": round(time.time() - started, 1),
-              "eval_start": summary["eval_start"], "eval_end": summary["eval_end"]}
+              "eval_start": summary["eval_start"], "eval_end": summary["eval_end"],
+              "best_step": summary.get("best_step"), "curve_turn": turn}
     if model == "smollm2":
         result["greedy_before"] = before_text
         result["greedy_after"] = greedy(policy, tok, probe_messages)
@@ -180,6 +180,17 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     (out / "quickstart.json").write_text(json.dumps(result, indent=1))
     console.print(f"training curves: {plot}\nwall time: {result['wall_time_s']} s")
     return result
+
+
+def curve_turn(summary: dict) -> str | None:
+    """Where the held-out curve turned: the tracked metric's best step, when it came before the end."""
+    best = summary.get("best")
+    if not best or best["step"] is None or best["step"] >= summary["steps"]:
+        return None
+    name = best["metric"].removeprefix("eval/")
+    last = summary.get("eval_last", summary["eval_end"]).get(best["metric"])
+    return (f"the held-out {name} was best at step {best['step']} of {summary['steps']} ({best['value']:.4f}; "
+            f"{last:.4f} at the end): that model is kept in {best['model']}")
 
 
 def split_prompt(row: dict) -> str:

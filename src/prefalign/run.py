@@ -7,13 +7,12 @@ explicit arguments.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from prefalign.config import TrainConfig, save_config, to_dict
+from prefalign.config import TrainConfig, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists
 from prefalign.data.pipeline import BuildContext, run_builder, run_builders
@@ -25,7 +24,12 @@ from prefalign.losses.registry import Objective, no_beta_message, unknown_params
 from prefalign.models import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums,
                               with_reference)
-from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, make_batch, train_loop
+from prefalign.recipe import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
+                              optimizer_and_scheduler, run_loop, start_run, summary_fields)
+from prefalign.runs import CURRICULUM_MARKERS, CURRICULUM_OUTPUTS, claim_run_dir, remove
+from prefalign.train.checkpoint import write_atomic
+from prefalign.train.loop import LoopParts, make_batch
+from prefalign.train.trainee import PolicyTrainee
 
 # Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
@@ -202,50 +206,48 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     return train_tok, eval_tok, report
 
 
-def overopt_monitor(cfg: TrainConfig, eval_set: list, tokenizer, acc, policy):
-    """The likelihood over-optimisation monitor the loop calls (None when overopt_steps is 0)."""
+def overopt_callback(cfg: TrainConfig, eval_set: list, trainee: PolicyTrainee, log, best_by_metric: bool):
+    """The likelihood over-optimisation monitor as a loop callback (None when overopt_steps is 0)."""
     if not cfg.overopt_steps:
         return None
     from prefalign.diagnostics.overoptimization import OveroptMonitor
-    from prefalign.train.checkpoint import save_model_atomic
+    from prefalign.train.callbacks import OveroptCallback
 
     if not eval_set:
         raise ValueError("overopt_steps needs held-out prompts: set data.eval or data.eval_fraction > 0")
+    acc = trainee.accelerator
     # the held-out prompts as token ids, exactly as training tokenized them (no re-encoding)
     prompts = [e.sequences[0][:e.response_starts[0]] for e in eval_set[:cfg.overopt_prompts]]
+    healthy_dir = overopt_best_dir(cfg, best_by_metric)
 
     def save_best(step: int) -> None:
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(policy)
-            save_model_atomic(unwrapped.model, tokenizer, Path(cfg.output_dir) / "best", unwrapped.mask_head)
+            write_atomic(healthy_dir, trainee.save)
 
-    return OveroptMonitor(prompts, tokenizer, cfg.overopt_steps, cfg.overopt_k, cfg.overopt_indicator,
-                          cfg.overopt_stop, cfg.overopt_max_new_tokens, cfg.seed, cfg.eval_batch_size, save_best,
-                          Path(cfg.output_dir) / "overopt.json", cfg.resume)
+    monitor = OveroptMonitor(prompts, trainee.tokenizer, cfg.overopt_steps, cfg.overopt_k, cfg.overopt_indicator,
+                             cfg.overopt_stop, cfg.overopt_max_new_tokens, cfg.seed, cfg.eval_batch_size, save_best,
+                             Path(cfg.output_dir) / "overopt.json", cfg.resume)
+    return OveroptCallback(monitor, acc, lambda: acc.unwrap_model(trainee.module).model, log, cfg.max_steps)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one training job; returns the summary also written to output_dir/summary.json."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def overopt_best_dir(cfg: TrainConfig, best_by_metric: bool) -> Path:
+    """The monitor's last healthy model: output_dir/best, unless best/ holds the best model by a metric."""
+    return Path(cfg.output_dir) / ("last-healthy" if best_by_metric else "best")
 
-    started = time.time()
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
-    out_dir = Path(cfg.output_dir)
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+
+def setup_objective(cfg: TrainConfig):
+    """(objective, its parameters, reference mode), checked against the config."""
     obj = get_objective(cfg.objective)
     params = objective_params(obj, cfg.beta, cfg.objective_args)
     mode = resolve_reference(cfg, obj)
     if obj.couples_batch and cfg.batch_size < 2:
         raise ValueError(f"objective {obj.name!r} couples the examples of a micro-batch; batch_size must be >= 2")
-    tokenizer = load_tokenizer(cfg.model)
-    train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
-    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
-    for supplier in for_features(obj.features):
-        supplier.check_model(model)  # e.g. activation masks hook the Llama layout only
+    return obj, params, mode
+
+
+def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_set: list, eval_set: list):
+    """(live reference or None, train and eval examples (carrying their precomputed reference
+    log-probs in precomputed mode), cache hit, precompute seconds)."""
     reference, cache_hit, precompute_s = None, None, None
     # the reference is the policy's own initial weights unless reference_model names another folder
     ref_source = load_model(cfg.reference_model, cfg.dtype) if cfg.reference_model and mode in (
@@ -269,6 +271,11 @@ def train(cfg: TrainConfig) -> dict:
         # stored with the tokenized examples: collate hands them to the step as the batch's reference
         train_set, eval_set = with_reference(train_set, logps, 0), with_reference(eval_set, logps, len(train_set))
         precompute_s = round(time.time() - t_ref, 2)
+    return reference, train_set, eval_set, cache_hit, precompute_s
+
+
+def setup_policy(cfg: TrainConfig, obj: Objective, model) -> PolicyLogps:
+    """The trainable policy: LoRA when asked, SparsePO's mask head when the objective learns masks."""
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     mask_head = None
@@ -276,62 +283,47 @@ def train(cfg: TrainConfig) -> dict:
         # SparsePO's learned masks: a head on the reference's layer outputs, trained by the same optimizer
         mask_head = MaskHead(model.config.hidden_size, model.config.num_hidden_layers,
                              1 if cfg.mask_head == "common" else 2, cfg.mask_head_dropout)
-    policy = PolicyLogps(model, cfg.logps_impl, mask_head)
+    return PolicyLogps(model, cfg.logps_impl, mask_head)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training job; returns the summary also written to output_dir/summary.json."""
+    started = time.time()
+    acc, out_dir, earlier = start_run(cfg, "train")
+    obj, params, mode = setup_objective(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
+    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
+    for supplier in for_features(obj.features):
+        supplier.check_model(model)  # e.g. activation masks hook the Llama layout only: fail before training
+    reference, train_set, eval_set, cache_hit, precompute_s = setup_reference(cfg, mode, model, acc, tokenizer,
+                                                                              train_set, eval_set)
+    policy = setup_policy(cfg, obj, model)
     if mode == "adapter_off":
         reference = AdapterOffReference(policy)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * cfg.max_steps)
-    # The scheduler is stepped by us once per optimizer step; accelerate's prepared scheduler
-    # would step once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
+    optimizer, scheduler = optimizer_and_scheduler([p for p in policy.parameters() if p.requires_grad], cfg)
     policy, optimizer = acc.prepare(policy, optimizer)
-    sinks = []
-    if acc.is_main_process:
-        from prefalign.logging import JsonlSink, TensorBoardSink
-
-        sinks.append(JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume))
-        if cfg.tensorboard:
-            sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
-    components = Components(acc, policy, optimizer, scheduler, obj, params, reference, train_set, eval_set,
-                            tokenizer.pad_token_id, tokenizer, sinks, pad_multiple,
-                            overopt_monitor(cfg, eval_set, tokenizer, acc, policy))
-    settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps,
-                            cfg.max_grad_norm, cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps,
-                            cfg.eval_batch_size, cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
-    try:
-        history = train_loop(components, settings)
-    finally:
-        for sink in sinks:
-            sink.close()
+    trainee = PolicyTrainee(acc, policy, obj, params, reference, tokenizer, pad_multiple)
+    open_run_folder(acc, cfg, out_dir, earlier)
+    sinks = metric_sinks(acc, out_dir, cfg)
+    best = keep_best(cfg, trainee, acc, out_dir)
+    overopt = overopt_callback(cfg, eval_set, trainee, lambda step, m: [s.log(step, m) for s in sinks], bool(best))
+    parts = LoopParts(acc, trainee, optimizer, scheduler, train_set, eval_set, sinks,
+                      [c for c in (best, overopt) if c is not None])
+    history = run_loop(parts, loop_settings(cfg, out_dir, cfg.data.group_by_length))
     summary = {"objective": obj.name, "objective_params": params, "reference": mode,
-               "reference_cache_hit": cache_hit, "reference_precompute_s": precompute_s, "data": data_report, "steps": history["state"]["step"],
-               "eval_start": history["eval_start"], "eval_end": history["eval_end"],
-               "wall_time_s": round(time.time() - started, 2), "num_processes": acc.num_processes,
-               "config": to_dict(cfg)}
-    if components.overopt is not None:
-        summary["overopt"] = components.overopt.summary(out_dir / "best")
+               "reference_cache_hit": cache_hit, "reference_precompute_s": precompute_s, "data": data_report,
+               **summary_fields(history, best), "wall_time_s": round(time.time() - started, 2),
+               "num_processes": acc.num_processes, "config": to_dict(cfg)}
+    if overopt is not None:
+        summary["overopt"] = overopt.monitor.summary(overopt_best_dir(cfg, bool(best)))
     if acc.is_main_process:
-        from prefalign.train.checkpoint import save_model_atomic
-
-        unwrapped = acc.unwrap_model(policy)
-        save_model_atomic(unwrapped.model, tokenizer, out_dir / "final", unwrapped.mask_head)
+        write_atomic(out_dir / "final", trainee.save)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["final_model"] = str(out_dir / "final")
-    acc.wait_for_everyone()
-    acc.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # a gloo group still alive at interpreter exit can abort a rank ("terminate called
-        # without an active exception") after all work is done; close it while every rank is here
-        torch.distributed.destroy_process_group()
+    end_run(acc)
     return summary
-
-
-def clean_run_dir(out_dir: Path) -> None:
-    """Remove a previous run's outputs (used by quickstart, which always starts fresh)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
 
 
 def write_pairs(examples: list, path: Path) -> Path:
@@ -360,9 +352,11 @@ def train_curriculum(cfg: TrainConfig) -> dict:
     if cfg.data.curriculum_reference not in ("previous", "initial"):
         raise ValueError(f"data.curriculum_reference must be previous or initial, got {cfg.data.curriculum_reference!r}")
     out = Path(cfg.output_dir)
+    earlier = claim_run_dir(out, cfg.resume, cfg.overwrite, CURRICULUM_OUTPUTS, CURRICULUM_MARKERS, "train")
     aspect = cfg.data.score_weights or cfg.data.score_aspect
     lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
     lists, built = run_builders(lists, cfg.data.builders, builder_context(cfg))
+    remove(earlier)  # overwrite=true, once the data loaded: the earlier curriculum's stages and summary
     if cfg.data.eval:
         eval_path = cfg.data.eval
     else:

@@ -1,8 +1,8 @@
 """`prefalign train-rm`: a typed config, then the same loop, checkpoints and metrics as policy training.
 
-The reward model plugs into train/loop.py through Components.build_batch / compute_loss, so
-it gets accumulation, clipping, warm-up + cosine, evaluation every N steps, atomic rotated
-checkpoints with exact resume, metrics.jsonl, the progress bar and the NaN stop unchanged.
+The reward model is a Trainee (train/trainee.py) like the policy, so it gets accumulation,
+clipping, warm-up + cosine, evaluation every N steps, the best model and early stopping, atomic
+rotated checkpoints with exact resume, metrics.jsonl, the progress bar and the NaN stop unchanged.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from prefalign.config import ConfigError, build, opt, read_tree, to_dict
+from prefalign.config import ConfigError, LoopConfig, build, opt, read_tree, to_dict, validate_loop
 from prefalign.data.readers import seeded_split
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.data import MARGINS, build_batch, load_pairs, load_ratings, load_steps, rating_stats
 from prefalign.rewards.heads import REWARD_KINDS, get_reward_kind
 from prefalign.rewards.model import RewardModel, save_reward_model
-from prefalign.train.loop import Components, LoopSettings, cosine_or_linear, train_loop
+from prefalign.recipe import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
+                              optimizer_and_scheduler, run_loop, start_run, summary_fields)
+from prefalign.train.loop import LoopParts
 
 
 @dataclass
@@ -49,35 +50,20 @@ class RewardDataConfig:
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(LoopConfig):
     backbone: str = opt("", "local folder of a Hugging Face encoder or decoder (nothing is downloaded)")
     kind: str = opt("bt", "reward-model kind: " + ", ".join(sorted(REWARD_KINDS)))
     data: RewardDataConfig = field(default_factory=RewardDataConfig, metadata={"help": "data options (data.*)"})
     head_args: dict = opt({}, "extra head parameters, e.g. {aggregate: mean} for prm, {min_std: 0.01} for pearl")
     loss_args: dict = opt({}, "loss parameters, e.g. {kl_weight: 0.01} for pearl")
+    # the loop options are LoopConfig's; these four keep the reward model's own defaults
     output_dir: str = opt("runs/reward-model", "run folder: config, metrics.jsonl, checkpoints, final model")
-    max_steps: int = opt(100, "optimizer steps")
     batch_size: int = opt(8, "pairs (or rated responses) per micro-batch")
-    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
     learning_rate: float = opt(2e-5, "peak learning rate (AdamW)")
+    eval_batch_size: int = opt(16, "examples per evaluation batch")
     head_learning_rate: float | None = opt(None, "peak learning rate of the head alone (default: learning_rate); "
                                                  "PAL's per-user weights and small heads often need a larger one")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    warmup_ratio: float = opt(0.1, "share of max_steps spent warming up")
-    lr_scheduler: str = opt("cosine", "cosine | linear | constant")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
-    max_length: int = opt(512, "maximum tokens of prompt + response")
     max_response_length: int | None = opt(None, "maximum response tokens (default max_length / 2)")
-    seed: int = opt(42, "seed for initialisation, data order and splits")
-    save_steps: int = opt(0, "checkpoint every N steps (0: only the final model)")
-    keep_last: int = opt(2, "checkpoints kept")
-    resume: bool = opt(False, "continue from the last checkpoint in output_dir")
-    eval_steps: int = opt(0, "evaluate every N steps (0: at start and end)")
-    eval_batch_size: int = opt(16, "examples per evaluation batch")
-    logging_steps: int = opt(10, "log metrics every N steps")
-    mixed_precision: str = opt("no", "no | bf16 | fp16")
-    tensorboard: bool = opt(False, "also write TensorBoard event files")
-    progress: bool = opt(True, "show a progress bar")
 
 
 def load_reward_config(path: str | None, overrides: list[str] = ()) -> RewardTrainConfig:
@@ -103,13 +89,9 @@ def validate(cfg: RewardTrainConfig) -> None:
         raise ConfigError(f"data.margin applies to the bt kind; kind {cfg.kind!r} has no margin term")
     if kind.data == "ratings" and not cfg.data.attributes:
         raise ConfigError("multi_objective needs data.attributes, e.g. [informativeness, naturalness, overall]")
-    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key} must be at least 1")
+    validate_loop(cfg)
     if cfg.head_learning_rate is not None and cfg.head_learning_rate <= 0:
         raise ConfigError(f"head_learning_rate must be positive, got {cfg.head_learning_rate}")
-    if cfg.lr_scheduler not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {cfg.lr_scheduler!r}")
     params = inspect.signature(kind.loss).parameters
     allowed = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY or p.default is not p.empty]
     unknown = sorted(set(cfg.loss_args) - set(allowed))
@@ -159,15 +141,23 @@ def load_data(cfg: RewardTrainConfig) -> tuple[list, list, dict]:
     return train, held_out, report
 
 
-class LoopAdapter(torch.nn.Module):
-    """What train_loop expects of a trainee: `.model` (saved and restored) and `.mask_head`."""
+class RewardTrainee:
+    """A reward model as the loop's Trainee: its own batches and loss, its own folder layout."""
 
-    def __init__(self, model: RewardModel):
-        super().__init__()
-        self.model, self.mask_head = model, None
+    def __init__(self, module: torch.nn.Module, model: RewardModel):
+        self.module, self.model = module, model  # module: the prepared model (DDP-wrapped on several processes)
 
-    def forward(self, batch: dict):
-        return self.model(batch)
+    def make_batch(self, examples: list, indices: list[int], split: str) -> dict:
+        return build_batch(self.model, examples, indices)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.module(batch)
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+    def load(self, folder: Path) -> None:
+        self.model.restore_weights(folder)
 
 
 def build_model(cfg: RewardTrainConfig, train: list, held_out: list = ()) -> RewardModel:
@@ -191,50 +181,30 @@ def build_model(cfg: RewardTrainConfig, train: list, held_out: list = ()) -> Rew
 
 def train_reward_model(cfg: RewardTrainConfig) -> dict:
     """Train one reward model; returns the summary also written to output_dir/summary.json."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from prefalign.logging import JsonlSink, TensorBoardSink
-
     started = time.time()
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    acc, out_dir, earlier = start_run(cfg, "train-rm")
     train_set, eval_set, report = load_data(cfg)
     model = build_model(cfg, train_set, eval_set)
     head_lr = cfg.head_learning_rate if cfg.head_learning_rate is not None else cfg.learning_rate
     groups = [{"params": list(model.backbone.parameters()), "lr": cfg.learning_rate},
               {"params": list(model.head.parameters()), "lr": head_lr}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
-    trainee, optimizer = acc.prepare(LoopAdapter(model), optimizer)
-    sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)] if acc.is_main_process else []
-    if cfg.tensorboard and acc.is_main_process:
-        sinks.append(TensorBoardSink(out_dir / "tensorboard"))
-    components = Components(acc, trainee, optimizer, scheduler, None, {}, None, train_set, eval_set,
-                            model.backbone.tokenizer.pad_token_id, None, sinks,
-                            build_batch=lambda examples, idx: build_batch(model, examples, idx),
-                            compute_loss=lambda trainee, batch: trainee(batch))
-    settings = LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
-                            cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps, cfg.eval_batch_size,
-                            cfg.logging_steps, cfg.data.group_by_length, cfg.resume, cfg.progress)
-    try:
-        history = train_loop(components, settings)
-    finally:
-        for sink in sinks:
-            sink.close()
-    summary = {"objective": f"reward model ({cfg.kind})", "kind": cfg.kind, "steps": history["state"]["step"],
+    optimizer, scheduler = optimizer_and_scheduler(groups, cfg)
+    module, optimizer = acc.prepare(model, optimizer)
+    trainee = RewardTrainee(module, model)
+    open_run_folder(acc, cfg, out_dir, earlier)
+    sinks = metric_sinks(acc, out_dir, cfg)
+    best = keep_best(cfg, trainee, acc, out_dir)
+    parts = LoopParts(acc, trainee, optimizer, scheduler, train_set, eval_set, sinks, [best] if best else [])
+    history = run_loop(parts, loop_settings(cfg, out_dir, cfg.data.group_by_length))
+    summary = {"objective": f"reward model ({cfg.kind})", "kind": cfg.kind,
                "data": {"train": first_load_report(report), "files": report, "train_examples": len(train_set),
                         "eval_examples": len(eval_set)},
-               "eval_start": history["eval_start"], "eval_end": history["eval_end"],
-               "wall_time_s": round(time.time() - started, 2), "config": to_dict(cfg)}
+               **summary_fields(history, best), "wall_time_s": round(time.time() - started, 2),
+               "config": to_dict(cfg)}
     if acc.is_main_process:
         summary["final_model"] = str(save_reward_model(model, out_dir / "final"))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    acc.end_training()
+    end_run(acc)
     return summary
 
 

@@ -14,12 +14,13 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefalign.models import load_mask_head, save_mask_head
+from prefalign.models import save_mask_head
 
 STATE_FILE = "trainer_state.json"
 
@@ -50,39 +51,45 @@ def load_rng_state(folder: Path) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_model_atomic(model, tokenizer, folder: Path, mask_head=None) -> None:
+def write_atomic(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a hidden temporary folder with `write(tmp)`, then rename it to `folder`: a crash
+    mid-save leaves the previous `folder` (or none), never a half-written one."""
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if mask_head is not None:
-        save_mask_head(mask_head, tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+    return folder
 
 
-def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep_last: int, mask_head=None) -> Path:
-    final = out_dir / f"checkpoint-{step}"
-    tmp = out_dir / f".checkpoint-{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+def write_model(model, tokenizer, folder: Path, mask_head=None) -> None:
+    """A policy's weights (save_pretrained, safetensors), its tokenizer and SparsePO's mask head."""
+    model.save_pretrained(folder, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if mask_head is not None:  # SparsePO's learned mask head trains with the model: it resumes with it
-        save_mask_head(mask_head, tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    save_rng_state(tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+        tokenizer.save_pretrained(folder)
+    if mask_head is not None:  # SparsePO's learned mask head trains with the model: it is saved with it
+        save_mask_head(mask_head, folder)
+
+
+def save_model_atomic(model, tokenizer, folder: Path, mask_head=None) -> None:
+    write_atomic(folder, lambda tmp: write_model(model, tokenizer, tmp, mask_head))
+
+
+def save_checkpoint(out_dir: Path, step: int, write_weights: Callable[[Path], None], optimizer, scheduler,
+                    state: dict, keep_last: int) -> Path:
+    """checkpoint-N: the trainee's weights (write_weights(folder)), optimizer, scheduler, RNG, loop state."""
+
+    def write(tmp: Path) -> None:
+        write_weights(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        save_rng_state(tmp)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+    final = write_atomic(Path(out_dir) / f"checkpoint-{step}", write)
     rotate(out_dir, keep_last)
     return final
 
@@ -129,10 +136,8 @@ def load_weights(model, folder: Path) -> None:
                            f"unexpected {sorted(unexpected)[:5]}")
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, mask_head=None) -> dict:
-    load_weights(model, folder)
-    if mask_head is not None:
-        load_mask_head(folder, mask_head)
+def load_checkpoint(folder: Path, read_weights: Callable[[Path], None], optimizer, scheduler) -> dict:
+    read_weights(folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     load_rng_state(folder)

@@ -1,10 +1,10 @@
-"""The one training loop for every offline objective.
+"""The one training loop, for every trainee (a preference policy, a reward model).
 
-It only calls components that `prefalign.run` built: a prepared policy, optimizer and
-scheduler, a reference provider, an objective and tokenized data. Batches of one optimizer
-step are cut from a seeded permutation that every process computes identically; process p
-takes slice p of each global micro-batch, so P processes with batch b see exactly the data of
-one process with batch P*b.
+It knows a trainee only through the Trainee protocol (train/trainee.py: make_batch, loss,
+save, load) and calls back into evaluation, checkpointing and any Callback (best model and
+early stopping, the over-optimisation monitor). Batches of one optimizer step are cut from a
+seeded permutation that every process computes identically; process p takes slice p of each
+global micro-batch, so P processes with batch b see exactly the data of one process with batch P*b.
 """
 
 from __future__ import annotations
@@ -12,45 +12,61 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from prefalign.data.collate import epoch_batches, to_device
 from prefalign.features import collate
 from prefalign.logging import Progress
-from prefalign.losses import Objective
 from prefalign.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from prefalign.train.metrics import MetricAccumulator
 from prefalign.train.reduce import reduce_loss
-from prefalign.train.step import forward_batch, run_objective
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
+class Callback:
+    """Hooks the loop calls; each returns a reason to stop training early, or None.
+
+    `state_dict` goes into every checkpoint's trainer_state.json and comes back through
+    `load_state_dict` on resume, so a resumed run continues exactly where the killed one was.
+    """
+
+    name = "callback"
+
+    def on_train_start(self, step: int) -> str | None:  # step 0: a fresh run; > 0: resumed
+        return None
+
+    def on_step_end(self, step: int) -> str | None:
+        return None
+
+    def on_evaluate(self, step: int, metrics: dict) -> str | None:
+        return None
+
+    def on_train_end(self, step: int) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
 @dataclass
-class Components:
+class LoopParts:
     accelerator: object
-    policy: torch.nn.Module  # PolicyLogps, prepared
+    trainee: object  # train.trainee.Trainee
     optimizer: object
     scheduler: object
-    objective: Objective
-    objective_params: dict
-    reference: object | None  # callable(batch) -> token logps, with .features(batch, ...); or None
     train_set: list
     eval_set: list
-    pad_id: int
-    tokenizer: object
     sinks: list
-    pad_multiple: int = 1
-    overopt: object | None = None  # diagnostics.overoptimization.OveroptMonitor, or None
-    # Other trainees (reward models) plug in here; None keeps the policy path (make_batch, objective).
-    build_batch: Callable | None = None  # (examples, indices) -> batch dict with an attention_mask
-    compute_loss: Callable | None = None  # (prepared model, batch) -> (per-example losses [B], metric sums)
+    callbacks: list = field(default_factory=list)
 
 
 @dataclass
@@ -76,92 +92,96 @@ def make_batch(examples: list, indices: list[int], pad_id: int, features=(), pad
     return collate([examples[i] for i in indices], pad_id, features, pad_multiple)
 
 
-def micro_batch(c: Components, examples: list, indices: list[int]):
-    if c.build_batch is not None:
-        return c.build_batch(examples, indices)
-    return make_batch(examples, indices, c.pad_id, c.objective.features, c.pad_multiple)
-
-
-def micro_loss(c: Components, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Per-example losses [B] and metric sums of one micro-batch."""
-    if c.compute_loss is not None:
-        return c.compute_loss(c.policy, batch)
-    seq = forward_batch(c.policy, batch, c.reference, c.objective)
-    out, metrics = run_objective(c.objective, seq, c.objective_params)
-    return out.per_example, metrics
 
 
 @torch.no_grad()
-def evaluate(c: Components, batch_size: int) -> dict[str, float]:
-    acc = MetricAccumulator()
-    rank, world = c.accelerator.process_index, c.accelerator.num_processes
-    c.policy.eval()
-    mine = list(range(rank, len(c.eval_set), world))
+def evaluate(p: LoopParts, batch_size: int) -> dict[str, float]:
+    acc, trainee = p.accelerator, p.trainee
+    metrics_sum = MetricAccumulator()
+    rank, world = acc.process_index, acc.num_processes
+    trainee.module.eval()
+    mine = list(range(rank, len(p.eval_set), world))
     for s in range(0, len(mine), batch_size):
-        idx = mine[s:s + batch_size]
-        batch = to_device(micro_batch(c, c.eval_set, idx), c.accelerator.device)
-        with c.accelerator.autocast():
-            _, metrics = micro_loss(c, batch)
-        acc.add(metrics)
-    c.policy.train()
-    return {f"eval/{k}": v for k, v in acc.reduce(c.accelerator).items()}
+        batch = to_device(trainee.make_batch(p.eval_set, mine[s:s + batch_size], "eval"), acc.device)
+        with acc.autocast():
+            _, metrics = trainee.loss(batch)
+        metrics_sum.add(metrics)
+    trainee.module.train()
+    return {f"eval/{k}": v for k, v in metrics_sum.reduce(acc).items()}
 
 
-def log(c: Components, step: int, metrics: dict) -> None:
-    if c.accelerator.is_main_process:
-        for sink in c.sinks:
+def log(p: LoopParts, step: int, metrics: dict) -> None:
+    if p.accelerator.is_main_process:
+        for sink in p.sinks:
             sink.log(step, metrics)
 
 
-def train_loop(c: Components, s: LoopSettings) -> dict:
-    acc = c.accelerator
+def first_reason(reasons) -> str | None:
+    return next((r for r in reasons if r), None)
+
+
+def train_loop(p: LoopParts, s: LoopSettings) -> dict:
+    acc, trainee = p.accelerator, p.trainee
     world, rank = acc.num_processes, acc.process_index
-    unwrapped = acc.unwrap_model(c.policy)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if s.resume and checkpoints(s.out_dir):
         last = checkpoints(s.out_dir)[-1]
-        state = load_checkpoint(last, unwrapped.model, c.optimizer, c.scheduler, unwrapped.mask_head)
+        state = load_checkpoint(last, trainee.load, p.optimizer, p.scheduler)
+        saved = state.pop("callbacks", {})
+        for cb in p.callbacks:
+            cb.load_state_dict(saved.get(cb.name, {}))
         acc.print(f"resumed from {last} at step {state['step']}")
-    lengths = [e.max_len for e in c.train_set]
+    lengths = [e.max_len for e in p.train_set]
     global_micro = s.batch_size * world
     examples_per_step = s.batch_size * s.accumulation
-    history = {"eval_start": evaluate(c, s.eval_batch_size) if c.eval_set and state["step"] == 0 else {}}
-    if history["eval_start"]:
-        log(c, state["step"], history["eval_start"])
-    if c.overopt is not None and state["step"] == 0:  # the baseline the over-optimisation threshold is relative to
-        c.overopt.at_step(0, acc, unwrapped.model, lambda m: log(c, 0, m))
+    last_eval = {}  # {step: metrics} of the latest evaluation, reused when training ends at that step
+
+    def run_eval(step: int) -> str | None:
+        metrics = evaluate(p, s.eval_batch_size)
+        last_eval.clear()
+        last_eval[step] = metrics
+        log(p, step, metrics)
+        return first_reason([cb.on_evaluate(step, metrics) for cb in p.callbacks])
+
+    stop = None
+    history = {"eval_start": {}}
+    if p.eval_set and state["step"] == 0:
+        stop = run_eval(0)
+        history["eval_start"] = last_eval[0]
+    stop = first_reason([stop] + [cb.on_train_start(state["step"]) for cb in p.callbacks])
     progress = Progress(s.max_steps, state["step"], s.progress and acc.is_main_process)
     window, tokens, padded, t0, last_good = MetricAccumulator(), 0, 0, time.perf_counter(), None
     window_steps = 0
-    c.policy.train()
-    while state["step"] < s.max_steps:
-        batches = epoch_batches(len(c.train_set), global_micro, s.seed, state["epoch"], lengths, s.group_by_length)
+    trainee.module.train()
+    while state["step"] < s.max_steps and stop is None:
+        batches = epoch_batches(len(p.train_set), global_micro, s.seed, state["epoch"], lengths, s.group_by_length)
         if len(batches) < s.accumulation:
-            raise ValueError(f"{len(c.train_set)} training examples cannot fill one step of "
+            raise ValueError(f"{len(p.train_set)} training examples cannot fill one step of "
                              f"{examples_per_step * world} examples; lower batch_size or accumulation")
         while state["batch_in_epoch"] + s.accumulation <= len(batches) and state["step"] < s.max_steps:
             step_batches = batches[state["batch_in_epoch"]: state["batch_in_epoch"] + s.accumulation]
             step_loss = torch.zeros((), device=acc.device)
             for i, global_idx in enumerate(step_batches):
                 idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = micro_batch(c, c.train_set, idx)
+                batch = trainee.make_batch(p.train_set, idx, "train")
+                # a policy's Batch or a reward model's dict batch
                 mask = batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
                 tokens += int(mask.sum())  # counted on the host, before the copy
                 padded += mask.numel()
                 batch = to_device(batch, acc.device)
                 sync = i == s.accumulation - 1
-                with (contextlib.nullcontext() if sync else acc.no_sync(c.policy)), acc.autocast():
-                    per_example, metrics = micro_loss(c, batch)
+                with (contextlib.nullcontext() if sync else acc.no_sync(trainee.module)), acc.autocast():
+                    per_example, metrics = trainee.loss(batch)
                     loss = reduce_loss(per_example, examples_per_step)
                 acc.backward(loss)
                 step_loss = step_loss + loss.detach()
                 window.add(metrics)
             # one host sync per step: a non-finite loss is caught before the update reaches the weights
             check_finite(acc, step_loss, state["step"] + 1, s.out_dir, last_good)
-            grad_norm = clip_and_norm(acc, c.policy, s.max_grad_norm)
-            c.optimizer.step()
-            c.scheduler.step()
-            c.optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_and_norm(acc, trainee.module, s.max_grad_norm)
+            p.optimizer.step()
+            p.scheduler.step()
+            p.optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             state["batch_in_epoch"] += s.accumulation
             step = state["step"]
@@ -171,43 +191,47 @@ def train_loop(c: Components, s: LoopSettings) -> dict:
                 stats = window.reduce(acc)
                 counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device, dtype=torch.float64),
                                     reduction="sum").tolist() if world > 1 else [tokens, padded]
-                stats.update({"grad_norm": grad_norm, "learning_rate": c.scheduler.get_last_lr()[0],
+                stats.update({"grad_norm": grad_norm, "learning_rate": p.scheduler.get_last_lr()[0],
                               "tokens_per_s": counts[0] / elapsed, "padded_tokens_per_s": counts[1] / elapsed,
                               "tokens": counts[0], "padded_tokens": counts[1],
                               "step_time_s": elapsed / window_steps, "epoch": state["epoch"]})
-                log(c, step, stats)
+                log(p, step, stats)
                 progress.update(0, loss=stats["loss"], acc=stats.get("rewards/accuracy", float("nan")),
                                 tok_s=stats["tokens_per_s"])
                 window, tokens, padded, t0, window_steps = MetricAccumulator(), 0, 0, time.perf_counter(), 0
-            if s.eval_steps and step % s.eval_steps == 0 and c.eval_set and step != s.max_steps:
-                log(c, step, evaluate(c, s.eval_batch_size))
+            if s.eval_steps and step % s.eval_steps == 0 and p.eval_set and step != s.max_steps:
+                stop = run_eval(step)
             if s.save_steps and step % s.save_steps == 0:
-                save_step_checkpoint(c, s, state)
+                save_step_checkpoint(p, s, state)
                 last_good = s.out_dir / f"checkpoint-{step}"
             progress.update(1)
-            if c.overopt is not None and c.overopt.due(step, s.max_steps) and \
-                    c.overopt.at_step(step, acc, unwrapped.model, lambda m: log(c, step, m)):
-                break  # likelihood over-optimisation: the monitor kept the last healthy model
-        if c.overopt is not None and c.overopt.stopped_at is not None:
-            break
-        if state["step"] < s.max_steps:
+            stop = first_reason([stop] + [cb.on_step_end(step) for cb in p.callbacks])
+            if stop is not None:
+                break
+        if state["step"] < s.max_steps and stop is None:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     progress.close()
-    history["eval_end"] = evaluate(c, s.eval_batch_size) if c.eval_set else {}
-    if history["eval_end"]:
-        log(c, state["step"], history["eval_end"])
+    if stop is not None:
+        acc.print(f"stopped early at step {state['step']}: {stop}")
+    history["eval_end"] = {}
+    if p.eval_set:  # the last weights' held-out metrics (already measured when an evaluation just ran)
+        if state["step"] not in last_eval:
+            run_eval(state["step"])  # training ends here: a stop reason from this evaluation changes nothing
+        history["eval_end"] = last_eval[state["step"]]
+    for cb in p.callbacks:
+        cb.on_train_end(state["step"])
     history["state"] = state
+    history["stopped_early"] = stop
     return history
 
 
-def save_step_checkpoint(c: Components, s: LoopSettings, state: dict) -> None:
-    acc = c.accelerator
+def save_step_checkpoint(p: LoopParts, s: LoopSettings, state: dict) -> None:
+    acc = p.accelerator
     acc.wait_for_everyone()
     if acc.is_main_process:
-        unwrapped = acc.unwrap_model(c.policy)
-        save_checkpoint(s.out_dir, state["step"], unwrapped.model, c.tokenizer, c.optimizer,
-                        c.scheduler, dict(state), s.keep_last, unwrapped.mask_head)
+        saved = {**state, "callbacks": {cb.name: cb.state_dict() for cb in p.callbacks}}
+        save_checkpoint(s.out_dir, state["step"], p.trainee.save, p.optimizer, p.scheduler, saved, s.keep_last)
     acc.wait_for_everyone()
 
 

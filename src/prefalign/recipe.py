@@ -1,0 +1,115 @@
+"""Setup steps every training recipe shares (policy: run.train; reward model: run_rewards).
+
+Each takes the LoopConfig fields it needs and returns components: the accelerator and run
+folder, optimizer and scheduler, metric sinks, the loop settings and the best-model callback.
+The recipes add their own model, reference and data, then call `run_loop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from prefalign.config import LoopConfig, best_metric, save_config
+from prefalign.runs import RUN_MARKERS, RUN_OUTPUTS, claim_run_dir, remove
+from prefalign.train.loop import LoopParts, LoopSettings, cosine_or_linear, train_loop
+
+
+def start_run(cfg: LoopConfig, command: str = "train"):
+    """(accelerator, run folder, earlier outputs to replace): seeded, the folder checked for an earlier run.
+
+    Nothing is written into it yet: a config or data error during setup leaves an earlier run as it was."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out_dir = Path(cfg.output_dir)
+    earlier = claim_run_dir(out_dir, cfg.resume, cfg.overwrite, RUN_OUTPUTS, RUN_MARKERS, command)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    acc.wait_for_everyone()
+    if acc.is_main_process:  # an empty folder is no run: paths relative to it (output_dir/../x) resolve as before
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return acc, out_dir, earlier
+
+
+def open_run_folder(acc, cfg: LoopConfig, out_dir: Path, earlier: list[Path]) -> None:
+    """Once setup succeeded: remove what overwrite=true replaces, then write config.yaml."""
+    # every process checked the folder in start_run; none may still be reading it when it changes
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if earlier:
+            remove(earlier)
+            acc.print(f"overwrite=true: removed the earlier run's {', '.join(p.name for p in earlier)} in {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # overwrite is what this command did, not a setting of the run: `train run/config.yaml --resume`
+        # must continue the run, not meet "resume and overwrite: choose one"
+        save_config(replace(cfg, overwrite=False), out_dir / "config.yaml")
+    acc.wait_for_everyone()
+
+
+def optimizer_and_scheduler(groups: list, cfg: LoopConfig):
+    """AdamW over parameter groups, linear warm-up then cosine / linear / constant."""
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    # stepped by the loop once per optimizer step; accelerate's prepared scheduler would step once per process
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_or_linear(cfg.lr_scheduler, warmup, cfg.max_steps))
+    return optimizer, scheduler
+
+
+def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
+    """metrics.jsonl (appended on resume) and optionally TensorBoard, on the main process only."""
+    if not acc.is_main_process:
+        return []
+    from prefalign.logging import JsonlSink, TensorBoardSink
+
+    sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)]
+    if cfg.tensorboard:
+        sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    return sinks
+
+
+def loop_settings(cfg: LoopConfig, out_dir: Path, group_by_length: bool) -> LoopSettings:
+    return LoopSettings(out_dir, cfg.max_steps, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
+                        cfg.seed, cfg.save_steps, cfg.keep_last, cfg.eval_steps, cfg.eval_batch_size,
+                        cfg.logging_steps, group_by_length, cfg.resume, cfg.progress)
+
+
+def keep_best(cfg: LoopConfig, trainee, acc, out_dir: Path):
+    """The best-model / early-stopping callback, or None when no metric is tracked."""
+    metric = best_metric(cfg)
+    if metric is None:
+        return None
+    from prefalign.train.callbacks import KeepBest
+
+    return KeepBest(trainee, acc, out_dir / "best", metric, cfg.greater_is_better, cfg.early_stopping_patience,
+                    cfg.early_stopping_threshold, cfg.load_best_model_at_end)
+
+
+def run_loop(parts: LoopParts, settings: LoopSettings) -> dict:
+    try:
+        return train_loop(parts, settings)
+    finally:
+        for sink in parts.sinks:
+            sink.close()
+
+
+def summary_fields(history: dict, best) -> dict:
+    """What every summary.json says about the loop: steps, held-out metrics, the best model, early stop."""
+    out = {"steps": history["state"]["step"], "eval_start": history["eval_start"], "eval_end": history["eval_end"],
+           "stopped_early": history["stopped_early"]}
+    if best is not None:
+        out.update(best_step=best.step, best_metric={"name": best.metric, "value": best.value}, best=best.summary())
+        if best.loaded:  # load_best_model_at_end: final/ holds the best model, so eval_end is its metrics
+            out.update(eval_end=best.metrics, eval_last=history["eval_end"])
+    return out
+
+
+def end_run(acc) -> None:
+    acc.wait_for_everyone()
+    acc.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a gloo group still alive at interpreter exit can abort a rank ("terminate called
+        # without an active exception") after all work is done; close it while every rank is here
+        torch.distributed.destroy_process_group()
