@@ -92,7 +92,7 @@ def load_policy(folder: Path, base: str | None, dtype: str):
 
 def run_inputs(args) -> dict:
     """What a run folder says: models, data, beta, metrics; command-line options win."""
-    from prefalign.config import load_config
+    from prefalign.config import load_config, prompt_length
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
@@ -104,7 +104,7 @@ def run_inputs(args) -> dict:
             "base": cfg.model, "data": args.data or cfg.data.eval, "train_data": cfg.data.train,
             "eval_fraction": cfg.data.eval_fraction, "split_seed": cfg.seed, "format": args.format or cfg.data.format,
             "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
-            "max_prompt_length": cfg.max_prompt_length, "metrics": run / "metrics.jsonl", "summary": summary,
+            "max_prompt_length": prompt_length(cfg), "metrics": run / "metrics.jsonl", "summary": summary,
             "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run}
 
 

@@ -96,7 +96,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     from rich.console import Console
     from rich.table import Table
 
-    from prefalign.config import DataConfig, TrainConfig, validate
+    from prefalign.config import DataConfig, TrainConfig, prompt_length, validate
     from prefalign.diagnostics.kl import sample_kl
     from prefalign.diagnostics.plots import plot_training_curves
     from prefalign.models import load_model, load_tokenizer
@@ -150,7 +150,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     else:
         prompts = [split_prompt(r) for r in held[:32]]
     kl_after = sample_kl(policy.eval(), base.eval(), tok, prompts, max_new_tokens=32,
-                         max_prompt_tokens=cfg.max_prompt_length)
+                         max_prompt_tokens=prompt_length(cfg))
     plot = plot_training_curves(out / "run" / "metrics.jsonl", out / "training_curves.png",
                                 title=f"DPO quickstart ({model})")
     rows_out = [("reward accuracy", "rewards/accuracy"), ("ranking accuracy (logp chosen > rejected)",

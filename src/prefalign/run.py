@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from prefalign.activations import check_supported
-from prefalign.config import TrainConfig, save_config, to_dict
+from prefalign.config import TrainConfig, prompt_length, save_config, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists
 from prefalign.data.pipeline import BuildContext, run_builder, run_builders
@@ -195,8 +195,8 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
             "contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)
             if "contrast_token_rewards" in obj.features else None,
             "short_prompt": "short_prompt" in obj.features, "long_chosen_nll": "long_chosen_nll" in obj.features}
-    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, **rows)
-    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, **rows)
+    train_tok = tokenize_examples(train, tokenizer, cfg.max_length, prompt_length(cfg), stats, **rows)
+    eval_tok = tokenize_examples(held_out, tokenizer, cfg.max_length, prompt_length(cfg), **rows)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
     if pairing_train:
