@@ -176,7 +176,9 @@ def cmd_diagnose(args) -> int:
         f"seed {args.seed}", f"judge: `{judge_name}`" if judge else "judge: none (no win rate or calibration)"]
     if not inputs["run"]:
         notes.append("no run folder: no checkpoints, so no likelihood or reward over-optimisation sections")
-    settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+    # prompts cut as training cut them (the run's prompt budget); generation also keeps room for new tokens
+    settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                                max_prompt_tokens=inputs["max_prompt_length"])
     report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
     try:
         diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,

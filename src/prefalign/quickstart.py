@@ -84,12 +84,12 @@ def smollm2_folder() -> Path:
     return cache
 
 
-@torch.no_grad()
 def greedy(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> str:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    from prefalign.generation import GenerateSettings, generate
+
+    # the shared generate path: the chat template, a prompt that leaves room for the new tokens
+    settings = GenerateSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=1)
+    return generate(model, tokenizer, [messages], settings, progress=False)[0][0].strip()
 
 
 def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", steps: int | None = None) -> dict:
