@@ -25,7 +25,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("diagnose", help="report whether alignment worked: ranking, KL, token shift, win rate, factors, "
                        "over-optimisation, curves",
                        epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json)")
+    p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json), or a "
+                   "folder holding exactly one (e.g. runs/quickstart)")
     p.add_argument("--model", help="policy model folder (instead of a run folder)")
     p.add_argument("--reference", help="reference model folder (default: the run's base model)")
     p.add_argument("--data", help="preference pairs file (default: the run's held-out data)")
@@ -93,10 +94,9 @@ def load_policy(folder: Path, base: str | None, dtype: str):
 def run_inputs(args) -> dict:
     """What a run folder says: models, data, beta, metrics; command-line options win."""
     from prefalign.config import load_config, prompt_length
+    from prefalign.run import resolve_run_dir
 
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml")
+    run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
     cfg = load_config(str(run / "config.yaml"))
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
     beta = (summary or {}).get("objective_params", {}).get("beta", cfg.beta)

@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -177,9 +178,24 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
         console.print(f"[bold]prompt[/]: {probe_messages[-1]['content']}")
         console.print(f"[bold]before[/]: {result['greedy_before']}")
         console.print(f"[bold]after[/]:  {result['greedy_after']}")
+    prompts_file = out / "prompts.jsonl"  # a few held-out prompts for the suggested `prefalign generate`
+    prompts_file.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts[:4]),
+                            encoding="utf-8")
+    result["run_dir"] = str(out / "run")
     (out / "quickstart.json").write_text(json.dumps(result, indent=1))
     console.print(f"training curves: {plot}\nwall time: {result['wall_time_s']} s")
+    print(next_steps(out / "run", prompts_file))
     return result
+
+
+def next_steps(run_dir: Path, prompts_file: Path) -> str:
+    """What to type next: plain text (no console wrapping), so that the commands copy and paste."""
+    run = shlex.quote(str(run_dir))
+    return (f"run folder: {run_dir}\n"
+            f"next:\n"
+            f"  prefalign diagnose {run}                 # report: ranking, KL, token shift, curves\n"
+            f"  prefalign generate --run {run} --prompts {shlex.quote(str(prompts_file))}"
+            f"   # answer held-out prompts")
 
 
 def split_prompt(row: dict) -> str:

@@ -396,3 +396,22 @@ def train_curriculum(cfg: TrainConfig) -> dict:
               "data": {"train": report.as_dict(), **({"builders": {"train": built}} if built else {})}}
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A run folder (it holds config.yaml), or a folder holding exactly one, such as quickstart's.
+
+    `prefalign quickstart` writes its data and plot beside the run (OUT/run), so `diagnose OUT` and
+    `generate --run OUT` mean the one run inside; two or more runs are ambiguous and named.
+    """
+    folder = Path(path)
+    if (folder / "config.yaml").is_file():
+        return folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a run folder: no such folder")
+    runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise FileNotFoundError(f"{folder} is not a run folder: no config.yaml in it or in a folder inside it")
+    raise ValueError(f"{folder} holds {len(runs)} runs ({', '.join(p.name for p in runs)}): give one of them")
