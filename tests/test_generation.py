@@ -119,3 +119,13 @@ def test_every_generation_path_goes_through_generate_batch():
     root = Path(prefalign.__file__).parent
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if ".generate(" in p.read_text())
     assert callers == ["generation.py"], callers
+
+
+def test_sample_kl_reports_prompts_cut_to_fit(tmp_path, tokenizer):
+    from prefalign.diagnostics.kl import sample_kl
+
+    model = short_context_llama(tmp_path, tokenizer, 40)
+    long_prompt = hh_rows()[0]["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
+    r = sample_kl(model, model, tokenizer, [long_prompt, "\n\nHuman: hi\n\nAssistant:"], max_new_tokens=8)
+    assert r["truncated_prompts"] == 1 and r["samples"] == 2
+    assert r["kl"] == pytest.approx(0.0, abs=1e-5)  # policy = reference, so the cut prompt still scores alike
