@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from prefalign.cli_diagnose import run_inputs
 from prefalign.config import ConfigError, load_config, prompt_length
 from prefalign.data.readers import load_examples
 from prefalign.data.tokenize import tokenize_examples
@@ -70,6 +72,10 @@ def test_minimal_config_trains_at_short_max_length(max_length, tiny_model_dir, t
     assert cfg.max_prompt_length is None and prompt_length(cfg) == max_length // 2
     summary = train(cfg)
     assert summary["steps"] == 2
+    # the run's config.yaml keeps it unset; diagnose derives the same budget from it
+    saved = Namespace(run=str(tmp_path / "run"), model=None, reference=None, data=None, format=None, beta=None,
+                      output_dir=None)
+    assert run_inputs(saved)["max_prompt_length"] == max_length // 2
     # the derived budget is what tokenization used: no prompt is longer than half of max_length
     tokenizer = load_tokenizer(str(tiny_model_dir))
     examples, _ = load_examples(str(ROOT / "tests/fixtures/hh_harmless_64.jsonl"), "auto", "error")
