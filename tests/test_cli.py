@@ -91,3 +91,15 @@ def test_readme_builders_table_is_the_registry():
 
     load_all_builders()
     assert len(BUILDERS) == printed.count("\n| `")
+
+
+def test_readme_prose_matches_the_registry():
+    """The prose around the objectives table says what `prefalign objectives` prints today: the count,
+    and no "loss only" caveat unless some objective is still loss only."""
+    readme = (ROOT / "README.md").read_text()
+    from prefalign.losses import OBJECTIVES
+
+    assert f"There are {len(OBJECTIVES)} of them today" in readme
+    printed = run_cli("objectives", "--markdown").stdout
+    prose = readme.replace(printed.strip(), "")
+    assert ("loss only" in prose) == ("loss only" in printed), "README mentions 'loss only' objectives"

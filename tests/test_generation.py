@@ -1,6 +1,11 @@
-import torch
+import logging
+from pathlib import Path
 
-from prefalign.generation import GenerateSettings, generate, generate_batch, keep_tail
+import pytest
+import torch
+from conftest import hh_rows
+
+from prefalign.generation import GenerateSettings, GenerateStats, generate, generate_batch, keep_tail
 from prefalign.models import load_model
 
 
@@ -50,3 +55,77 @@ def test_sampling_is_seeded_and_masks_after_eos(tiny_model_dir, tokenizer):
         # at most one EOS survives, and only as the last kept token
         assert eos not in kept[:-1]
     assert b.prompt_index == [0, 0, 1, 1, 2, 2]
+
+
+def short_context_llama(folder, tokenizer, positions: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_long_prompt_is_cut_to_leave_room_for_new_tokens(tmp_path, tokenizer, caplog):
+    """prompt + max_new_tokens stays within max_position_embeddings: the prompt keeps its BOS and its
+    end, the cut is counted and logged, and transformers never warns about exceeding the length."""
+    positions, new = 40, 12
+    model = short_context_llama(tmp_path, tokenizer, positions)
+    long_prompt = hh_rows()[0]["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
+    full = tokenizer(long_prompt)["input_ids"]
+    short = "\n\nHuman: hi\n\nAssistant:"
+    assert len(full) > positions and len(tokenizer(short)["input_ids"]) < positions - new
+    seen = Records()
+    logging.getLogger("transformers").addHandler(seen)
+    try:
+        with caplog.at_level(logging.WARNING, logger="prefalign.generation"):
+            s = GenerateSettings(max_new_tokens=new, do_sample=False, batch_size=2)
+            b = generate_batch(model, tokenizer, [long_prompt, short], s)
+            stats = GenerateStats()
+            texts = generate(model, tokenizer, [long_prompt, short, long_prompt], s, progress=False, stats=stats)
+    finally:
+        logging.getLogger("transformers").removeHandler(seen)
+    assert b.ids.shape[1] <= positions and b.ids.shape[1] == positions  # full room used: prompt fills the rest
+    prompt_row = b.ids[0][b.attention_mask[0].bool() & ~b.response_mask[0]].tolist()
+    room = positions - new
+    assert prompt_row == [tokenizer.bos_token_id] + full[len(full) - room + 1:]  # BOS kept, then the end
+    assert b.truncated == 1 and (stats.prompts, stats.truncated) == (3, 2) and len(texts) == 3
+    assert any("1 of 2 prompts cut from the left to 28 tokens" in r.getMessage() for r in caplog.records)
+    assert not [m for m in seen.messages if "maximum length" in m], seen.messages
+
+
+def test_max_new_tokens_beyond_the_model_positions_is_a_clear_error(tmp_path, tokenizer):
+    model = short_context_llama(tmp_path, tokenizer, 16)
+    with pytest.raises(ValueError, match=r"max_new_tokens \(16\) leaves no room for a prompt: the model has 16"):
+        generate_batch(model, tokenizer, ["hi"], GenerateSettings(max_new_tokens=16, do_sample=False))
+
+
+def test_every_generation_path_goes_through_generate_batch():
+    """Only generation.py calls a model's generate(): every other path (diagnose, judges, builders,
+    the over-optimisation monitor, quickstart) gets the prompt cut that leaves room for new tokens."""
+    import prefalign
+
+    root = Path(prefalign.__file__).parent
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if ".generate(" in p.read_text())
+    assert callers == ["generation.py"], callers
+
+
+def test_sample_kl_reports_prompts_cut_to_fit(tmp_path, tokenizer):
+    from prefalign.diagnostics.kl import sample_kl
+
+    model = short_context_llama(tmp_path, tokenizer, 40)
+    long_prompt = hh_rows()[0]["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
+    r = sample_kl(model, model, tokenizer, [long_prompt, "\n\nHuman: hi\n\nAssistant:"], max_new_tokens=8)
+    assert r["truncated_prompts"] == 1 and r["samples"] == 2
+    assert r["kl"] == pytest.approx(0.0, abs=1e-5)  # policy = reference, so the cut prompt still scores alike

@@ -187,7 +187,9 @@ def cmd_generate(args) -> int:
         prompts += [row["prompt"] for _, row in iter_rows(args.prompts) if isinstance(row, dict) and "prompt" in row]
     if not prompts:
         raise ValueError("no prompts: give --prompt TEXT or --prompts FILE (rows with a 'prompt' field)")
-    run = Path(args.run)
+    from prefalign.run import resolve_run_dir
+
+    run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
     conditioning = None if args.no_condition else reward_conditioning(run)
     if conditioning and args.score is not None:
         conditioning = (conditioning[0], args.score)
@@ -251,7 +253,8 @@ def add_commands(sub) -> None:
     g = sub.add_parser("generate", help="answer prompts with a trained run's final model "
                                         "(reward-augmented runs: conditioned on the best score)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--run", required=True, help="run folder (output_dir of `prefalign train`)")
+    g.add_argument("--run", required=True, help="run folder (output_dir of `prefalign train`), or a folder "
+                                               "holding exactly one (e.g. runs/quickstart)")
     g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     g.add_argument("--prompts", help="file of rows with a 'prompt' field")
     g.add_argument("--score", type=float, help="condition on this score instead of the run's best")

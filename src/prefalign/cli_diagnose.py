@@ -26,7 +26,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("diagnose", help="report whether alignment worked: ranking, KL, token shift, win rate, factors, "
                        "over-optimisation, curves",
                        epilog=EPILOG, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json)")
+    p.add_argument("run", nargs="?", help="a run folder (config.yaml, final/, metrics.jsonl, summary.json), or a "
+                   "folder holding exactly one (e.g. runs/quickstart)")
     p.add_argument("--model", help="policy model folder (instead of a run folder)")
     p.add_argument("--reference", help="reference model folder (default: the run's base model)")
     p.add_argument("--data", help="preference pairs file (default: the run's held-out data)")
@@ -77,11 +78,10 @@ def parse_judge_args(items: list[str]) -> dict:
 
 def run_inputs(args) -> dict:
     """What a run folder says: models, data, beta, metrics; command-line options win."""
-    from prefalign.config import load_config
+    from prefalign.config import load_config, prompt_length
+    from prefalign.run import resolve_run_dir
 
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml")
+    run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
     cfg = load_config(str(run / "config.yaml"))
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
     beta = (summary or {}).get("objective_params", {}).get("beta", cfg.beta)
@@ -89,7 +89,7 @@ def run_inputs(args) -> dict:
             "base": cfg.model, "data": args.data or cfg.data.eval, "train_data": cfg.data.train,
             "eval_fraction": cfg.data.eval_fraction, "split_seed": cfg.seed, "format": args.format or cfg.data.format,
             "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
-            "max_prompt_length": cfg.max_prompt_length, "metrics": run / "metrics.jsonl", "summary": summary,
+            "max_prompt_length": prompt_length(cfg), "metrics": run / "metrics.jsonl", "summary": summary,
             "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run}
 
 
@@ -162,7 +162,9 @@ def cmd_diagnose(args) -> int:
         f"seed {args.seed}", f"judge: `{judge_name}`" if judge else "judge: none (no win rate or calibration)"]
     if not inputs["run"]:
         notes.append("no run folder: no checkpoints, so no likelihood or reward over-optimisation sections")
-    settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
+    # prompts cut as training cut them (the run's prompt budget); generation also keeps room for new tokens
+    settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                                max_prompt_tokens=inputs["max_prompt_length"])
     report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
     try:
         diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,

@@ -110,7 +110,8 @@ class TrainConfig(LoopConfig):
     beta: float | None = opt(None, "KL strength / inverse temperature; unset: the objective's own default "
                                    "(dpo 0.1, simpo 2.0, ...; see `prefalign objectives`)")
     objective_args: dict = opt({}, "other hyper-parameters of the objective, e.g. {label_smoothing: 0.1}")
-    max_prompt_length: int = opt(256, "maximum prompt tokens (truncated from the left)")
+    max_prompt_length: int | None = opt(None, "maximum prompt tokens (truncated from the left); unset: max_length // "
+                                              "2, the ratio of TRL's defaults (512 of 1024)")
     reference: str = opt("auto", "frozen | adapter_off | precomputed | none | auto")
     reference_model: str | None = opt(None, "local folder of the reference policy (frozen or precomputed); "
                                             "unset: the policy's own initial weights")
@@ -252,6 +253,15 @@ def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | No
     return config, list(overrides)
 
 
+def prompt_length(cfg: TrainConfig) -> int:
+    """The prompt budget in tokens: max_prompt_length if set, else half of max_length.
+
+    Half mirrors TRL's defaults (max_prompt_length 512 of max_length 1024), so a config that sets
+    only max_length works for any max_length. Every reader goes through here, never the raw field.
+    """
+    return cfg.max_prompt_length if cfg.max_prompt_length is not None else cfg.max_length // 2
+
+
 def validate(cfg: TrainConfig) -> None:
     if not cfg.model:
         raise ConfigError("model is required: a local folder of a Hugging Face causal LM")
@@ -272,8 +282,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("overopt_prompts, overopt_k and overopt_max_new_tokens must be at least 1")
     if not 0 <= cfg.mask_head_dropout < 1:
         raise ConfigError("mask_head_dropout must be in [0, 1)")
-    if cfg.max_prompt_length >= cfg.max_length:
-        raise ConfigError("max_prompt_length must be below max_length")
+    if cfg.max_prompt_length is not None and not 1 <= cfg.max_prompt_length < cfg.max_length:
+        # only a value the user set can be wrong: the derived one always leaves the response room
+        raise ConfigError(f"max_prompt_length ({cfg.max_prompt_length}) must be at least 1 and below max_length "
+                          f"({cfg.max_length}), so that every response keeps at least one token; or leave it unset "
+                          f"(max_length // 2)")
+    if cfg.max_prompt_length is None and cfg.max_length < 2:
+        raise ConfigError(f"max_length ({cfg.max_length}) must be at least 2: one prompt and one response token")
     check_builders(cfg.data.builders)
     for key in ("contrast_better", "contrast_worse"):
         error = template_error(getattr(cfg.data, key))

@@ -4,11 +4,13 @@ Prompts are plain text (tokenized with the tokenizer's special tokens, as traini
 chat message list (rendered with the chat template and its generation prompt) or a list of
 token ids (a tokenized example's prompt, used as it is). Batches are
 left-padded so that every prompt ends where generation starts. Long prompts keep their end,
-the turn being answered, and a leading BOS.
+the turn being answered, and a leading BOS, as training truncates them; they are also cut so that
+prompt + max_new_tokens fits the model's positions (fit_prompts), and every cut is counted.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,15 @@ class GeneratedBatch:
     response_mask: torch.Tensor  # True at generated tokens up to and including the first EOS
     prompt_index: list[int]  # which input prompt each row answers
     finished: list[bool]  # whether the row emitted EOS within max_new_tokens
+    truncated: int = 0  # prompts of this batch cut from the left (see fit_prompts)
+
+
+@dataclass
+class GenerateStats:
+    """What generate() did to its prompts: how many, and how many were cut from the left."""
+
+    prompts: int = 0
+    truncated: int = 0
 
 
 def keep_tail(ids: list[int], limit: int, bos: int | None) -> list[int]:
@@ -48,18 +59,53 @@ def keep_tail(ids: list[int], limit: int, bos: int | None) -> list[int]:
     return ids[-limit:]
 
 
-def encode_prompt(tokenizer, prompt, max_prompt_tokens: int) -> list[int]:
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """A prompt's full token ids, before any cut."""
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
         # already token ids (a tokenized example's prompt): used as they are, no second BOS
-        return keep_tail(prompt, max_prompt_tokens, tokenizer.bos_token_id)
+        return list(prompt)
     if isinstance(prompt, list):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("a message-list prompt needs a tokenizer with a chat template")
         text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    return keep_tail(ids, max_prompt_tokens, tokenizer.bos_token_id)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_prompt(tokenizer, prompt, max_prompt_tokens: int) -> list[int]:
+    return keep_tail(prompt_ids(tokenizer, prompt), max_prompt_tokens, tokenizer.bos_token_id)
+
+
+def max_positions(model) -> int | None:
+    """The longest sequence the model's position embeddings cover (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):  # Llama/Qwen/NeoX name it one way, GPT-2 the other
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_prompts(model, tokenizer, encoded: list[list[int]], s: GenerateSettings) -> tuple[list[list[int]], int]:
+    """Prompt ids cut from the left to min(max_prompt_tokens, positions - max_new_tokens), keeping a BOS.
+
+    Generating past the model's positions degrades or breaks the output (transformers only warns),
+    so room for every new token is kept. Returns the ids and how many prompts were cut.
+    """
+    limit = s.max_prompt_tokens
+    positions = max_positions(model)
+    if positions is not None:
+        if s.max_new_tokens >= positions:
+            raise ValueError(f"max_new_tokens ({s.max_new_tokens}) leaves no room for a prompt: the model has "
+                             f"{positions} positions")
+        limit = min(limit, positions - s.max_new_tokens)
+    fitted = [keep_tail(ids, limit, tokenizer.bos_token_id) for ids in encoded]
+    truncated = sum(len(a) < len(b) for a, b in zip(fitted, encoded))
+    if truncated:
+        logging.getLogger(__name__).warning(
+            "%d of %d prompts cut from the left to %d tokens (max_prompt_tokens %d, model positions %s, "
+            "max_new_tokens %d)", truncated, len(encoded), limit, s.max_prompt_tokens, positions, s.max_new_tokens)
+    return fitted, truncated
 
 
 def left_pad(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +121,8 @@ def generate_batch(model, tokenizer, prompts: list, s: GenerateSettings) -> Gene
     """Generate for one batch of prompts; `s.num_return_sequences` rows per prompt, in prompt order."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
-    ids, mask = left_pad([encode_prompt(tokenizer, p, s.max_prompt_tokens) for p in prompts], pad)
+    encoded, truncated = fit_prompts(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts], s)
+    ids, mask = left_pad(encoded, pad)
     device = next(model.parameters()).device
     sampling = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k) if s.do_sample \
         else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -92,7 +139,7 @@ def generate_batch(model, tokenizer, prompts: list, s: GenerateSettings) -> Gene
     response[:, width:] = ~after_eos
     attention = torch.cat([mask, (~after_eos).long()], 1)
     index = [i for i in range(len(prompts)) for _ in range(s.num_return_sequences)]
-    return GeneratedBatch(out, attention, response, index, is_eos.any(1).tolist())
+    return GeneratedBatch(out, attention, response, index, is_eos.any(1).tolist(), truncated)
 
 
 def response_texts(tokenizer, batch: GeneratedBatch) -> list[str]:
@@ -105,10 +152,12 @@ def response_texts(tokenizer, batch: GeneratedBatch) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list, settings: GenerateSettings | None = None,
-             progress: bool = True, description: str = "generating") -> list[list[str]]:
+             progress: bool = True, description: str = "generating",
+             stats: GenerateStats | None = None) -> list[list[str]]:
     """Responses for every prompt: a list of `num_return_sequences` strings per prompt.
 
     Seeded once at the start, so the same settings and batch size give the same samples.
+    `stats`, when given, adds up the prompts and how many were cut from the left.
     """
     s = settings or GenerateSettings()
     torch.manual_seed(s.seed)
@@ -119,6 +168,9 @@ def generate(model, tokenizer, prompts: list, settings: GenerateSettings | None 
     for start in progress_iter(starts, description, enabled=progress):
         chunk = prompts[start:start + s.batch_size]
         batch = generate_batch(model, tokenizer, chunk, s)
+        if stats is not None:
+            stats.prompts += len(chunk)
+            stats.truncated += batch.truncated
         for i, text in zip(batch.prompt_index, response_texts(tokenizer, batch)):
             results[start + i].append(text)
     model.train(was_training)

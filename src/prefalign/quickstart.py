@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -84,19 +85,19 @@ def smollm2_folder() -> Path:
     return cache
 
 
-@torch.no_grad()
 def greedy(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> str:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    from prefalign.generation import GenerateSettings, generate
+
+    # the shared generate path: the chat template, a prompt that leaves room for the new tokens
+    settings = GenerateSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=1)
+    return generate(model, tokenizer, [messages], settings, progress=False)[0][0].strip()
 
 
 def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", steps: int | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from prefalign.config import DataConfig, TrainConfig, validate
+    from prefalign.config import DataConfig, TrainConfig, prompt_length, validate
     from prefalign.diagnostics.kl import sample_kl
     from prefalign.diagnostics.plots import plot_training_curves
     from prefalign.models import load_model, load_tokenizer
@@ -146,7 +147,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     else:
         prompts = [split_prompt(r) for r in held[:32]]
     kl_after = sample_kl(policy.eval(), base.eval(), tok, prompts, max_new_tokens=32,
-                         max_prompt_tokens=cfg.max_prompt_length)
+                         max_prompt_tokens=prompt_length(cfg))
     plot = plot_training_curves(out / "run" / "metrics.jsonl", out / "training_curves.png",
                                 title=f"DPO quickstart ({model})")
     rows_out = [("reward accuracy", "rewards/accuracy"), ("ranking accuracy (logp chosen > rejected)",
@@ -177,8 +178,13 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
         console.print(f"[bold]prompt[/]: {probe_messages[-1]['content']}")
         console.print(f"[bold]before[/]: {result['greedy_before']}")
         console.print(f"[bold]after[/]:  {result['greedy_after']}")
+    prompts_file = out / "prompts.jsonl"  # a few held-out prompts for the suggested `prefalign generate`
+    prompts_file.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts[:4]),
+                            encoding="utf-8")
+    result["run_dir"] = str(out / "run")
     (out / "quickstart.json").write_text(json.dumps(result, indent=1))
     console.print(f"training curves: {plot}\nwall time: {result['wall_time_s']} s")
+    print(next_steps(out / "run", prompts_file))
     return result
 
 
@@ -191,6 +197,16 @@ def curve_turn(summary: dict) -> str | None:
     last = summary.get("eval_last", summary["eval_end"]).get(best["metric"])
     return (f"the held-out {name} was best at step {best['step']} of {summary['steps']} ({best['value']:.4f}; "
             f"{last:.4f} at the end): that model is kept in {best['model']}")
+
+
+def next_steps(run_dir: Path, prompts_file: Path) -> str:
+    """What to type next: plain text (no console wrapping), so that the commands copy and paste."""
+    run = shlex.quote(str(run_dir))
+    return (f"run folder: {run_dir}\n"
+            f"next:\n"
+            f"  prefalign diagnose {run}                 # report: ranking, KL, token shift, curves\n"
+            f"  prefalign generate --run {run} --prompts {shlex.quote(str(prompts_file))}"
+            f"   # answer held-out prompts")
 
 
 def split_prompt(row: dict) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.config import TrainConfig, to_dict
+from prefalign.config import TrainConfig, prompt_length, to_dict
 from prefalign.data.readers import load_examples, seeded_split
 from prefalign.data.builders import pairs_from_lists
 from prefalign.data.pipeline import BuildContext, run_builder, run_builders
@@ -193,8 +193,8 @@ def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     stats = TokenizeStats()
     # the suppliers of the objective's features build its extra rows; a supplier reads the options it knows
     options = {"contrast": (cfg.data.contrast_better, cfg.data.contrast_worse)}
-    train_tok = tokenize(train, tokenizer, cfg.max_length, cfg.max_prompt_length, stats, obj.features, **options)
-    eval_tok = tokenize(held_out, tokenizer, cfg.max_length, cfg.max_prompt_length, None, obj.features, **options)
+    train_tok = tokenize(train, tokenizer, cfg.max_length, prompt_length(cfg), stats, obj.features, **options)
+    eval_tok = tokenize(held_out, tokenizer, cfg.max_length, prompt_length(cfg), None, obj.features, **options)
     report = {"train": train_report.as_dict(), "eval": eval_report.as_dict() if eval_report else "split",
               "train_examples": len(train_tok), "eval_examples": len(eval_tok), "tokenize": stats.as_dict()}
     if pairing_train:
@@ -385,3 +385,22 @@ def train_curriculum(cfg: TrainConfig) -> dict:
               "data": {"train": report.as_dict(), **({"builders": {"train": built}} if built else {})}}
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A run folder (it holds config.yaml), or a folder holding exactly one, such as quickstart's.
+
+    `prefalign quickstart` writes its data and plot beside the run (OUT/run), so `diagnose OUT` and
+    `generate --run OUT` mean the one run inside; two or more runs are ambiguous and named.
+    """
+    folder = Path(path)
+    if (folder / "config.yaml").is_file():
+        return folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a run folder: no such folder")
+    runs = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise FileNotFoundError(f"{folder} is not a run folder: no config.yaml in it or in a folder inside it")
+    raise ValueError(f"{folder} holds {len(runs)} runs ({', '.join(p.name for p in runs)}): give one of them")

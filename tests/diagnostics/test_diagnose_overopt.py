@@ -89,7 +89,8 @@ def test_every_checkpoint_probed_with_a_scoring_judge(run_dir, tiny_model_dir, t
 
 def test_start_row_equals_the_probe_run_alone(run_dir, tiny_model_dir, tokenizer, tmp_path, capsys):
     """--checkpoints 2 keeps the start and the final model; the start row is likelihood_indicators of the base
-    model on the diagnose prompts (the first distinct prompts of the held-out pairs), same seed and length."""
+    model on the diagnose prompts (the first distinct prompts of the held-out pairs), same seed and length,
+    prompts cut to the run's max_prompt_length as training cut them."""
     out = tmp_path / "rep"
     code = main(["diagnose", str(run_dir), *COMMON, "--checkpoints", "2", "--output-dir", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -106,7 +107,7 @@ def test_start_row_equals_the_probe_run_alone(run_dir, tiny_model_dir, tokenizer
     examples, _ = load_pairs(inputs, 4)
     prompts = list({repr(e.prompt): e.prompt for e in examples}.values())[:3]
     alone = likelihood_indicators(load_model(str(tiny_model_dir)), tokenizer, prompts, 10, max_new_tokens=4, seed=0,
-                                  batch_size=4)
+                                  batch_size=4, max_prompt_tokens=inputs["max_prompt_length"])
     assert rows[0]["topk_entropy"] == pytest.approx(alone["topk_entropy"], abs=1e-6)
     assert rows[0]["topk_mass"] == pytest.approx(alone["topk_mass"], abs=1e-6)
 

@@ -129,6 +129,10 @@ def kl_section(report: Report, policy, reference, tokenizer, prompts: list, sett
     text = (f"KL(policy || reference) estimated as the mean log-ratio over {r['samples']} responses sampled from "
             f"the policy (unbiased for samples of the policy; the log-ratio on the dataset's fixed responses is "
             f"not), up to {settings.max_new_tokens} new tokens, seed {settings.seed}.")
+    if r["truncated_prompts"]:  # cut as training cut them, and to leave the model room for the new tokens
+        text += (f" {r['truncated_prompts']} of {len(prompts)} prompts were cut from the left to fit "
+                 f"(at most {settings.max_prompt_tokens} prompt tokens, and prompt + new tokens within the model's "
+                 f"positions).")
     report.add("Sample KL", text, [{"KL (nats)": r["kl"], "standard error": r["kl_stderr"],
                                     "samples": r["samples"]}], data=r)
     return r

@@ -37,10 +37,11 @@ def sample_kl(policy, reference, tokenizer, prompts: list[str], max_new_tokens: 
               batch_size: int = 8, max_prompt_tokens: int = 256, progress: bool = False) -> dict[str, float]:
     torch.manual_seed(seed)
     settings = GenerateSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
-    values = []
+    values, truncated = [], 0
     for s in progress_iter(range(0, len(prompts), batch_size), "sample KL", enabled=progress):
-        _, ratios = sampled_logratios(policy, reference, tokenizer, prompts[s:s + batch_size], settings)
+        b, ratios = sampled_logratios(policy, reference, tokenizer, prompts[s:s + batch_size], settings)
         values += ratios.tolist()
+        truncated += b.truncated
     t = torch.tensor(values)
     return {"kl": float(t.mean()), "kl_stderr": float(t.std() / len(values) ** 0.5) if len(values) > 1 else 0.0,
-            "samples": len(values)}
+            "samples": len(values), "truncated_prompts": truncated}
