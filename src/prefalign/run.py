@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,13 +50,6 @@ def objective_params(obj: Objective, beta: float | None, args: dict) -> dict:
     if beta is not None:
         params["beta"] = beta
     params.update(args)
-    # Rows and features are built from obj.features alone; one a parameter value switches on
-    # (orpo nll_tokens=prompt_and_response) is not built yet: refuse before any model is loaded.
-    switched = [f for f in obj.features_for(params) if f not in obj.features]
-    if switched:
-        settings = ", ".join(f"{k}={v!r}" for k, v, _ in obj.features_when if params.get(k) == v)
-        raise ValueError(f"objective {obj.name!r} with {settings} needs {switched}, which the trainer cannot "
-                         "supply yet; use the objective's default or call it on your own log-probs")
     return params
 
 
@@ -239,6 +233,9 @@ def setup_objective(cfg: TrainConfig):
     """(objective, its parameters, reference mode), checked against the config."""
     obj = get_objective(cfg.objective)
     params = objective_params(obj, cfg.beta, cfg.objective_args)
+    # features a parameter value switches on (orpo nll_tokens=prompt_and_response) join the declared
+    # ones, so their suppliers build rows and the step computes them like any other
+    obj = replace(obj, features=obj.features_for(params))
     mode = resolve_reference(cfg, obj)
     if obj.couples_batch and cfg.batch_size < 2:
         raise ValueError(f"objective {obj.name!r} couples the examples of a micro-batch; batch_size must be >= 2")

@@ -80,18 +80,12 @@ def test_api_default_beta_differs_from_a_blanket_point_one():
     close(loss, [0.3132617], tol=1e-6)
 
 
-def test_orpo_prompt_and_response_nll_is_refused_before_training():
-    """The switched feature is named by the registry and refused by the config path (the trainer
-    builds rows from the fixed features only)."""
-    from prefalign.run import objective_params
-
+def test_orpo_prompt_and_response_nll_is_switched_on_by_its_parameter():
+    """The parameter value names the extra feature; the default keeps TRL's response-only NLL
+    (training with the authors' choice: tests/train/test_orpo_prompt_nll.py)."""
     orpo = get_objective("orpo")
     assert orpo.features_for({"nll_tokens": "prompt_and_response"}) == ("lengths", "prompt_and_response_nll")
     assert orpo.features_for({}) == orpo.features == ("lengths",)
-    assert objective_params(orpo, None, {})["nll_tokens"] == "response"
-    with pytest.raises(ValueError, match=r"nll_tokens='prompt_and_response' needs \['prompt_and_response_nll'\]"
-                                         r", which the trainer cannot supply yet"):
-        objective_params(orpo, None, {"nll_tokens": "prompt_and_response"})
 
 
 def test_features_when_must_name_a_parameter():

@@ -18,6 +18,7 @@ from prefalign.features import (  # noqa: F401  (registration side effect; this 
     contrast,
     longpo,
     mismatched,
+    sequence_nll,
 )
 from prefalign.features.registry import SUPPLIERS, FeatureSupplier, Step, for_features, get_supplier, supplier, unsupplied
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from prefalign.data.records import DataError
 from prefalign.data.tokenize import short_sequence, with_row
 from prefalign.features.registry import FeatureSupplier, supplier
+from prefalign.features.sequence_nll import ChosenSequenceNLL
 
 
 @supplier
@@ -44,16 +45,7 @@ class ShortPrompt(FeatureSupplier):
 
 
 @supplier
-class LongChosenNLL(FeatureSupplier):
+class LongChosenNLL(ChosenSequenceNLL):
     name = "long_chosen_nll"
     description = ("'long_chosen_nll' [B]: mean per-token NLL of the whole chosen sequence (long context, "
                    "instruction and response) under the policy, with grad (LongPO)")
-
-    def tokenize(self, example, tokenized, builder):
-        # the whole chosen sequence scored from its second token (start 0): prompt included
-        tokenized.policy_rows[self.name] = (tokenized.sequences[0], 0)
-
-    def compute(self, step):
-        rows, batch, tok = step.batch.extras[self.name], step.batch, step.token_logps
-        counts = (batch.response_mask[rows, 1:] & batch.attention_mask[rows, 1:].bool()).sum(1)
-        return {self.name: -tok[rows].sum(1) / counts.to(tok.dtype)}
