@@ -24,7 +24,7 @@ def quickstart(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(qs.HELD_OUT, "tiny", 6)
         mp.setitem(qs.TRAIN_LIMIT, "tiny", 16)
-        mp.setitem(qs.PRESETS, "tiny", dict(qs.PRESETS["tiny"], logging_steps=1, eval_steps=0))
+        mp.setitem(qs.PRESETS, "tiny", dict(qs.PRESETS["tiny"], logging_steps=1, eval_steps=1))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             qs.run_quickstart("tiny", str(out), steps=2)
