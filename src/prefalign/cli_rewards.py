@@ -15,7 +15,7 @@ def options_table() -> str:
 
 
 def cmd_train_rm(args) -> int:
-    from prefalign.cli import print_summary
+    from prefalign.logging import print_summary
     from prefalign.run_rewards import load_reward_config, train_reward_model
 
     config, overrides = args.config, list(args.overrides)
