@@ -15,8 +15,8 @@ def options_table() -> str:
 
 
 def cmd_train_rm(args) -> int:
-    from prefalign.cli import print_summary
     from prefalign.config import split_config_arg
+    from prefalign.logging import print_summary
     from prefalign.run_rewards import load_reward_config, train_reward_model
 
     config, overrides = split_config_arg(args.config, args.overrides)

@@ -70,3 +70,31 @@ def progress_iter(items, description: str, enabled: bool = True):
             bar.update()
     finally:
         bar.close()
+
+
+def print_summary(summary: dict) -> None:
+    """A training run's summary on the console: held-out metrics before and after, skipped rows, the model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    before, after = summary.get("eval_start", {}), summary.get("eval_end", {})
+    table = Table(title=f"held-out metrics: {summary['objective']} ({summary['steps']} steps)")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key in sorted(set(before) | set(after)):
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(key.removeprefix("eval/"), fmt(before.get(key)), fmt(after.get(key)))
+    console = Console()
+    if before or after:
+        console.print(table)
+    skipped = summary["data"]["train"]["skipped"]
+    if skipped:
+        console.print(f"[yellow]{skipped} bad training rows skipped[/]: {summary['data']['train']['skipped_by_reason']}")
+    if summary.get("stopped_early"):
+        console.print(f"stopped early at step {summary['steps']}: {summary['stopped_early']}")
+    best = summary.get("best")
+    if best and best["step"] is not None:
+        console.print(f"best model ({best['metric']} {best['value']:.4f} at step {best['step']}): {best['model']}")
+    if "final_model" in summary:
+        console.print(f"final model: {summary['final_model']}")

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from prefalign.data.oasst import TreeOptions, TreeReport, read_oasst_trees, tree_examples
-from prefalign.data.readers import load_examples
+from prefalign.data.readers import iter_rows, load_examples
 from prefalign.data.records import DataError
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
+TREES = FIX / "oasst_trees_6.jsonl"
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
@@ -28,7 +29,7 @@ def test_trees_reproduce_the_normalized_ranked_view():
 
 
 def test_prompt_is_history_ending_with_the_user_turn():
-    examples, _ = read_oasst_trees(FIX / "oasst_trees_6.jsonl")
+    examples, _ = read_oasst_trees(iter_rows(TREES), str(TREES))
     deep = [e for e in examples if len(e.prompt) > 1]
     assert deep, "the fixture has follow-up turns"
     for e in examples:
@@ -39,7 +40,7 @@ def test_prompt_is_history_ending_with_the_user_turn():
 
 def test_skip_synthetic_drops_the_synthetic_tree_and_counts_it():
     """Tree 1 is all model-written (4 messages, chip20b): its root is left out, the 3 below it counted."""
-    examples, report = read_oasst_trees(FIX / "oasst_trees_6.jsonl", TreeOptions(skip_synthetic=True))
+    examples, report = read_oasst_trees(iter_rows(TREES), str(TREES), TreeOptions(skip_synthetic=True))
     assert len(examples) == 12 and report.lists == 12 and report.trees == 6
     assert report.left_out == {"synthetic message": 1, "below a left-out message": 3, "reply without a rank": 3}
 

@@ -4,8 +4,9 @@ import torch
 from prefalign.judges import make_judge
 from prefalign.judges.preference_model import PALJudge, PreferenceModelJudge
 from prefalign.rewards.backbone import RewardBackbone
-from prefalign.rewards.gpm import GPMHead, save_gpm
-from prefalign.rewards.pal import PALHead, save_pal
+from prefalign.rewards.gpm import GPMHead
+from prefalign.rewards.model import save_gpm, save_pal
+from prefalign.rewards.pal import PALHead
 
 PROMPTS = ["\n\nHuman: hi\n\nAssistant:", "\n\nHuman: how are you?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:"]
 A = [" hello there", " fine thanks", " hello there"]

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from prefalign.rewards.gpm import (GPMHead, gpm_loss, gpm_probability, load_gpm, preference_matrix,
-                                   preference_score, save_gpm, skew_operator)
+from prefalign.rewards.gpm import GPMHead, gpm_loss, gpm_probability, preference_matrix, preference_score, skew_operator
+from prefalign.rewards.model import load_gpm, save_gpm
 
 
 @pytest.fixture
@@ -152,5 +152,5 @@ def test_save_and_load_round_trip(tmp_path, tiny_model_dir):
         enc = bb.encode(["hi"], [" there"])
         assert torch.allclose(bb(**enc), bb2(**bb2.encode(["hi"], [" there"])), atol=1e-6)
     with pytest.raises(ValueError, match="kind"):
-        from prefalign.rewards.pal import load_pal
+        from prefalign.rewards.model import load_pal
         load_pal(folder)

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from prefalign.rewards.pal import PALHead, fit_user_weights, ideal_points, load_pal, pal_loss, pal_reward, save_pal
+from prefalign.rewards.model import load_pal, save_pal
+from prefalign.rewards.pal import PALHead, fit_user_weights, ideal_points, pal_loss, pal_reward
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefalign.data.pipeline import BuildContext, data_builder
+from prefalign.data.registry import BuildContext, data_builder
 from prefalign.data.records import Example
 from prefalign.generation import GenerateSettings
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prefalign.data.pipeline import BuildContext, data_builder
+from prefalign.data.registry import BuildContext, data_builder
 from prefalign.data.records import DataError, Example, check_text
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Iterable
 
 from prefalign.data.records import DataError, Example
 
@@ -149,15 +149,16 @@ def ranked_list(msg: dict, replies: list[dict], history: list[dict], tree_id, so
     return Example(history, texts, [-float(r["rank"]) for r in replies], "list", source, extra)
 
 
-def read_oasst_trees(path: str | Path, opts: TreeOptions | None = None) -> tuple[list[Example], TreeReport]:
-    """Every ranked list of every tree in a JSONL(.gz) file of OpenAssistant message trees."""
-    from prefalign.data.readers import iter_rows  # readers imports this module for load_examples
-
+def read_oasst_trees(rows: Iterable[tuple[int, Any]], source: str,
+                     opts: TreeOptions | None = None) -> tuple[list[Example], TreeReport]:
+    """Every ranked list of every tree in `rows` ((row number, parsed row), e.g.
+    `readers.iter_rows(path)`); `source` names the file in errors. The rows come in from the
+    caller because readers.py imports this module to read the "oasst_trees" format."""
     report, out = TreeReport(), []
-    for row_no, row in iter_rows(path):
+    for row_no, row in rows:
         if isinstance(row, DataError):
             raise row
         if not isinstance(row, dict) or not TREE_FIELDS <= set(row):
-            raise DataError(str(path), row_no, "*", f"an OpenAssistant tree row needs {sorted(TREE_FIELDS)}")
-        out.extend(tree_examples(row, str(path), row_no, opts, report))
+            raise DataError(source, row_no, "*", f"an OpenAssistant tree row needs {sorted(TREE_FIELDS)}")
+        out.extend(tree_examples(row, source, row_no, opts, report))
     return out, report

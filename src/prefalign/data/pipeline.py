@@ -13,48 +13,12 @@ caller), so this module never imports a model.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
+# Builders defined in their own modules register themselves when imported; importing them here
+# makes the registry complete for whoever imports the pipeline.
+from prefalign.data import negatives, rso, selection  # noqa: F401
 from prefalign.data.records import Example
-
-
-@dataclass
-class BuildContext:
-    """What a builder may need beyond examples: built by the CLI / run from the config."""
-
-    judge: Any = None  # prefalign.judges.Judge
-    encoder: Any = None  # object with encode(texts) -> [N, H] unit vectors
-    generator: Any = None  # callable(prompts, settings) -> list[list[str]]
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Builder:
-    name: str
-    fn: Callable
-    summary: str
-    paper: str  # arXiv id or "" for plain utilities
-
-    def params(self) -> dict[str, Any]:
-        sig = inspect.signature(self.fn)
-        return {p.name: p.default for p in sig.parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.name != "context"}
-
-
-BUILDERS: dict[str, Builder] = {}
-
-
-def data_builder(name: str, paper: str = ""):
-    def add(fn):
-        if name in BUILDERS:
-            raise ValueError(f"data builder {name!r} is registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        BUILDERS[name] = Builder(name, fn, doc[0] if doc else "", paper)
-        return fn
-
-    return add
+from prefalign.data.registry import BUILDERS, Builder, BuildContext, data_builder  # noqa: F401  (public names)
 
 
 def load_all_builders() -> dict[str, Builder]:
@@ -66,10 +30,10 @@ def load_all_builders() -> dict[str, Builder]:
     import importlib
     import pkgutil
 
-    import prefalign.data as package
-
+    # the package this module sits in, by its own name: a move of the builders keeps this true
+    package = importlib.import_module(__package__)
     for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"prefalign.data.{info.name}")
+        importlib.import_module(f"{__package__}.{info.name}")
     return BUILDERS
 
 
@@ -101,7 +65,3 @@ def run_builders(examples: list[Example], specs: list[dict], context: BuildConte
         reports.append(report)
     return examples, reports
 
-
-# Builders defined in their own modules register themselves when imported; importing them here
-# makes the registry complete for whoever imports the pipeline (they only need the names above).
-from prefalign.data import negatives, rso, selection  # noqa: E402,F401

@@ -17,7 +17,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from prefalign.data.pipeline import BuildContext, data_builder
+from prefalign.data.registry import BuildContext, data_builder
 from prefalign.data.records import Example
 
 

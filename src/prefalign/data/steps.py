@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefalign.data.builders import REWARD_TEMPLATE, curriculum_stages, pairs_from_lists, reward_augment
-from prefalign.data.pipeline import data_builder
+from prefalign.data.registry import data_builder
 from prefalign.data.records import Example
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from prefalign.data.pipeline import BuildContext, data_builder
+from prefalign.data.registry import BuildContext, data_builder
 from prefalign.data.records import Example
 from prefalign.generation import GenerateSettings, encode_prompt, generate_batch, response_texts
 

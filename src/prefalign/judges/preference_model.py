@@ -1,7 +1,7 @@
 """Judges backed by saved preference models: a GPM (compare only) and a PAL model (per-user scores).
 
 Both load the common reward-model folder through rewards.model.load_reward_model (what
-`prefalign train-rm kind=gpm|pal` writes, or rewards.gpm.save_gpm / rewards.pal.save_pal).
+`prefalign train-rm kind=gpm|pal` writes, or rewards.model.save_gpm / save_pal).
 
 "preference_model" (arXiv 2410.02197): loads a saved GPM (kind "gpm"). compare()
 embeds every distinct (prompt, response) once and every distinct prompt once (for the eigenvalue

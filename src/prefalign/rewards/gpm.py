@@ -35,8 +35,6 @@ computed once per distinct prompt of a batch (RewardModel.encode/outputs).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -149,20 +147,3 @@ def gpm_pair_loss(out_c: dict, out_r: dict, batch: dict) -> torch.Tensor:
     dataset weight when several files train together)."""
     loss = gpm_loss(out_c["embedding"], out_r["embedding"], out_c["scales"])
     return loss * batch["dataset_weight"] if "dataset_weight" in batch else loss
-
-
-# ---- saved format: the common reward-model folder (rewards/model.py), kind "gpm" ----
-
-def save_gpm(folder, head: GPMHead, backbone) -> Path:
-    """Save a head + backbone built outside train-rm in the common reward-model format."""
-    from prefalign.rewards.model import adopt_head, save_reward_model
-
-    return save_reward_model(adopt_head(backbone, "gpm", head, head.params), folder)
-
-
-def load_gpm(folder, device: str = "cpu"):
-    """(head, backbone) of a saved GPM (any folder load_reward_model reads, checked to be kind gpm)."""
-    from prefalign.rewards.model import load_reward_model
-
-    model = load_reward_model(folder, device, kind="gpm")
-    return model.head, model.backbone

@@ -208,3 +208,33 @@ def load_reward_model(folder, device: str | torch.device = "cpu", kind: str | No
     model = RewardModel(backbone, cfg["kind"], cfg["head"], cfg.get("loss"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")), strict=True)
     return model.to(device).eval()
+
+
+# ---- heads built outside train-rm (GPM, PAL) saved in this format ----
+# They live here, not in gpm.py / pal.py, because this module imports the heads through the
+# kind registry: save/load beside the heads would make an import circle.
+
+def save_gpm(folder, head, backbone: RewardBackbone) -> Path:
+    """Save a GPM head (rewards.gpm.GPMHead) + backbone built outside train-rm."""
+    return save_reward_model(adopt_head(backbone, "gpm", head, head.params), folder)
+
+
+def load_gpm(folder, device: str = "cpu"):
+    """(head, backbone) of a saved GPM (any folder load_reward_model reads, checked to be kind gpm)."""
+    model = load_reward_model(folder, device, kind="gpm")
+    return model.head, model.backbone
+
+
+def save_pal(folder, head, backbone: RewardBackbone, users: list[str] | None = None) -> Path:
+    """Save a PAL head (rewards.pal.PALHead) + backbone built outside train-rm; `users` (optional)
+    renames the head's users."""
+    params = dict(head.params)
+    if users is not None:
+        params["users"] = [str(u) for u in users]
+    return save_reward_model(adopt_head(backbone, "pal", head, params), folder)
+
+
+def load_pal(folder, device: str = "cpu"):
+    """(head, backbone, users) of a saved PAL model (load_reward_model, checked to be kind pal)."""
+    model = load_reward_model(folder, device, kind="pal")
+    return model.head, model.backbone, model.head.users

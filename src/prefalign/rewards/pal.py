@@ -161,22 +161,3 @@ def fit_user_weights(head: PALHead, chosen: torch.Tensor, rejected: torch.Tensor
         pal_loss(pal_reward(items_c, ideal), pal_reward(items_r, ideal)).mean().backward()
         opt.step()
     return torch.softmax(theta.detach(), -1)
-
-
-def save_pal(folder, head: PALHead, backbone, users: list[str] | None = None):
-    """Save a head + backbone built outside train-rm in the common reward-model format; `users`
-    (optional) renames the head's users."""
-    from prefalign.rewards.model import adopt_head, save_reward_model
-
-    params = dict(head.params)
-    if users is not None:
-        params["users"] = [str(u) for u in users]
-    return save_reward_model(adopt_head(backbone, "pal", head, params), folder)
-
-
-def load_pal(folder, device: str = "cpu"):
-    """(head, backbone, users) of a saved PAL model (load_reward_model, checked to be kind pal)."""
-    from prefalign.rewards.model import load_reward_model
-
-    model = load_reward_model(folder, device, kind="pal")
-    return model.head, model.backbone, model.head.users

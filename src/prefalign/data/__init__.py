@@ -1,0 +1,1 @@
+"""Data: records and validation, readers, tokenization, collation, writers, and the data builders."""
