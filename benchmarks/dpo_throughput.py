@@ -15,7 +15,7 @@ What runs
     evaluation file. The real data hold rows prefalign rejects (an empty chosen reply: row 87, and
     row 5 of the eval file), so data.on_bad_row=skip: 511 pairs train and 7 evaluate; the results
     record the kept and skipped counts.
-    Each configuration calls `prefalign.run.train` with a TrainConfig: batch 8 pairs, max_length
+    Each configuration calls `prefalign.recipes.policy.train` with a TrainConfig: batch 8 pairs, max_length
     256, max_prompt_length 128, learning rate 1e-5 (constant, no warm-up), logging every step, no
     checkpoints, no progress bar, for --warmup-steps + --steps steps.
 
@@ -56,7 +56,7 @@ How it is timed (and why this way)
     the last timed step's update is paid after the loop, so N timed steps still hold N updates.
 
     The one-off reference precompute (mode `precomputed`, first run with a cold cache) is timed
-    separately by wrapping prefalign.run.compute_reference_logps in the child; it covers the kept
+    separately by wrapping prefalign.recipes.policy.compute_reference_logps in the child; it covers the kept
     training and evaluation pairs (511 + 7). Peak RSS and peak GPU memory
     (torch.cuda.max_memory_allocated) cover the whole child, setup and evaluation included.
 """
@@ -191,8 +191,8 @@ def bare_dpo_loop(spec: dict, cfg) -> dict:
 
     from prefalign.data.collate import collate, epoch_batches
     from prefalign.losses import get_objective
-    from prefalign.models import load_model, load_tokenizer
-    from prefalign.run import load_data
+    from prefalign.models.causal_lm import load_model, load_tokenizer
+    from prefalign.recipes.policy import load_data
 
     device = torch.device("cuda" if spec["device"] == "cuda" else "cpu")
     tok = load_tokenizer(cfg.model)
@@ -241,7 +241,7 @@ def run_one(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import prefalign.run as run_mod
+    import prefalign.recipes.policy as run_mod
     from prefalign.config import load_config
 
     out_dir = Path(spec["output_dir"])

@@ -20,13 +20,13 @@ import random
 import time
 from pathlib import Path
 
-from prefalign.data.readers import iter_rows
+from prefalign.data.formats.readers import iter_rows
 from prefalign.data.records import DataError, make_example
-from prefalign.encoders import minilm_path
-from prefalign.eval_rewards import evaluate_pairs, load_eval_pairs, write_report
+from prefalign.models.encoders import minilm_path
+from prefalign.recipes.eval_reward_model import evaluate_pairs, load_eval_pairs, write_report
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.model import RewardModel, load_reward_model
-from prefalign.run_rewards import load_reward_config, train_reward_model
+from prefalign.recipes.reward_model import load_reward_config, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_CANDIDATES = [ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_base_test.jsonl.gz",

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefalign.encoders import minilm_path
+from prefalign.models.encoders import minilm_path
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.gpm import GPMHead, preference_score
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefalign.encoders import minilm_path
+from prefalign.models.encoders import minilm_path
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.pal import PALHead, fit_user_weights, ideal_points, pal_reward
 

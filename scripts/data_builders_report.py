@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from prefalign.data.pipeline import BuildContext, run_builder
-from prefalign.data.readers import load_examples
+from prefalign.data.builders.pipeline import BuildContext, run_builder
+from prefalign.data.formats.readers import load_examples
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -57,7 +57,7 @@ def main() -> None:
     _, rep = run_builder("deita_select", uf, {"budget": 300, "diversity": False})
     show("deita_select ultrafeedback heuristic, no diversity, budget 300", rep)
     if not args.no_minilm:
-        from prefalign.encoders import SentenceEncoder
+        from prefalign.models.encoders import SentenceEncoder
 
         ctx = BuildContext(encoder=SentenceEncoder())
         t = time.perf_counter()

@@ -4,7 +4,7 @@
 Reads single-turn pairs from ../shared/data/hh_rlhf_helpful_base_test.jsonl.gz (offline), asks each
 judge for P(chosen preferred over rejected), and reports per judge: coverage (share of pairs with
 a verdict), accuracy on covered pairs (P > 1/2), ties (P = 1/2), and the missing-verdict reasons.
-LM judges use SmolLM2-135M-Instruct (prefalign.quickstart.smollm2_folder), the relevance judge
+LM judges use SmolLM2-135M-Instruct (prefalign.recipes.quickstart.smollm2_folder), the relevance judge
 the real MiniLM encoder. A 135M judge is weak: these numbers measure the plumbing on real data and
 a floor for each method, not the methods' published quality.
 
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--judges", default="relevance,follow_up,principle,rubric,consensus")
     ap.add_argument("--out", default="runs/judge_agreement.json")
     args = ap.parse_args()
-    from prefalign.quickstart import smollm2_folder
+    from prefalign.recipes.quickstart import smollm2_folder
 
     lm = str(smollm2_folder())
     pairs = single_turn_pairs(args.pairs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from prefalign.cli import main
+from prefalign.cli.main import main
 from prefalign.judges import CallableJudge, register_judge
 
 
@@ -24,7 +24,7 @@ class MiniLMRelevance(CallableJudge):
     name = "minilm_relevance"
 
     def __init__(self):
-        from prefalign.encoders import SentenceEncoder
+        from prefalign.models.encoders import SentenceEncoder
 
         encoder = SentenceEncoder()
 

@@ -67,7 +67,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
-    from prefalign.models import load_tokenizer
+    from prefalign.models.causal_lm import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from prefalign.cli import main, objective_rows
+from prefalign.cli.main import main, objective_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_readme_builders_table_is_the_registry():
     table = readme.split("<!-- builders-table:start -->\n")[1].split("<!-- builders-table:end -->")[0]
     printed = run_cli("data", "list", "--markdown").stdout
     assert table.strip() == printed.strip(), "README table is stale: paste `prefalign data list --markdown`"
-    from prefalign.data.pipeline import BUILDERS, load_all_builders
+    from prefalign.data.builders.pipeline import BUILDERS, load_all_builders
 
     load_all_builders()
     assert len(BUILDERS) == printed.count("\n| `")

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from prefalign.cli import main
-from prefalign.cli_data import reward_conditioning
-from prefalign.data.readers import load_examples
+from prefalign.cli.main import main
+from prefalign.cli.data import reward_conditioning
+from prefalign.data.formats.readers import load_examples
 from tests_support import FIXTURES, scripted_llama, write_jsonl
 
 OASST = FIXTURES / "oasst_ranked_12.jsonl"
@@ -127,14 +127,14 @@ def test_reward_conditioning_is_read_from_the_run(tmp_path):
     assert reward_conditioning(old_key) == ("{prompt} [{score:g}]", 9.5)
     steps = write_run(tmp_path / "steps", {"builders": [{"name": "to_pairs"}, {"name": "reward_augment"}]},
                       {"builders": {"train": [{"builder": "to_pairs"}, {"builder": "reward_augment", "best_score": 0.0}]}})
-    from prefalign.data.builders import REWARD_TEMPLATE
+    from prefalign.data.builders.pairs import REWARD_TEMPLATE
 
     assert reward_conditioning(steps) == (REWARD_TEMPLATE, 0.0)
 
 
 def test_generate_conditions_a_reward_augmented_run_on_its_best_score(tiny_model_dir, tmp_path):
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     uf = FIXTURES / "ultrafeedback_12.jsonl"
     run = tmp_path / "run"

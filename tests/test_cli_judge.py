@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from prefalign.cli import main
-from prefalign.cli_judge import parse_judge_args
+from prefalign.cli.main import main
+from prefalign.cli.judge import parse_judge_args
 
 
 @pytest.fixture

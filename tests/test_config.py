@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefalign.cli_diagnose import run_inputs
+from prefalign.cli.diagnose import run_inputs
 from prefalign.config import ConfigError, load_config, prompt_length
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.tokenize import tokenize_examples
 from prefalign.losses import get_objective
-from prefalign.models import load_tokenizer
-from prefalign.run import objective_params, train
+from prefalign.models.causal_lm import load_tokenizer
+from prefalign.recipes.policy import objective_params, train
 
 BASE = ["model=m", "data.train=t.jsonl"]
 

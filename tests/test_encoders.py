@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prefalign.encoders import SentenceEncoder, mean_pool
+from prefalign.models.encoders import SentenceEncoder, mean_pool
 
 
 def test_mean_pool_ignores_padding():

@@ -13,7 +13,7 @@ from prefalign.config import load_config
 from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
 from prefalign.features import SUPPLIERS, FeatureSupplier, supplier
 from prefalign.losses import OBJECTIVES, objective
-from prefalign.run import SUPPLIED, train
+from prefalign.recipes.policy import SUPPLIED, train
 from prefalign.types import LossOut, SeqLogps
 from tests_support import FIXTURES
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import hh_rows
 
-from prefalign.generation import GenerateSettings, GenerateStats, generate, generate_batch, keep_tail
-from prefalign.models import load_model
+from prefalign.models.generation import GenerateSettings, GenerateStats, generate, generate_batch, keep_tail
+from prefalign.models.causal_lm import load_model
 
 
 def test_keep_tail_keeps_bos_and_end():
@@ -89,7 +89,7 @@ def test_long_prompt_is_cut_to_leave_room_for_new_tokens(tmp_path, tokenizer, ca
     seen = Records()
     logging.getLogger("transformers").addHandler(seen)
     try:
-        with caplog.at_level(logging.WARNING, logger="prefalign.generation"):
+        with caplog.at_level(logging.WARNING, logger="prefalign.models.generation"):
             s = GenerateSettings(max_new_tokens=new, do_sample=False, batch_size=2)
             b = generate_batch(model, tokenizer, [long_prompt, short], s)
             stats = GenerateStats()
@@ -112,13 +112,13 @@ def test_max_new_tokens_beyond_the_model_positions_is_a_clear_error(tmp_path, to
 
 
 def test_every_generation_path_goes_through_generate_batch():
-    """Only generation.py calls a model's generate(): every other path (diagnose, judges, builders,
+    """Only models/generation.py calls a model's generate(): every other path (diagnose, judges, builders,
     the over-optimisation monitor, quickstart) gets the prompt cut that leaves room for new tokens."""
     import prefalign
 
     root = Path(prefalign.__file__).parent
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if ".generate(" in p.read_text())
-    assert callers == ["generation.py"], callers
+    assert callers == ["models/generation.py"], callers
 
 
 def test_sample_kl_reports_prompts_cut_to_fit(tmp_path, tokenizer):

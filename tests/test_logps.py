@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from prefalign.data.collate import collate
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.tokenize import tokenize_examples
 from prefalign.logps import ChunkedTokenLogps, naive_token_logps, token_logps
-from prefalign.models import PolicyLogps, load_model, sequence_sums
+from prefalign.models.causal_lm import PolicyLogps, load_model, sequence_sums
 
 
 def test_chunked_function_matches_log_softmax_and_gradcheck():

@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from prefalign.cli import main
-from prefalign.run import resolve_run_dir
+from prefalign.cli.main import main
+from prefalign.recipes.policy import resolve_run_dir
 
 CHEAP_DIAGNOSE = ["--pairs", "4", "--prompts", "2", "--max-new-tokens", "4", "--checkpoints", "2", "--no-progress"]
 
@@ -18,7 +18,7 @@ CHEAP_DIAGNOSE = ["--pairs", "4", "--prompts", "2", "--max-new-tokens", "4", "--
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     """The tiny quickstart, shrunk (16 training pairs, 6 held out, 2 steps), run once for the module."""
-    import prefalign.quickstart as qs
+    import prefalign.recipes.quickstart as qs
 
     out = tmp_path_factory.mktemp("qs") / "quickstart"
     with pytest.MonkeyPatch.context() as mp:

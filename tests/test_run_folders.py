@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from prefalign.cli import main
+from prefalign.cli.main import main
 from prefalign.config import load_config
-from prefalign.run import train
-from prefalign.runs import RunFolderExists, claim_quickstart_dir
+from prefalign.recipes.policy import train
+from prefalign.recipes.run_folders import RunFolderExists, claim_quickstart_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT / "tests/fixtures/hh_harmless_64.jsonl"
@@ -77,7 +77,7 @@ def test_curriculum_folder_is_refused_too(tiny_model_dir, tmp_path):
     (out / "summary.json").write_text("{}")
     ranked = ROOT / "tests/fixtures/ultrafeedback_12.jsonl"
     with pytest.raises(RunFolderExists, match="overwrite=true"):
-        from prefalign.run import train_curriculum
+        from prefalign.recipes.policy import train_curriculum
 
         train_curriculum(load_config(None, [f"model={tiny_model_dir}", f"data.train={ranked}", f"output_dir={out}",
                                             "data.curriculum_stages=2"]))

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prefalign.activations import GROUPS, check_supported
+from prefalign.models.activations import GROUPS, check_supported
 from prefalign.data.collate import collate
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.tokenize import tokenize_examples
 from prefalign.logps import ChunkedTokenKL
 from prefalign.losses import get_objective
-from prefalign.models import (AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_mask_head,
+from prefalign.models.causal_lm import (AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_mask_head,
                               load_model, reference_forward, save_mask_head)
 from prefalign.train.step import forward_batch
 
@@ -216,7 +216,7 @@ def test_activation_mask_equals_a_direct_recomputation(tiny_model_dir, tokenizer
 
 
 def test_activation_mask_of_a_constant_map_is_one():
-    from prefalign.activations import rescale
+    from prefalign.models.activations import rescale
 
     values = torch.tensor([[3.0, 3.0, 3.0, 9.0], [1.0, 2.0, 4.0, 0.0]])
     mask = torch.tensor([[False, True, True, False], [True, True, True, False]])

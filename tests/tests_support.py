@@ -46,7 +46,7 @@ def scripted_llama(model_dir: Path, tokenizer, folder: Path, reply: list[int]) -
     be distinct and must not include the prompt's last token (generation would start mid-reply)."""
     import torch
 
-    from prefalign.models import load_model
+    from prefalign.models.causal_lm import load_model
 
     model = load_model(str(model_dir))
     hidden = model.config.hidden_size

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from prefalign.data.builders import REWARD_TEMPLATE
+from prefalign.data.builders.pairs import REWARD_TEMPLATE
 
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE, template_error
 
@@ -326,7 +326,7 @@ def best_metric(cfg: LoopConfig) -> str | None:
 
 def check_builders(specs) -> None:
     """data.builders: a list of {name, params}, names and parameters known to the registry."""
-    from prefalign.data.pipeline import load_all_builders
+    from prefalign.data.builders.pipeline import load_all_builders
 
     if not isinstance(specs, list):
         raise ConfigError(f"data.builders must be a list of {{name: ..., params}} mappings, got {specs!r}")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from prefalign.data.builders import list_to_pairs, pairs_from_lists
-from prefalign.data.readers import load_examples
+from prefalign.data.builders.pairs import list_to_pairs, pairs_from_lists
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import Example
 from tests_support import FIXTURES, write_jsonl
 
@@ -80,7 +80,7 @@ def test_unknown_rule_and_pairs_pass_through():
 
 def test_training_on_rankings_with_all_pairs_reports_the_pairing(tiny_model_dir, tmp_path):
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     _, raw = oasst()
     summary = train(load_config(None, [
@@ -98,7 +98,7 @@ def test_training_on_rankings_with_all_pairs_reports_the_pairing(tiny_model_dir,
 def test_curriculum_orders_each_prompts_pairs_by_gap_easy_first():
     """Scores a=4, b=3, c=1: pairs (a,c) gap 3, (b,c) gap 2, (a,b) gap 1. With 2 stages the easiest
     pair goes to stage 1 and the rest to the last stage; a plain pair stays in stage 1."""
-    from prefalign.data.builders import curriculum_stages
+    from prefalign.data.builders.pairs import curriculum_stages
 
     ranked = Example("p", ["a", "b", "c"], [4.0, 3.0, 1.0], "list", "f:1")
     plain = Example("q", ["x", "y"], [1.0, 0.0], "pair", "f:2")
@@ -110,7 +110,7 @@ def test_curriculum_orders_each_prompts_pairs_by_gap_easy_first():
 
 
 def test_curriculum_stage_sizes_on_oasst():
-    from prefalign.data.builders import curriculum_stages
+    from prefalign.data.builders.pairs import curriculum_stages
 
     examples, raw = oasst()
     n_pairs = [len(r["responses"]) * (len(r["responses"]) - 1) // 2 for r in raw]
@@ -122,7 +122,7 @@ def test_curriculum_stage_sizes_on_oasst():
 @pytest.mark.parametrize("reference", ["previous", "initial"])
 def test_curriculum_trains_stages_in_order(tiny_model_dir, tmp_path, reference):
     from prefalign.config import load_config
-    from prefalign.run import train_curriculum
+    from prefalign.recipes.policy import train_curriculum
 
     out = tmp_path / "run"
     summary = train_curriculum(load_config(None, [
@@ -142,7 +142,7 @@ def test_curriculum_trains_stages_in_order(tiny_model_dir, tmp_path, reference):
 
 
 def test_reward_augmented_relabeling_on_ultrafeedback_scores():
-    from prefalign.data.builders import reward_augment
+    from prefalign.data.builders.pairs import reward_augment
 
     examples, _ = load_examples(FIXTURES / "ultrafeedback_12.jsonl")
     raw = [json.loads(x) for x in (FIXTURES / "ultrafeedback_12.jsonl").read_text().splitlines()]
@@ -156,7 +156,7 @@ def test_reward_augmented_relabeling_on_ultrafeedback_scores():
 
 
 def test_reward_conditioning_of_chat_prompts_and_unscored_pairs():
-    from prefalign.data.builders import condition_prompt, reward_augment
+    from prefalign.data.builders.pairs import condition_prompt, reward_augment
 
     chat = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
     assert condition_prompt(chat, 9, "{prompt} ({score:g})")[1]["content"] == "hi (9)"
@@ -169,7 +169,7 @@ def test_reward_conditioning_of_chat_prompts_and_unscored_pairs():
 
 def test_training_with_reward_augmentation_doubles_the_scored_pairs(tiny_model_dir, tmp_path):
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     summary = train(load_config(None, [
         f"model={tiny_model_dir}", f"data.train={FIXTURES / 'ultrafeedback_12.jsonl'}", f"output_dir={tmp_path / 'r'}",

@@ -8,7 +8,7 @@ import pytest
 
 from prefalign.config import ConfigError, load_config
 from prefalign.losses import get_objective
-from prefalign.run import load_data
+from prefalign.recipes.policy import load_data
 from tests_support import FIXTURES
 
 OASST = FIXTURES / "oasst_ranked_12.jsonl"
@@ -48,7 +48,7 @@ def test_builders_run_before_tokenization_with_counts_in_the_report(tokenizer):
 
 
 def test_builders_reach_summary_json(tiny_model_dir, tmp_path):
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     c = load_config(None, [f"model={tiny_model_dir}", f"data.train={OASST}", f"output_dir={tmp_path / 'r'}",
                            "data.builders=[{name: to_pairs, rule: best_vs_each}]", "max_steps=1", "batch_size=2",
@@ -62,9 +62,9 @@ def test_builders_reach_summary_json(tiny_model_dir, tmp_path):
 
 def test_training_config_builds_the_judge_builders_use(tmp_path):
     from prefalign.config import DataConfig, TrainConfig
-    from prefalign.data.pipeline import run_builders
+    from prefalign.data.builders.pipeline import run_builders
     from prefalign.data.records import Example
-    from prefalign.run import builder_context
+    from prefalign.recipes.policy import builder_context
 
     cfg = TrainConfig(model=str(tmp_path), data=DataConfig(
         train="x.jsonl", builder_judge="callable", builder_judge_args={"score_fn": "tests_support:length_score"}))

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from prefalign.data.readers import load_examples, seeded_split
-from prefalign.data.builders import list_to_pairs
+from prefalign.data.formats.readers import load_examples, seeded_split
+from prefalign.data.builders.pairs import list_to_pairs
 from prefalign.data.records import DataError, split_hh_dialogue
 from tests_support import FIXTURES, write_jsonl
 

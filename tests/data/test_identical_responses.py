@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import DataError
 from tests_support import FIXTURES, write_jsonl
 
@@ -84,9 +84,9 @@ def test_a_pair_whose_chosen_equals_rejected_is_still_an_error(tmp_path):
 
 
 def test_merges_reach_summary_json_and_data_inspect(tiny_model_dir, tmp_path):
-    from prefalign.cli import main
+    from prefalign.cli.main import main
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     rows = ranked_rows(RAW[:2]) + [json.loads(x) for x in (FIXTURES / "oasst_ranked_12.jsonl").read_text().splitlines()]
     path = write_jsonl(tmp_path / "ranked.jsonl", rows)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from prefalign.data.longpo import (CONTEXT_TEMPLATE, INSTRUCTION_TEMPLATE, chunk_text, document_examples,
+from prefalign.data.builders.longpo import (CONTEXT_TEMPLATE, INSTRUCTION_TEMPLATE, chunk_text, document_examples,
                                    load_documents)
-from prefalign.data.pipeline import BUILDERS, BuildContext, run_builders
-from prefalign.data.readers import load_examples
+from prefalign.data.builders.pipeline import BUILDERS, BuildContext, run_builders
+from prefalign.data.formats.readers import load_examples
 from prefalign.features import tokenize
 from prefalign.losses import get_objective
-from prefalign.run import prepare_examples
+from prefalign.recipes.policy import prepare_examples
 from tests_support import FIXTURES, write_jsonl
 
 
@@ -131,8 +131,8 @@ def test_built_pairs_feed_longpo(tokenizer, tmp_path):
 
 
 def test_with_the_tiny_model(tiny_model_dir, tokenizer):
-    from prefalign.generation import generate
-    from prefalign.models import load_model
+    from prefalign.models.generation import generate
+    from prefalign.models.causal_lm import load_model
 
     model = load_model(str(tiny_model_dir)).eval()
 

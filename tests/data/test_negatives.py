@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from prefalign.data.negatives import d2o_negatives
-from prefalign.data.pipeline import BuildContext, run_builder
-from prefalign.data.readers import load_examples
+from prefalign.data.builders.negatives import d2o_negatives
+from prefalign.data.builders.pipeline import BuildContext, run_builder
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import DataError, Example, make_list
 from prefalign.losses import get_objective
-from prefalign.run import prepare_examples
+from prefalign.recipes.policy import prepare_examples
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -86,10 +86,10 @@ def test_builders_register_when_the_pipeline_is_imported():
     import subprocess
     import sys
 
-    code = "import prefalign.data.pipeline as p; print(' '.join(sorted(p.BUILDERS)))"
+    code = "import prefalign.data.builders.pipeline as p; print(' '.join(sorted(p.BUILDERS)))"
     names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert {"rso", "deita_select", "dedup", "length_filter", "d2o_negatives"} <= set(names)
-    from prefalign.data.pipeline import BUILDERS
+    from prefalign.data.builders.pipeline import BUILDERS
 
     assert BUILDERS["rso"].paper == "2309.06657" and BUILDERS["d2o_negatives"].paper == "2403.03419"
     assert BUILDERS["deita_select"].params()["max_similarity"] == 0.9

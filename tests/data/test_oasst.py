@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from prefalign.data.oasst import TreeOptions, TreeReport, read_oasst_trees, tree_examples
-from prefalign.data.readers import iter_rows, load_examples
+from prefalign.data.formats.oasst import TreeOptions, TreeReport, read_oasst_trees, tree_examples
+from prefalign.data.formats.readers import iter_rows, load_examples
 from prefalign.data.records import DataError
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from prefalign.data.pipeline import BuildContext, run_builder
+from prefalign.data.builders.pipeline import BuildContext, run_builder
 from prefalign.data.records import Example
-from prefalign.data.rso import RsoReport, rejection_sample, rso
+from prefalign.data.builders.rso import RsoReport, rejection_sample, rso
 from prefalign.judges import CallableJudge
 
 

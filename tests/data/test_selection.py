@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.data.pipeline import BuildContext, run_builder
+from prefalign.data.builders.pipeline import BuildContext, run_builder
 from prefalign.data.records import Example
-from prefalign.data.selection import (complexity_heuristic, dedup, deita_select, length_filter, quality_heuristic,
+from prefalign.data.builders.selection import (complexity_heuristic, dedup, deita_select, length_filter, quality_heuristic,
                                       shingles)
 from prefalign.judges import CallableJudge
 
@@ -136,7 +136,7 @@ def brute_force_near_dups(texts, threshold, n=3):
 def test_prefix_filtered_jaccard_equals_brute_force(threshold):
     """Real HH prompts, each also with a word appended, a word dropped and a word swapped: the
     indexed search must drop exactly what the pairwise definition drops."""
-    from prefalign.data.readers import load_examples
+    from prefalign.data.formats.readers import load_examples
 
     pairs, _ = load_examples(Path(__file__).resolve().parents[1] / "fixtures" / "hh_harmless_64.jsonl")
     texts = []

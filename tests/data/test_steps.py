@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from prefalign.data.pipeline import BUILDERS, load_all_builders, run_builder, run_builders
-from prefalign.data.readers import load_examples
+from prefalign.data.builders.pipeline import BUILDERS, load_all_builders, run_builder, run_builders
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import Example
-from prefalign.data.writers import example_row, write_examples
+from prefalign.data.formats.writers import example_row, write_examples
 from tests_support import FIXTURES, write_jsonl
 
 

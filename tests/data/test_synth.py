@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefalign.data.pipeline import BuildContext, run_builder
+from prefalign.data.builders.pipeline import BuildContext, run_builder
 from prefalign.data.records import Example
-from prefalign.data.synth import (URIAL_EXAMPLES, LocalModel, magpie, pre_query_prefix, raw_text_prompt,
+from prefalign.data.builders.synth import (URIAL_EXAMPLES, LocalModel, magpie, pre_query_prefix, raw_text_prompt,
                                   urial_answer, urial_prompt)
-from prefalign.generation import GenerateSettings, encode_prompt
+from prefalign.models.generation import GenerateSettings, encode_prompt
 
 
 class ScriptedLM(torch.nn.Module):
@@ -71,7 +71,7 @@ def test_magpie_filters_are_counted_exactly(tokenizer):
 
 
 def test_magpie_builder_on_the_tiny_model_accounts_for_every_sample(tiny_model_dir, tokenizer):
-    from prefalign.models import load_model
+    from prefalign.models.causal_lm import load_model
 
     context = BuildContext(generator=LocalModel(load_model(str(tiny_model_dir)), tokenizer), seed=3)
     out, report = run_builder("magpie", [], {"n": 5, "max_instruction_tokens": 6, "max_response_tokens": 3,

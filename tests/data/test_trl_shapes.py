@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import DataError, detect_format, split_shared_text
 from prefalign.data.tokenize import tokenize_examples
 from tests_support import FIXTURES, write_jsonl

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import FIXTURES, build_tiny_llama
-from prefalign.cli import main
+from prefalign.cli.main import main
 from prefalign.config import DataConfig, TrainConfig, save_config
 
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from prefalign.cli import main
-from prefalign.cli_diagnose import load_pairs, run_inputs
+from prefalign.cli.main import main
+from prefalign.cli.diagnose import load_pairs, run_inputs
 from prefalign.config import DataConfig, TrainConfig, save_config
 from prefalign.diagnostics.overopt_sections import (can_score, evenly_spaced, logged_indicators, monitor_sentence,
                                                     reward_section)
 from prefalign.diagnostics.overoptimization import likelihood_indicators
 from prefalign.diagnostics.report import Report
-from prefalign.generation import GenerateSettings
+from prefalign.models.generation import GenerateSettings
 from prefalign.judges import CallableJudge, Judge
-from prefalign.models import load_model
+from prefalign.models.causal_lm import load_model
 
 MONITOR = {"indicator": "topk_entropy", "k": 10, "threshold": 0.2, "initial": 2.0, "threshold_value": 1.6,
            "stopped_early": True, "stop_reason": "topk_entropy fell to 1.5 at step 3, below 0.8 x its step-0 value 2",

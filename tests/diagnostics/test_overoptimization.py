@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 import prefalign.diagnostics.overoptimization as oo
 from prefalign.config import load_config
 from prefalign.diagnostics.overoptimization import OveroptMonitor, likelihood_indicators, topk_stats
-from prefalign.models import load_model
-from prefalign.run import train
+from prefalign.models.causal_lm import load_model
+from prefalign.recipes.policy import train
 
 ROOT = Path(__file__).resolve().parents[2]
 

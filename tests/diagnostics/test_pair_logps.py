@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from conftest import FIXTURES
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.tokenize import tokenize_examples
 from prefalign.diagnostics.diagnose import margin_preferences, pair_logps
-from prefalign.models import load_model
+from prefalign.models.causal_lm import load_model
 
 
 def test_batched_pair_logps_match_single_unpadded_forwards(tiny_model_dir, tokenizer):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefalign.diagnostics.token_shift import plot_token_shift, summarise_shift, token_ranks, token_shift
-from prefalign.models import load_model
+from prefalign.models.causal_lm import load_model
 
 PROMPTS = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:",
            "\n\nHuman: What is the capital of France?\n\nAssistant:"]

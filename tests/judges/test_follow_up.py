@@ -7,7 +7,7 @@ from prefalign.judges.follow_up import FollowUpJudge, split_follow_up
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     return load_model(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
 

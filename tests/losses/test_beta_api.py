@@ -37,7 +37,7 @@ def test_api_refuses_beta_for_an_objective_without_one(name):
 
 
 def test_config_refuses_beta_with_the_same_message():
-    from prefalign.run import objective_params
+    from prefalign.recipes.policy import objective_params
 
     for name in NO_BETA:
         obj = get_objective(name)

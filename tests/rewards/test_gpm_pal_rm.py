@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.cli import main
+from prefalign.cli.main import main
 from prefalign.data.records import DataError
-from prefalign.eval_rewards import evaluate_pairs, load_eval_pairs
+from prefalign.recipes.eval_reward_model import evaluate_pairs, load_eval_pairs
 from prefalign.judges import make_judge
 from prefalign.rewards.data import load_pairs
 from prefalign.rewards.model import load_reward_model
-from prefalign.run_rewards import load_reward_config, train_reward_model
+from prefalign.recipes.reward_model import load_reward_config, train_reward_model
 from rm_support import tiny_bert_folder
 from tests_support import write_jsonl
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from prefalign.cli import main
+from prefalign.cli.main import main
 from prefalign.rewards.model import load_reward_model
-from prefalign.run_rewards import load_reward_config, train_reward_model
+from prefalign.recipes.reward_model import load_reward_config, train_reward_model
 from rm_support import tiny_bert_folder
 
 HH = Path(__file__).resolve().parents[1] / "fixtures" / "hh_harmless_64.jsonl"

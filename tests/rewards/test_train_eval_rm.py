@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.cli import main
-from prefalign.eval_rewards import calibration, evaluate_pairs, pair_accuracy
+from prefalign.cli.main import main
+from prefalign.recipes.eval_reward_model import calibration, evaluate_pairs, pair_accuracy
 from prefalign.rewards.model import load_reward_model
-from prefalign.run_rewards import load_reward_config, train_reward_model
+from prefalign.recipes.reward_model import load_reward_config, train_reward_model
 from rm_support import tiny_bert_folder
 from tests_support import FIXTURES, write_jsonl
 

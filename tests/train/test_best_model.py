@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from prefalign.config import load_config
-from prefalign.run import train
+from prefalign.recipes.policy import train
 from prefalign.train.checkpoint import checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def test_best_and_the_overopt_monitor_keep_separate_folders(tiny_model_dir, tmp_
 
 
 def test_cli_names_the_best_model(tiny_model_dir, tmp_path, capsys):
-    from prefalign.cli import main
+    from prefalign.cli.main import main
 
     out = tmp_path / "cli"
     args = ["train", f"model={tiny_model_dir}", f"data.train={HH}", f"output_dir={out}", "max_steps=2",

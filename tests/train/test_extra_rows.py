@@ -11,12 +11,12 @@ import torch
 
 from prefalign.features import collate, tokenize
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import DataError, split_hh_dialogue
 from prefalign.data.tokenize import tokenize_response, truncate
 from prefalign.losses import get_objective
-from prefalign.models import FrozenReference, PolicyLogps, load_model, with_reference
-from prefalign.run import compute_reference_logps, prepare_examples
+from prefalign.models.causal_lm import FrozenReference, PolicyLogps, load_model, with_reference
+from prefalign.recipes.policy import compute_reference_logps, prepare_examples
 from prefalign.train.loop import make_batch
 from prefalign.train.step import forward_batch
 from tests_support import FIXTURES, write_jsonl
@@ -143,7 +143,7 @@ def test_missing_or_bad_ref_sample_names_file_row_and_field(tmp_path):
 
 def test_contrast_rewards_need_a_live_reference(tiny_model_dir, tmp_path):
     from prefalign.config import load_config
-    from prefalign.run import resolve_reference
+    from prefalign.recipes.policy import resolve_reference
 
     cfg = load_config(None, [f"model={tiny_model_dir}", "data.train=x.jsonl", "objective=treg", "precompute_ref=true"])
     with pytest.raises(ValueError, match="live reference"):

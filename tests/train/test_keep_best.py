@@ -91,7 +91,7 @@ def test_best_model_keys_need_evaluations(overrides, message):
 
 
 def test_quickstart_says_where_the_held_out_curve_turned():
-    from prefalign.quickstart import curve_turn
+    from prefalign.recipes.quickstart import curve_turn
 
     best = {"metric": "eval/loss", "step": 100, "value": 0.65, "model": "runs/quickstart/run/best"}
     summary = {"steps": 300, "best": best, "eval_end": {"eval/loss": 0.92}}

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from prefalign.features import collate, tokenize
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.data.records import DataError
 from prefalign.data.tokenize import tokenize_response, truncate
 from prefalign.losses import get_objective
-from prefalign.models import FrozenReference, PolicyLogps, data_fingerprint, load_model, with_reference
-from prefalign.run import compute_reference_logps, prepare_examples
+from prefalign.models.causal_lm import FrozenReference, PolicyLogps, data_fingerprint, load_model, with_reference
+from prefalign.recipes.policy import compute_reference_logps, prepare_examples
 from prefalign.train.loop import make_batch
 from prefalign.train.step import forward_batch
 from tests_support import hh_long_short, write_jsonl
@@ -135,7 +135,7 @@ def test_missing_or_bad_short_prompt_names_file_row_and_field(tiny_model_dir, tm
     prepare_examples(get_objective("dpo"), examples, "best_vs_worst", str(path))  # dpo ignores the field
     # a training run fails before any model is loaded or step taken
     from prefalign.config import load_config
-    from prefalign.run import train
+    from prefalign.recipes.policy import train
 
     cfg = load_config(None, [f"model={tiny_model_dir}", f"data.train={path}", f"output_dir={tmp_path / 'run'}",
                              "objective=longpo", "max_steps=1", "progress=false"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prefalign.config import load_config
-from prefalign.run import train
+from prefalign.recipes.policy import train
 from prefalign.train.checkpoint import checkpoints
 from prefalign.train.loop import NonFiniteLossError
 
@@ -90,7 +90,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(objective, tiny_mode
     assert len(full) == 8 and len(resumed) == 8
     assert resumed == pytest.approx(full, abs=1e-6)
     if objective == "sparsepo":  # the final head is saved beside the final model, the same in both runs
-        from prefalign.models import load_mask_head
+        from prefalign.models.causal_lm import load_mask_head
 
         heads = [load_mask_head(tmp_path / run / "final").state_dict() for run in ("full", "part")]
         assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
@@ -185,7 +185,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(objective, tiny_mo
     float arithmetic."""
     script = tmp_path / "job.py"
     script.write_text(
-        "import sys\nfrom prefalign.config import load_config\nfrom prefalign.run import train\n"
+        "import sys\nfrom prefalign.config import load_config\nfrom prefalign.recipes.policy import train\n"
         "train(load_config(None, sys.argv[1:]))\n")
     common = [f"model={tiny_model_dir}", f"data.train={ROOT / 'tests/fixtures/hh_harmless_64.jsonl'}",
               "max_steps=4", "learning_rate=1e-3", "max_length=96", "max_prompt_length=64", "logging_steps=1",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefalign.config import load_config
-from prefalign.run import train
+from prefalign.recipes.policy import train
 from tests_support import FIXTURES, hh_long_short, write_jsonl
 
 

@@ -10,11 +10,11 @@ from dataclasses import replace
 import torch
 
 from prefalign.config import load_config
-from prefalign.data.readers import load_examples
+from prefalign.data.formats.readers import load_examples
 from prefalign.features import collate, tokenize
 from prefalign.losses import get_objective
-from prefalign.models import PolicyLogps, load_model
-from prefalign.run import train
+from prefalign.models.causal_lm import PolicyLogps, load_model
+from prefalign.recipes.policy import train
 from prefalign.train.step import forward_batch
 
 

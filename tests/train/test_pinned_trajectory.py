@@ -15,7 +15,7 @@ import pytest
 
 from prefalign.config import load_config
 from prefalign.data.records import split_hh_dialogue
-from prefalign.run import train
+from prefalign.recipes.policy import train
 from tests_support import FIXTURES, hh_long_short, write_jsonl
 
 KEYS = ("loss", "rewards/margins", "rewards/accuracy", "grad_norm")

@@ -20,7 +20,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from prefalign.data.readers import iter_rows, load_examples
+from prefalign.data.formats.readers import iter_rows, load_examples
 from prefalign.data.records import DataError, detect_format
 
 

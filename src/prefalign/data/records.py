@@ -391,7 +391,7 @@ FORMATS = ("pairs", "implicit", "hh", "ranked", "unpaired", "sft", "triples", "o
 def detect_format(row: dict, source: str) -> str:
     keys = set(row)
     if {"message_tree_id", "prompt"} <= keys:
-        return "oasst_trees"  # one row is a whole OpenAssistant message tree (data/oasst.py)
+        return "oasst_trees"  # one row is a whole OpenAssistant message tree (data/formats/oasst.py)
     if {"gold", "chosen", "rejected"} <= keys:
         return "triples"
     if {"prompt", "chosen", "rejected"} <= keys:

@@ -24,7 +24,7 @@ from prefalign.diagnostics.plots import plot_training_curves
 from prefalign.diagnostics.ranking import ranking_report
 from prefalign.diagnostics.report import Report
 from prefalign.diagnostics.winrate import judge_calibration, judge_win_rate, outcomes_from_probs, plot_reliability
-from prefalign.generation import GenerateSettings, generate
+from prefalign.models.generation import GenerateSettings, generate
 from prefalign.logging import progress_iter
 from prefalign.logps import lean_path_supported, token_logps
 
@@ -249,7 +249,7 @@ class DiagnoseInputs:
     notes: list[str] = field(default_factory=list)
     run_dir: Path | None = None  # a run folder: its checkpoints feed the over-optimisation sections
     reference_dir: str | None = None  # the reference's folder (reward over-optimisation reloads it)
-    loader: object = None  # folder -> model (merges LoRA checkpoints); None: prefalign.models.load_model
+    loader: object = None  # folder -> model (merges LoRA checkpoints); None: prefalign.models.causal_lm.load_model
     token_shift: bool = True
     likelihood_overopt: bool = True
     reward_overopt: bool = True

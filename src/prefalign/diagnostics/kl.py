@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from prefalign.generation import GeneratedBatch, GenerateSettings, generate_batch
+from prefalign.models.generation import GeneratedBatch, GenerateSettings, generate_batch
 from prefalign.logging import progress_iter
 from prefalign.logps import token_logps
 

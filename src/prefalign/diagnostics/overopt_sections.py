@@ -23,7 +23,7 @@ from prefalign.diagnostics.plots import read_metrics
 from prefalign.diagnostics.report import Report
 from prefalign.diagnostics.reward_overopt import plot_reward_vs_kl, reward_vs_kl
 from prefalign.diagnostics.token_shift import KINDS, plot_token_shift, token_shift
-from prefalign.generation import GenerateSettings
+from prefalign.models.generation import GenerateSettings
 
 
 def evenly_spaced(models: list, n: int) -> list:

@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from prefalign.generation import GenerateSettings, generate_batch
+from prefalign.models.generation import GenerateSettings, generate_batch
 from prefalign.logps import chunk_rows, response_forward, row_logits
 
 INDICATORS = ("topk_entropy", "topk_mass")
@@ -153,7 +153,7 @@ def indicators_over_checkpoints(models: list[tuple[int, Path]], prompts: list, k
     tokenizer, when given, is used for every folder (a LoRA checkpoint may not hold one).
     """
     from prefalign.logging import progress_iter
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loader = loader or (lambda folder: load_model(str(folder), dtype))

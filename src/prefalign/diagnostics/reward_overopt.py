@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from prefalign.diagnostics.kl import sampled_logratios
-from prefalign.generation import GenerateSettings, generate_batch, response_texts
+from prefalign.models.generation import GenerateSettings, generate_batch, response_texts
 
 
 def fit_gao(d, r) -> dict:
@@ -104,7 +104,7 @@ def reward_vs_kl(models: list[tuple[int, Path]], reference_dir: Path, judge, pro
     replaces load_model (e.g. to merge a LoRA checkpoint); tokenizer defaults to the reference's.
     """
     from prefalign.logging import progress_iter
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loader = loader or (lambda folder: load_model(str(folder), dtype))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.generation import GenerateSettings, generate_batch
+from prefalign.models.generation import GenerateSettings, generate_batch
 from prefalign.logps import chunk_rows, response_forward, row_logits
 
 KINDS = ("unshifted", "marginal", "shifted")

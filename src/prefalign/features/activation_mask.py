@@ -1,8 +1,8 @@
-"""SparsePO's activation masks (prefalign.activations): token weights from the reference's activations."""
+"""SparsePO's activation masks (prefalign.models.activations): token weights from the reference's activations."""
 
 from __future__ import annotations
 
-from prefalign.activations import check_supported
+from prefalign.models.activations import check_supported
 from prefalign.features.registry import FeatureSupplier, supplier
 
 

@@ -7,7 +7,7 @@ import torch
 
 from prefalign.data.collate import collate, mismatched
 from prefalign.features.registry import FeatureSupplier, supplier
-from prefalign.models import model_args, sequence_sums
+from prefalign.models.causal_lm import model_args, sequence_sums
 
 
 @supplier

@@ -18,7 +18,7 @@ import difflib
 
 import torch
 
-from prefalign.models import to_slots
+from prefalign.models.causal_lm import to_slots
 
 
 class FeatureSupplier:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from prefalign.data.readers import iter_rows
+from prefalign.data.formats.readers import iter_rows
 from prefalign.data.records import DataError
 from prefalign.judges.base import Judge
 from prefalign.logging import progress_iter

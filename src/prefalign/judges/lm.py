@@ -17,7 +17,7 @@ def load_lm(path: str | None, model=None, tokenizer=None, dtype: str = "float32"
         return model, tokenizer
     if path is None:
         raise ValueError("an LM judge needs path= (a local HF model folder) or both model= and tokenizer=")
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     return load_model(str(path), dtype=dtype).to(device).eval(), load_tokenizer(str(path))
 

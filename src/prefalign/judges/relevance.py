@@ -72,7 +72,7 @@ class RelevanceJudge(Judge):
                  repetition_weight: float = 0.5, copy_weight: float = 0.5, ngram: int = 3, temperature: float = 0.1):
         super().__init__()
         if encoder is None:
-            from prefalign.encoders import SentenceEncoder
+            from prefalign.models.encoders import SentenceEncoder
 
             encoder = SentenceEncoder(path)
         if not hasattr(encoder, "encode"):

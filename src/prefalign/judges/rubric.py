@@ -233,7 +233,7 @@ class RubricJudge(Judge):
 
     @staticmethod
     def lm_generator(path, model, tokenizer, max_new_tokens, batch_size, chat, progress, device) -> Callable:
-        from prefalign.generation import GenerateSettings, generate
+        from prefalign.models.generation import GenerateSettings, generate
 
         model, tokenizer = load_lm(path, model, tokenizer, device=device)
         as_chat = uses_chat_template(tokenizer, chat)

@@ -116,7 +116,7 @@ def sparsepo_act(batch: SeqLogps, *, beta: float = 0.1) -> LossOut:
     order), and is 0 off the response. Position t is the state that predicts y_t. The trainer's
     implementation and its two departures (the z-normalisation is a no-op before a min-max
     rescale and is skipped; a constant map is 1, where the release divides by zero) are in
-    prefalign.activations.
+    prefalign.models.activations.
     Also 'token_kl' and the token_logps tensors. Sums over response tokens.
     rewards: beta (U + D) per response, [B, 2]. extras: "mask_mean" (mean mask on response tokens).
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.encoders import mean_pool
+from prefalign.models.encoders import mean_pool
 
 
 def is_decoder(config) -> bool:

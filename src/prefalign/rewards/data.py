@@ -1,6 +1,6 @@
 """Reward-model training data: preference pairs, multi-aspect ratings, step-labelled responses.
 
-  pairs    any file prefalign reads (pairs, hh, ranked lists -> pairs; data/readers.py), with an
+  pairs    any file prefalign reads (pairs, hh, ranked lists -> pairs; data/formats/readers.py), with an
            optional margin from score gaps and a dataset id + weight when several files train together
   ratings  {PROMPT_FIELD, "responses": [{"text", "scores": {attribute: number}}]} (one row per prompt,
            e.g. sf_nlg_multiaspect) or {PROMPT_FIELD, "response", "scores": {...}}; an attribute a
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefalign.data.builders import pairs_from_lists
-from prefalign.data.readers import iter_rows, load_examples
+from prefalign.data.builders.pairs import pairs_from_lists
+from prefalign.data.formats.readers import iter_rows, load_examples
 from prefalign.data.records import DataError, LoadReport, Text, check_text, require
 from prefalign.rewards.steps import encode_steps, split_steps
 

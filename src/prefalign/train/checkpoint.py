@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefalign.models import save_mask_head
+from prefalign.models.causal_lm import save_mask_head
 
 STATE_FILE = "trainer_state.json"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefalign.data.collate import Batch
 from prefalign.features import Step, for_features
 from prefalign.losses import Objective
-from prefalign.models import model_args, sequence_sums
+from prefalign.models.causal_lm import model_args, sequence_sums
 from prefalign.train.metrics import batch_metrics
 from prefalign.types import LossOut, SeqLogps
 

@@ -1,7 +1,7 @@
 """What the loop trains: the Trainee protocol, and the preference policy that implements it.
 
 The loop (train/loop.py) knows a trainee only through this protocol; the reward model
-(run_rewards.RewardTrainee) implements it too. A trainee owns how its examples become a batch,
+(recipes/reward_model.py RewardTrainee) implements it too. A trainee owns how its examples become a batch,
 the per-example loss, and how its weights are written to and read from a folder
 (checkpoints, best/, final/). Evaluation is the loop's: the same make_batch and loss under
 no_grad, with metric sums reduced across processes.
@@ -59,7 +59,7 @@ class PolicyTrainee:
         write_model(unwrapped.model, self.tokenizer, folder, unwrapped.mask_head)
 
     def load(self, folder: Path) -> None:
-        from prefalign.models import load_mask_head
+        from prefalign.models.causal_lm import load_mask_head
 
         unwrapped = self.accelerator.unwrap_model(self.module)
         load_weights(unwrapped.model, folder)

@@ -16,9 +16,9 @@ import inspect
 
 # Builders defined in their own modules register themselves when imported; importing them here
 # makes the registry complete for whoever imports the pipeline.
-from prefalign.data import negatives, rso, selection  # noqa: F401
+from prefalign.data.builders import negatives, rso, selection  # noqa: F401
 from prefalign.data.records import Example
-from prefalign.data.registry import BUILDERS, Builder, BuildContext, data_builder  # noqa: F401  (public names)
+from prefalign.data.builders.registry import BUILDERS, Builder, BuildContext, data_builder  # noqa: F401  (public names)
 
 
 def load_all_builders() -> dict[str, Builder]:

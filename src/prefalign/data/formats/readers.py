@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from prefalign.data.oasst import TreeOptions, TreeReport, tree_examples
+from prefalign.data.formats.oasst import TreeOptions, TreeReport, tree_examples
 from prefalign.data.records import DataError, Example, LoadReport, detect_format, make_example
 
 BAD_ROW_POLICIES = ("error", "skip")

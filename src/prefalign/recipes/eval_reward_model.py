@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from prefalign.data.builders import pairs_from_lists
-from prefalign.data.readers import iter_rows, load_examples
+from prefalign.data.builders.pairs import pairs_from_lists
+from prefalign.data.formats.readers import iter_rows, load_examples
 from prefalign.diagnostics.calibration import expected_calibration_error, fit_temperature, reliability_bins
 from prefalign.logging import progress_iter
 from prefalign.rewards.data import read_users

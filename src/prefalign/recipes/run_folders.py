@@ -98,7 +98,7 @@ def claim_quickstart_dir(out: Path) -> list[str]:
 
 def load_policy(folder: Path, base: str | None = None, dtype: str = "float32"):
     """A saved policy: a full model folder, or a LoRA adapter folder (adapter_config.json) merged into `base`."""
-    from prefalign.models import load_model
+    from prefalign.models.causal_lm import load_model
 
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
@@ -122,7 +122,7 @@ def run_base_model(run_dir: Path) -> str:
 
 def load_run_policy(run_dir: Path, which: str = "final", dtype: str = "float32"):
     """(model, tokenizer) of a trained run's `which` folder (final, best or checkpoint-N)."""
-    from prefalign.models import load_tokenizer
+    from prefalign.models.causal_lm import load_tokenizer
 
     folder = Path(run_dir) / which
     base = run_base_model(run_dir)

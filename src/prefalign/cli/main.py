@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefalign import cli_data
-from prefalign import cli_diagnose
-from prefalign import cli_rewards
-from prefalign import cli_judge
+from prefalign.cli import data as cli_data
+from prefalign.cli import diagnose as cli_diagnose
+from prefalign.cli import rewards as cli_rewards
+from prefalign.cli import judge as cli_judge
 from prefalign.logging import print_summary
 
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
@@ -24,7 +24,7 @@ def options_table() -> str:
 
 def cmd_train(args) -> int:
     from prefalign.config import load_config, split_config_arg
-    from prefalign.run import train, train_curriculum
+    from prefalign.recipes.policy import train, train_curriculum
 
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["resume=true"] if args.resume else []))
@@ -48,7 +48,7 @@ def objective_rows() -> list[dict]:
     """One row per registered objective: the CLI table and the README table."""
     from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
     from prefalign.losses import OBJECTIVES
-    from prefalign.run import SUPPLIED
+    from prefalign.recipes.policy import SUPPLIED
 
     rows = []
     for o in sorted(OBJECTIVES.values(), key=lambda o: o.name):
@@ -89,7 +89,7 @@ def cmd_objectives(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from prefalign.quickstart import run_quickstart
+    from prefalign.recipes.quickstart import run_quickstart
 
     run_quickstart(model=args.model, output_dir=args.output_dir, steps=args.steps)
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prefalign.data.registry import BuildContext, data_builder
+from prefalign.data.builders.registry import BuildContext, data_builder
 from prefalign.data.records import DataError, Example, check_text
 
 
@@ -61,7 +61,7 @@ def generated_samples(examples: list[Example], k: int, max_new_tokens: int, temp
                       context: BuildContext) -> list[list]:
     if context.generator is None:
         raise ValueError("d2o_negatives with samples='generate' needs a generator in the build context")
-    from prefalign.generation import GenerateSettings  # only here: reading data needs no torch generate path
+    from prefalign.models.generation import GenerateSettings  # only here: reading data needs no torch generate path
 
     settings = GenerateSettings(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=True,
                                 num_return_sequences=k, seed=context.seed)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from prefalign.config import ConfigError, LoopConfig, build, opt, read_tree, to_dict, validate_loop
-from prefalign.data.readers import seeded_split
+from prefalign.data.formats.readers import seeded_split
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.data import MARGINS, build_batch, load_pairs, load_ratings, load_steps, rating_stats
 from prefalign.rewards.heads import REWARD_KINDS, get_reward_kind
 from prefalign.rewards.model import RewardModel, save_reward_model
-from prefalign.recipe import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
+from prefalign.recipes.setup import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
                               optimizer_and_scheduler, run_loop, start_run, summary_fields)
 from prefalign.train.loop import LoopParts
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 HH_FILE = ASSETS / "data" / "hh_rlhf_harmless_base_test.jsonl.gz"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -86,7 +86,7 @@ def smollm2_folder() -> Path:
 
 
 def greedy(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> str:
-    from prefalign.generation import GenerateSettings, generate
+    from prefalign.models.generation import GenerateSettings, generate
 
     # the shared generate path: the chat template, a prompt that leaves room for the new tokens
     settings = GenerateSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=1)
@@ -100,9 +100,9 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     from prefalign.config import DataConfig, TrainConfig, prompt_length, validate
     from prefalign.diagnostics.kl import sample_kl
     from prefalign.diagnostics.plots import plot_training_curves
-    from prefalign.models import load_model, load_tokenizer
-    from prefalign.run import train
-    from prefalign.runs import claim_quickstart_dir, load_policy
+    from prefalign.models.causal_lm import load_model, load_tokenizer
+    from prefalign.recipes.policy import train
+    from prefalign.recipes.run_folders import claim_quickstart_dir, load_policy
 
     console = Console()
     started = time.time()

@@ -33,7 +33,7 @@ def builder_specs(args) -> list[dict]:
 
 
 def build_context(args):
-    from prefalign.data.pipeline import BuildContext
+    from prefalign.data.builders.pipeline import BuildContext
 
     context = BuildContext(seed=args.seed)
     if args.judge:
@@ -41,7 +41,7 @@ def build_context(args):
 
         context.judge = make_judge(args.judge, **key_values(args.judge_arg, "--judge-arg"))
     if args.encoder:
-        from prefalign.encoders import SentenceEncoder
+        from prefalign.models.encoders import SentenceEncoder
 
         context.encoder = SentenceEncoder(None if args.encoder == "minilm" else args.encoder)
     if args.generator_model:
@@ -50,8 +50,8 @@ def build_context(args):
 
 
 def local_model(folder: str):
-    from prefalign.data.synth import LocalModel
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.data.builders.synth import LocalModel
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     return LocalModel(load_model(folder).eval(), load_tokenizer(folder))
 
@@ -77,9 +77,9 @@ def print_steps(reports: list[dict]) -> None:
 def cmd_build(args) -> int:
     from prefalign.config import check_builders
     from prefalign.data.inspection import example_stats
-    from prefalign.data.pipeline import run_builders
-    from prefalign.data.readers import load_examples
-    from prefalign.data.writers import write_examples
+    from prefalign.data.builders.pipeline import run_builders
+    from prefalign.data.formats.readers import load_examples
+    from prefalign.data.formats.writers import write_examples
 
     if Path(args.out).resolve() == Path(args.input).resolve():
         # the output replaces its file atomically: written over the input, the source data would be gone
@@ -97,7 +97,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from prefalign.data.pipeline import load_all_builders
+    from prefalign.data.builders.pipeline import load_all_builders
 
     builders = sorted(load_all_builders().values(), key=lambda b: b.name)
     if args.markdown:
@@ -124,7 +124,7 @@ def cmd_inspect(args) -> int:
 
     tokenizer = None
     if args.tokenizer:
-        from prefalign.models import load_tokenizer
+        from prefalign.models.causal_lm import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
     stats, series = inspect_file(args.file, tokenizer)
@@ -140,8 +140,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_magpie(args) -> int:
-    from prefalign.data.pipeline import BuildContext, run_builder
-    from prefalign.data.writers import write_examples
+    from prefalign.data.builders.pipeline import BuildContext, run_builder
+    from prefalign.data.formats.writers import write_examples
 
     params = {"n": args.n, "max_instruction_tokens": args.max_instruction_tokens,
               "max_response_tokens": args.max_response_tokens, "temperature": args.temperature,
@@ -162,7 +162,7 @@ def reward_conditioning(run_dir: Path) -> tuple[str, float] | None:
     """
     import yaml
 
-    from prefalign.data.builders import REWARD_TEMPLATE
+    from prefalign.data.builders.pairs import REWARD_TEMPLATE
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]
     data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["data"]
@@ -177,24 +177,24 @@ def reward_conditioning(run_dir: Path) -> tuple[str, float] | None:
 
 
 def cmd_generate(args) -> int:
-    from prefalign.data.builders import condition_prompt
-    from prefalign.generation import GenerateSettings, generate
+    from prefalign.data.builders.pairs import condition_prompt
+    from prefalign.models.generation import GenerateSettings, generate
 
     prompts = list(args.prompt or [])
     if args.prompts:
-        from prefalign.data.readers import iter_rows
+        from prefalign.data.formats.readers import iter_rows
 
         prompts += [row["prompt"] for _, row in iter_rows(args.prompts) if isinstance(row, dict) and "prompt" in row]
     if not prompts:
         raise ValueError("no prompts: give --prompt TEXT or --prompts FILE (rows with a 'prompt' field)")
-    from prefalign.run import resolve_run_dir
+    from prefalign.recipes.policy import resolve_run_dir
 
     run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
     conditioning = None if args.no_condition else reward_conditioning(run)
     if conditioning and args.score is not None:
         conditioning = (conditioning[0], args.score)
     shown = [condition_prompt(p, conditioning[1], conditioning[0]) if conditioning else p for p in prompts]
-    from prefalign.runs import load_run_policy
+    from prefalign.recipes.run_folders import load_run_policy
 
     model, tokenizer = load_run_policy(run)
     settings = GenerateSettings(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from prefalign.data.registry import BuildContext, data_builder
+from prefalign.data.builders.registry import BuildContext, data_builder
 from prefalign.data.records import Example
-from prefalign.generation import GenerateSettings, encode_prompt, generate_batch, response_texts
+from prefalign.models.generation import GenerateSettings, encode_prompt, generate_batch, response_texts
 
 SLOT = "PREFALIGN_QUERY_SLOT_7f3a"
 
@@ -41,7 +41,7 @@ class LocalModel:
     tokenizer: Any
 
     def __call__(self, prompts: list, settings: GenerateSettings | None = None) -> list[list[str]]:
-        from prefalign.generation import generate
+        from prefalign.models.generation import generate
 
         return generate(self.model, self.tokenizer, prompts, settings, progress=False)
 
@@ -98,7 +98,7 @@ def sample_raw(model, tokenizer, prompt: str, n: int, s: GenerateSettings) -> li
 def magpie(model, tokenizer, n: int, instruction: GenerateSettings, response: GenerateSettings,
            progress: bool = False) -> tuple[list[Example], SynthReport]:
     """n sampled instructions, filtered, each answered by the same model: SFT examples (prompt, completion)."""
-    from prefalign.generation import generate
+    from prefalign.models.generation import generate
 
     report = SynthReport(requested=n)
     prompt = raw_text_prompt(tokenizer, pre_query_prefix(tokenizer))
@@ -176,7 +176,7 @@ def query_text(prompt) -> str:
 def urial_generate(model, tokenizer, queries: list[str], settings: GenerateSettings,
                    progress: bool = False) -> tuple[list[str | None], SynthReport]:
     """One URIAL answer per query (None where it was empty or never closed; counted by reason)."""
-    from prefalign.generation import generate
+    from prefalign.models.generation import generate
 
     report = SynthReport(requested=len(queries))
     outs = generate(model, tokenizer, [urial_prompt(q) for q in queries], settings, progress, "urial answers")

@@ -1,6 +1,6 @@
-"""The pairing, curriculum and relabeling functions of `builders.py`, registered as data builders.
+"""The pairing, curriculum and relabeling functions of `pairs.py`, registered as data builders.
 
-Thin wrappers: the maths lives in builders.py; these give each one the registry's shape
+Thin wrappers: the maths lives in pairs.py; these give each one the registry's shape
 (examples -> examples + report) so that `data.builders:` in a training config and
 `prefalign data build` can run them by name.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefalign.data.builders import REWARD_TEMPLATE, curriculum_stages, pairs_from_lists, reward_augment
-from prefalign.data.registry import data_builder
+from prefalign.data.builders.pairs import REWARD_TEMPLATE, curriculum_stages, pairs_from_lists, reward_augment
+from prefalign.data.builders.registry import data_builder
 from prefalign.data.records import Example
 
 

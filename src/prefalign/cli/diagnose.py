@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefalign.runs import check_report_dir, load_policy
+from prefalign.recipes.run_folders import check_report_dir, load_policy
 
 
 EPILOG = """examples:
@@ -79,7 +79,7 @@ def parse_judge_args(items: list[str]) -> dict:
 def run_inputs(args) -> dict:
     """What a run folder says: models, data, beta, metrics; command-line options win."""
     from prefalign.config import load_config, prompt_length
-    from prefalign.run import resolve_run_dir
+    from prefalign.recipes.policy import resolve_run_dir
 
     run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
     cfg = load_config(str(run / "config.yaml"))
@@ -94,8 +94,8 @@ def run_inputs(args) -> dict:
 
 
 def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
-    from prefalign.data.builders import pairs_from_lists
-    from prefalign.data.readers import load_examples, seeded_split
+    from prefalign.data.builders.pairs import pairs_from_lists
+    from prefalign.data.formats.readers import load_examples, seeded_split
 
     notes = []
     if inputs["data"]:
@@ -127,9 +127,9 @@ def cmd_diagnose(args) -> int:
     from prefalign.diagnostics.diagnose import DiagnoseInputs, diagnose, true_preference
     from prefalign.diagnostics.factors import DEFAULT_FACTORS
     from prefalign.diagnostics.report import Report
-    from prefalign.generation import GenerateSettings
+    from prefalign.models.generation import GenerateSettings
     from prefalign.judges import make_judge
-    from prefalign.models import load_model, load_tokenizer
+    from prefalign.models.causal_lm import load_model, load_tokenizer
 
     if args.checkpoints < 0 or args.checkpoints == 1:
         raise ValueError(f"--checkpoints must be 0 (all) or at least 2 (the start and the final model), "

@@ -34,7 +34,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prefalign.data.registry import BuildContext, data_builder
+from prefalign.data.builders.registry import BuildContext, data_builder
 from prefalign.data.records import Example
 
 PAIRINGS = ("tournament", "first_round", "best_vs_random")

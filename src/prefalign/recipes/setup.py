@@ -1,4 +1,4 @@
-"""Setup steps every training recipe shares (policy: run.train; reward model: run_rewards).
+"""Setup steps every training recipe shares (policy: recipes/policy.py; reward model: recipes/reward_model.py).
 
 Each takes the LoopConfig fields it needs and returns components: the accelerator and run
 folder, optimizer and scheduler, metric sinks, the loop settings and the best-model callback.
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from prefalign.config import LoopConfig, best_metric, save_config
-from prefalign.runs import RUN_MARKERS, RUN_OUTPUTS, claim_run_dir, remove
+from prefalign.recipes.run_folders import RUN_MARKERS, RUN_OUTPUTS, claim_run_dir, remove
 from prefalign.train.loop import LoopParts, LoopSettings, cosine_or_linear, train_loop
 
 

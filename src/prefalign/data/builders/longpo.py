@@ -26,9 +26,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefalign.data.registry import BuildContext, data_builder
+from prefalign.data.builders.registry import BuildContext, data_builder
 from prefalign.data.records import Example
-from prefalign.generation import GenerateSettings
+from prefalign.models.generation import GenerateSettings
 
 INSTRUCTION_TEMPLATE = (
     "Read the text below, then write one question or instruction that can be answered from this text "

@@ -17,7 +17,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from prefalign.data.registry import BuildContext, data_builder
+from prefalign.data.builders.registry import BuildContext, data_builder
 from prefalign.data.records import Example
 
 
@@ -93,7 +93,7 @@ def deita_select(examples: list[Example], *, budget: int | None = None, max_simi
     the instruction as a response to COMPLEXITY_QUESTION; quality="judge" asks context.judge to
     score (prompt, best response). Judge scores must be positive. The "heuristic" defaults are
     lexical heuristics, NOT the paper's trained LLaMA scorers. Embeddings: context.encoder (e.g.
-    prefalign.encoders.SentenceEncoder, MiniLM; the paper used LLaMA-13B hidden states) of the
+    prefalign.models.encoders.SentenceEncoder, MiniLM; the paper used LLaMA-13B hidden states) of the
     prompt and best response. Departures: a multi-turn prompt is scored as one text (the paper
     sums complexity x quality over turns); for preference data, quality is that of the best response.
     """
@@ -122,7 +122,7 @@ def deita_select(examples: list[Example], *, budget: int | None = None, max_simi
     order = sorted(scored, key=lambda i: -c[i] * q[i])  # stable: equal scores keep input order
     if diversity and context.encoder is None:
         raise ValueError("deita_select with diversity=True needs an encoder in the build context "
-                         "(prefalign.encoders.SentenceEncoder); or set diversity=False")
+                         "(prefalign.models.encoders.SentenceEncoder); or set diversity=False")
     chosen = repr_filter(order, [p + "\n" + r for p, r in zip(prompts, responses)], max_similarity, budget,
                          context.encoder if diversity else None, report)
     out = []

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefalign.activations import ActivationRecorder
+from prefalign.models.activations import ActivationRecorder
 from prefalign.logps import place, response_forward, token_kl, token_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

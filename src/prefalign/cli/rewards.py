@@ -1,4 +1,4 @@
-"""`prefalign train-rm` and `prefalign eval-rm`: thin subcommands over run_rewards and eval_rewards."""
+"""`prefalign train-rm` and `prefalign eval-rm`: thin subcommands over recipes.reward_model and recipes.eval_reward_model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 def options_table() -> str:
     from prefalign.config import help_rows
-    from prefalign.run_rewards import RewardTrainConfig
+    from prefalign.recipes.reward_model import RewardTrainConfig
 
     rows = help_rows(RewardTrainConfig)
     width = max(len(k) for k, _, _ in rows)
@@ -17,7 +17,7 @@ def options_table() -> str:
 def cmd_train_rm(args) -> int:
     from prefalign.config import split_config_arg
     from prefalign.logging import print_summary
-    from prefalign.run_rewards import load_reward_config, train_reward_model
+    from prefalign.recipes.reward_model import load_reward_config, train_reward_model
 
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_reward_config(config, overrides + (["resume=true"] if args.resume else []))
@@ -37,7 +37,7 @@ def parse_direction(text: str | None) -> list[float] | None:
 def cmd_eval_rm(args) -> int:
     from pathlib import Path
 
-    from prefalign.eval_rewards import evaluate_pairs, load_eval_pairs, write_report
+    from prefalign.recipes.eval_reward_model import evaluate_pairs, load_eval_pairs, write_report
     from prefalign.rewards.model import load_reward_model
 
     model = load_reward_model(args.model_dir)

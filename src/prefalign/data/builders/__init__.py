@@ -1,0 +1,1 @@
+"""Data builders: a registry (registry.py), a runner (pipeline.py) and one module per family."""

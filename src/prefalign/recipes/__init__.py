@@ -1,0 +1,1 @@
+"""Recipes: build components from a config and call the loop (policy, reward model, evaluation, quickstart)."""
