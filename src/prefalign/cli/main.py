@@ -9,6 +9,7 @@ from prefalign.cli import data as cli_data
 from prefalign.cli import diagnose as cli_diagnose
 from prefalign.cli import rewards as cli_rewards
 from prefalign.cli import judge as cli_judge
+from prefalign.cli.common import add_config_command
 from prefalign.logging import print_summary
 
 EPILOG = "Run `prefalign COMMAND --help` for a command's options."
@@ -99,13 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefalign", description="Preference alignment for local causal LMs.",
                                      epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("train", help="train a policy on preference data", formatter_class=argparse.RawTextHelpFormatter,
-                       description="Train with CONFIG.yaml; override any key with key=value (dotted for nesting).",
-                       epilog="options (YAML keys and key=value overrides):\n" + options_table())
-    p.add_argument("config", nargs="?", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 data.train=pairs.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.set_defaults(fn=cmd_train)
+    add_config_command(sub, "train", "train a policy on preference data",
+                       "Train with CONFIG.yaml; override any key with key=value (dotted for nesting).",
+                       options_table(), "beta=0.2 data.train=pairs.jsonl", cmd_train)
     p = sub.add_parser("objectives", help="list the registered objectives")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
     p.set_defaults(fn=cmd_objectives)

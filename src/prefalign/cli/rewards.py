@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
+
+from prefalign.cli.common import add_config_command
 
 
 def options_table() -> str:
@@ -65,14 +66,9 @@ def cmd_eval_rm(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("train-rm", help="train a reward model (bt, multi_objective, pearl, prm, gpm, pal)",
-                       formatter_class=argparse.RawTextHelpFormatter,
-                       description="Train a reward model with CONFIG.yaml; override any key with key=value.",
-                       epilog="options (YAML keys and key=value overrides):\n" + options_table())
-    p.add_argument("config", nargs="?", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. kind=pearl data.train=pairs.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.set_defaults(fn=cmd_train_rm)
+    add_config_command(sub, "train-rm", "train a reward model (bt, multi_objective, pearl, prm, gpm, pal)",
+                       "Train a reward model with CONFIG.yaml; override any key with key=value.",
+                       options_table(), "kind=pearl data.train=pairs.jsonl", cmd_train_rm)
     p = sub.add_parser("eval-rm", help="pairwise accuracy, per-subset accuracy and calibration of a reward model")
     p.add_argument("model_dir", help="a saved reward model folder (train-rm's output_dir/final)")
     p.add_argument("data", help="preference pairs (any format prefalign reads)")

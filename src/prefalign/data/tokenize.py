@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefalign.data.records import DataError, Example, Text
+from prefalign.data.records import common_prefix, DataError, Example, Text
 
 
 Row = tuple[list[int], int]  # token ids and the index of the first scored (response) token
@@ -60,15 +60,6 @@ class TokenizeStats:
                 "truncated_response": self.truncated_response}
 
 
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def render_chat(tokenizer, prompt: Text, response: Text, source: str) -> tuple[str, str]:
     """(prompt text with the generation prompt, prompt + response text) from the chat template."""
     if getattr(tokenizer, "chat_template", None) is None:
@@ -96,7 +87,7 @@ def tokenize_response(tokenizer, prompt: Text, response: Text, source: str) -> t
         special = True
     prompt_ids = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
     full_ids = tokenizer(full_text, add_special_tokens=special)["input_ids"]
-    start = common_prefix_len(prompt_ids, full_ids)
+    start = common_prefix(prompt_ids, full_ids)
     if start >= len(full_ids):
         raise DataError(source, 0, "response", "tokenizes to nothing after the prompt")
     eos = tokenizer.eos_token_id
