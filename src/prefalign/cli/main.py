@@ -47,14 +47,14 @@ def yaml_value(value) -> str:
 
 def objective_rows() -> list[dict]:
     """One row per registered objective: the CLI table and the README table."""
-    from prefalign.data.records import DATA_FEATURES, PROMPT_FIELDS, RESPONSE_FIELDS
+    from prefalign.features import SUPPLIERS
     from prefalign.losses import OBJECTIVES
     from prefalign.recipes.policy import SUPPLIED
 
     rows = []
     for o in sorted(OBJECTIVES.values(), key=lambda o: o.name):
         data = "gold/chosen/rejected triples" if "gold" in o.features else DATA_BY_KIND[o.kind]
-        fields = [f for f in o.features if f in DATA_FEATURES or f in RESPONSE_FIELDS or f in PROMPT_FIELDS]
+        fields = [SUPPLIERS[f].row_field for f in o.features if f in SUPPLIERS and SUPPLIERS[f].row_field]
         if fields:
             data += " + row field " + ", ".join(fields)
         pending = [f for f in o.features if f not in SUPPLIED]
