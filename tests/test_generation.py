@@ -105,6 +105,21 @@ def test_long_prompt_is_cut_to_leave_room_for_new_tokens(tmp_path, tokenizer, ca
     assert not [m for m in seen.messages if "maximum length" in m], seen.messages
 
 
+def test_a_cut_to_the_prompt_budget_is_info_and_a_cut_for_positions_a_warning(tmp_path, tokenizer, caplog):
+    """Training cuts prompts to max_prompt_length too, so a cut to that budget is counted at INFO;
+    only a cut the model's positions force (a budget the model cannot serve) warns."""
+    model = short_context_llama(tmp_path, tokenizer, 40)
+    long_prompt = hh_rows()[0]["chosen"].rsplit("\n\nAssistant:", 1)[0] + "\n\nAssistant:"
+    with caplog.at_level(logging.INFO, logger="prefalign.models.generation"):
+        budget = generate_batch(model, tokenizer, [long_prompt], GenerateSettings(max_new_tokens=4, max_prompt_tokens=20,
+                                                                               do_sample=False))
+        forced = generate_batch(model, tokenizer, [long_prompt], GenerateSettings(max_new_tokens=12, do_sample=False))
+    assert budget.truncated == forced.truncated == 1
+    levels = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert levels == [(logging.INFO, "1 of 1 prompts cut from the left to 20 tokens"),
+                      (logging.WARNING, "1 of 1 prompts cut from the left to 28 tokens")]
+
+
 def test_max_new_tokens_beyond_the_model_positions_is_a_clear_error(tmp_path, tokenizer):
     model = short_context_llama(tmp_path, tokenizer, 16)
     with pytest.raises(ValueError, match=r"max_new_tokens \(16\) leaves no room for a prompt: the model has 16"):

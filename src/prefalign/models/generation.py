@@ -102,8 +102,11 @@ def fit_prompts(model, tokenizer, encoded: list[list[int]], s: GenerateSettings)
     fitted = [keep_tail(ids, limit, tokenizer.bos_token_id) for ids in encoded]
     truncated = sum(len(a) < len(b) for a, b in zip(fitted, encoded))
     if truncated:
-        logging.getLogger(__name__).warning(
-            "%d of %d prompts cut from the left to %d tokens (max_prompt_tokens %d, model positions %s, "
+        # a cut to the configured prompt budget is what training does too (counted, an info line);
+        # a cut forced by the model's positions is news to the user, so it is a warning
+        level = logging.WARNING if limit < s.max_prompt_tokens else logging.INFO
+        logging.getLogger(__name__).log(
+            level, "%d of %d prompts cut from the left to %d tokens (max_prompt_tokens %d, model positions %s, "
             "max_new_tokens %d)", truncated, len(encoded), limit, s.max_prompt_tokens, positions, s.max_new_tokens)
     return fitted, truncated
 
