@@ -147,6 +147,15 @@ def test_cached_decoding_equals_uncached(two_models, tokenizer, do_sample, weigh
     cached = MixtureSampler([m0, m1], weights, tokenizer, use_cache=True).sample(prompts, s, seed)
     uncached = MixtureSampler([m0, m1], weights, tokenizer, use_cache=False).sample(prompts, s, seed)
     assert cached == uncached
+    # and the distributions themselves, step by step, on the same left-padded batch
+    fitted, steps = [p for p in prompts for _ in range(2)], {}
+    for use_cache in (True, False):
+        steps[use_cache] = []
+        MixtureSampler([m0, m1], weights, tokenizer, use_cache=use_cache).decode(
+            fitted, s, torch.Generator().manual_seed(seed), steps[use_cache])
+    assert len(steps[True]) == len(steps[False]) > 1
+    for a, b in zip(steps[True], steps[False]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     assert max(len(x.response_ids) for x in cached) > 1
     if not do_sample:  # left padding must not change what a prompt decodes
         alone = [MixtureSampler([m0, m1], weights, tokenizer).sample([p], s, seed) for p in prompts]

@@ -172,8 +172,10 @@ class MixtureSampler:
         return forward_last(model, ids[:, -1:], mask, positions[:, -1:], use_cache=True, cache=cache)
 
     def decode(self, prompts: list[list[int]], s: GenerateSettings,
-               generator: torch.Generator) -> tuple[list[list[int]], list[bool]]:
-        """Response ids (each cut after its first EOS) and finished flags for one left-padded batch."""
+               generator: torch.Generator, steps: list | None = None) -> tuple[list[list[int]], list[bool]]:
+        """Response ids (each cut after its first EOS) and finished flags for one left-padded batch.
+
+        `steps`, when given, receives each step's mixture log-probs [batch, vocab] (for tests)."""
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         device = next(self.models[0].parameters()).device
@@ -192,6 +194,8 @@ class MixtureSampler:
             if len({x.shape[-1] for x in logits}) != 1:
                 raise ValueError(f"the mixed models' vocabularies differ: {[x.shape[-1] for x in logits]}")
             logp = mixture_logprobs(logits, self.weights, s.temperature if s.do_sample else 1.0).cpu()
+            if steps is not None:
+                steps.append(logp)
             if s.do_sample:
                 token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
             else:
