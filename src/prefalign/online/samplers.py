@@ -13,6 +13,7 @@ EOS was emitted; a finished sample's response ends with it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -103,11 +104,17 @@ def mixture_logprobs(logits: list[torch.Tensor], weights: list[float], temperatu
     return torch.log_softmax(total, -1)
 
 
+@functools.lru_cache(maxsize=None)
+def forward_params(model_class) -> frozenset:
+    # looked up once per model class: inspect.signature on every step costs more than a tiny model's forward
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def forward_last(model, ids, mask, positions, use_cache: bool, cache=None):
     """Last-position logits and the returned KV cache, across transformers versions: the cache
     argument and output are `cache` in recent releases, `past_key_values` before; only the last
     position's logits are computed where the model supports `logits_to_keep`."""
-    params = inspect.signature(model.forward).parameters
+    params = forward_params(type(model))
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     if cache is not None:
         extra["cache" if "cache" in params else "past_key_values"] = cache
