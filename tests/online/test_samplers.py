@@ -91,8 +91,10 @@ def test_same_seed_round_shard_gives_same_samples_and_shards_differ(two_models, 
     s = GenerateSettings(max_new_tokens=8, do_sample=True, batch_size=2, num_return_sequences=2)
     prompts = encode(tokenizer)
     first = sampler.sample(prompts, s, sample_seed(3, 1, 0))
-    torch.manual_seed(999)  # the global RNG state must not matter
+    torch.manual_seed(999)  # the global RNG state must not matter, and is left as it was
+    state = torch.get_rng_state()
     again = sampler.sample(prompts, s, sample_seed(3, 1, 0))
+    assert torch.equal(torch.get_rng_state(), state)
     other_shard = sampler.sample(prompts, s, sample_seed(3, 1, 1))
     assert first == again
     assert [x.response_ids for x in first] != [x.response_ids for x in other_shard]

@@ -106,7 +106,7 @@ def mixture_logprobs(logits: list[torch.Tensor], weights: list[float], temperatu
 
 @functools.lru_cache(maxsize=None)
 def forward_params(model_class) -> frozenset:
-    # looked up once per model class: inspect.signature on every step costs more than a tiny model's forward
+    # looked up once per model class rather than on every decoding step of every model
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
@@ -120,6 +120,8 @@ def forward_last(model, ids, mask, positions, use_cache: bool, cache=None):
         extra["cache" if "cache" in params else "past_key_values"] = cache
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=use_cache, **extra)
     new_cache = getattr(out, "cache", None) if "cache" in params else getattr(out, "past_key_values", None)
+    if use_cache and new_cache is None:  # else every step would silently re-run the whole prefix
+        raise ValueError(f"{type(model).__name__} returned no KV cache; use MixtureSampler(use_cache=False)")
     return out.logits[:, -1], new_cache
 
 
