@@ -43,6 +43,7 @@ LAYERS = {
     "prefalign.judges": 2,
     "prefalign.train": 3,
     "prefalign.diagnostics": 3,
+    "prefalign.online": 4,
     "prefalign.config": 5,
     "prefalign.recipes": 5,
     "prefalign.run": 5,  # the public `from prefalign.run import train`: a re-export of recipes.policy
