@@ -1,10 +1,28 @@
-"""Metric sinks: metrics.jsonl, the console, TensorBoard. Only the main process writes."""
+"""Metric sinks: metrics.jsonl, the console, TensorBoard (report_to). Only the main process writes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
+
+# report_to's trackers -> (the module a sink imports, the pip package that provides it);
+# metrics.jsonl is always written: run folder tools (diagnose, quickstart's curve) read it
+TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard")}
+
+
+def trackers(report_to: list, tensorboard: bool = False) -> list[str]:
+    """The trackers a run writes to, jsonl first; `tensorboard: true` is the older spelling of
+    `report_to: [tensorboard]`. An unknown name or one whose package is missing is an error."""
+    names = list(dict.fromkeys(["jsonl", *report_to, *(["tensorboard"] if tensorboard else [])]))
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(f"report_to: unknown tracker {name!r}; available: {', '.join(TRACKERS)}")
+        module, package = TRACKERS[name]
+        if module and importlib.util.find_spec(module) is None:
+            raise ValueError(f"report_to: {name} needs the {package!r} package: pip install {package}")
+    return names
 
 
 class JsonlSink:

@@ -59,13 +59,14 @@ def optimizer_and_scheduler(groups: list, cfg: LoopConfig):
 
 
 def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
-    """metrics.jsonl (appended on resume) and optionally TensorBoard, on the main process only."""
+    """metrics.jsonl (appended on resume) and the other trackers in report_to, on the main process only."""
     if not acc.is_main_process:
         return []
-    from prefalign.logging import JsonlSink, TensorBoardSink
+    from prefalign.logging import JsonlSink, TensorBoardSink, trackers
 
+    names = trackers(cfg.report_to, cfg.tensorboard)
     sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)]
-    if cfg.tensorboard:
+    if "tensorboard" in names:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     return sinks
 
