@@ -1,4 +1,4 @@
-"""Metric sinks: metrics.jsonl, the console, TensorBoard (report_to). Only the main process writes."""
+"""Metric sinks: metrics.jsonl, the console, TensorBoard and Weights & Biases (report_to). Only the main process writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 # report_to's trackers -> (the module a sink imports, the pip package that provides it);
 # metrics.jsonl is always written: run folder tools (diagnose, quickstart's curve) read it
-TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard")}
+TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 
 
 def trackers(report_to: list, tensorboard: bool = False) -> list[str]:
@@ -51,6 +51,27 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbSink:
+    """A Weights & Biases run named after the run folder, with the resolved config. It follows wandb's
+    own settings (WANDB_MODE=offline, WANDB_PROJECT, login); its local files go in folder/wandb."""
+
+    def __init__(self, folder: Path, name: str, config: dict):
+        import os
+
+        import wandb
+
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "prefalign"), name=name, config=config,
+                              dir=str(folder))
+
+    def log(self, step: int, metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if numbers:
+            self.run.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class Progress:
