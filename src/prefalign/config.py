@@ -18,6 +18,7 @@ import yaml
 from prefalign.data.builders.pairs import REWARD_TEMPLATE
 
 from prefalign.data.contrast import CONTRAST_BETTER, CONTRAST_WORSE, template_error
+from prefalign.logging import trackers
 
 
 def opt(default, help: str, **kw):
@@ -98,7 +99,9 @@ class LoopConfig:
     load_best_model_at_end: bool = opt(False, "save the best model (not the last) as output_dir/final")
     logging_steps: int = opt(10, "log metrics every N steps")
     mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
-    tensorboard: bool = opt(False, "also write TensorBoard event files")
+    tensorboard: bool = opt(False, "also write TensorBoard event files (the same as report_to: [jsonl, tensorboard])")
+    report_to: list = opt(["jsonl"], "metric trackers: jsonl (metrics.jsonl, always written) | tensorboard "
+                                     "(output_dir/tensorboard) | wandb (run named after output_dir, with the config)")
     progress: bool = opt(True, "show a progress bar")
 
 
@@ -305,6 +308,10 @@ def validate_loop(cfg: LoopConfig) -> None:
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1")
+    try:
+        trackers(cfg.report_to, cfg.tensorboard)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.resume and cfg.overwrite:
         raise ConfigError("resume=true continues the run in output_dir and overwrite=true replaces it: choose one")
     if cfg.early_stopping_patience < 0 or cfg.early_stopping_threshold < 0:

@@ -1,10 +1,28 @@
-"""Metric sinks: metrics.jsonl, the console, TensorBoard. Only the main process writes."""
+"""Metric sinks: metrics.jsonl, the console, TensorBoard and Weights & Biases (report_to). Only the main process writes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
+
+# report_to's trackers -> (the module a sink imports, the pip package that provides it);
+# metrics.jsonl is always written: run folder tools (diagnose, quickstart's curve) read it
+TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def trackers(report_to: list, tensorboard: bool = False) -> list[str]:
+    """The trackers a run writes to, jsonl first; `tensorboard: true` is the older spelling of
+    `report_to: [tensorboard]`. An unknown name or one whose package is missing is an error."""
+    names = list(dict.fromkeys(["jsonl", *report_to, *(["tensorboard"] if tensorboard else [])]))
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(f"report_to: unknown tracker {name!r}; available: {', '.join(TRACKERS)}")
+        module, package = TRACKERS[name]
+        if module and importlib.util.find_spec(module) is None:
+            raise ValueError(f"report_to: {name} needs the {package!r} package: pip install {package}")
+    return names
 
 
 class JsonlSink:
@@ -33,6 +51,27 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbSink:
+    """A Weights & Biases run named after the run folder, with the resolved config. It follows wandb's
+    own settings (WANDB_MODE=offline, WANDB_PROJECT, login); its local files go in folder/wandb."""
+
+    def __init__(self, folder: Path, name: str, config: dict):
+        import os
+
+        import wandb
+
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "prefalign"), name=name, config=config,
+                              dir=str(folder))
+
+    def log(self, step: int, metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if numbers:
+            self.run.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class Progress:

@@ -96,6 +96,13 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from prefalign.recipes.push import push
+
+    print(push(args.run, args.repo, args.private, args.revision, args.dry_run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefalign", description="Preference alignment for local causal LMs.",
                                      epilog=EPILOG)
@@ -112,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.set_defaults(fn=cmd_quickstart)
+    p = sub.add_parser("push", help="upload a run's final model and its card to the Hugging Face Hub")
+    p.add_argument("run", metavar="RUN", help="run folder (or a folder holding exactly one run)")
+    p.add_argument("--repo", required=True, help="Hub model repo id, e.g. you/my-dpo-model")
+    p.add_argument("--dry-run", action="store_true", help="list the files and sizes it would upload; no network")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
+    p.set_defaults(fn=cmd_push)
     cli_data.add_commands(sub)
     cli_diagnose.add_commands(sub)
     cli_rewards.add_commands(sub)

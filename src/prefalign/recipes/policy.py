@@ -27,6 +27,7 @@ from prefalign.models.causal_lm import (model_args, AdapterOffReference, FrozenR
                               with_reference)
 from prefalign.recipes.setup import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
                               optimizer_and_scheduler, run_loop, start_run, summary_fields)
+from prefalign.recipes.model_card import model_card
 from prefalign.recipes.run_folders import CURRICULUM_MARKERS, CURRICULUM_OUTPUTS, claim_run_dir, remove
 from prefalign.train.checkpoint import write_atomic
 from prefalign.train.loop import LoopParts, make_batch
@@ -283,6 +284,12 @@ def setup_policy(cfg: TrainConfig, obj: Objective, model) -> PolicyLogps:
     return PolicyLogps(model, cfg.logps_impl, mask_head)
 
 
+def save_with_card(trainee: PolicyTrainee, folder: Path, summary: dict) -> None:
+    """final/'s contents: the model, then its card (README.md), inside the same atomic write."""
+    trainee.save(folder)
+    (folder / "README.md").write_text(model_card(summary, summary["config"]))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run one training job; returns the summary also written to output_dir/summary.json."""
     started = time.time()
@@ -316,7 +323,7 @@ def train(cfg: TrainConfig) -> dict:
     if overopt is not None:
         summary["overopt"] = overopt.monitor.summary(overopt_best_dir(cfg, bool(best)))
     if acc.is_main_process:
-        write_atomic(out_dir / "final", trainee.save)
+        write_atomic(out_dir / "final", lambda tmp: save_with_card(trainee, tmp, summary))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         summary["final_model"] = str(out_dir / "final")
     end_run(acc)

@@ -14,7 +14,7 @@ from prefalign.train.checkpoint import checkpoints
 
 # what `prefalign train` and `train-rm` write into output_dir (".*.tmp": an interrupted atomic save)
 RUN_OUTPUTS = ("config.yaml", "summary.json", "metrics.jsonl", "overopt.json", "final", "best", "last-healthy",
-               "tensorboard", "checkpoint-*", ".*.tmp")
+               "tensorboard", "wandb", "checkpoint-*", ".*.tmp")
 RUN_MARKERS = ("config.yaml", "summary.json", "final", "checkpoint-*")
 # a curriculum's top folder: its held-out pairs, one run folder per stage and the overall summary
 CURRICULUM_OUTPUTS = ("summary.json", "heldout.jsonl", "stage-*")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.config import LoopConfig, best_metric, save_config
+from prefalign.config import LoopConfig, best_metric, save_config, to_dict
 from prefalign.recipes.run_folders import RUN_MARKERS, RUN_OUTPUTS, claim_run_dir, remove
 from prefalign.train.loop import LoopParts, LoopSettings, cosine_or_linear, train_loop
 
@@ -59,14 +59,17 @@ def optimizer_and_scheduler(groups: list, cfg: LoopConfig):
 
 
 def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
-    """metrics.jsonl (appended on resume) and optionally TensorBoard, on the main process only."""
+    """metrics.jsonl (appended on resume) and the other trackers in report_to, on the main process only."""
     if not acc.is_main_process:
         return []
-    from prefalign.logging import JsonlSink, TensorBoardSink
+    from prefalign.logging import JsonlSink, TensorBoardSink, WandbSink, trackers
 
+    names = trackers(cfg.report_to, cfg.tensorboard)
     sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)]
-    if cfg.tensorboard:
+    if "tensorboard" in names:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    if "wandb" in names:
+        sinks.append(WandbSink(out_dir, out_dir.resolve().name, to_dict(cfg)))
     return sinks
 
 
