@@ -69,6 +69,11 @@ out["weights_equal"] = set(saved) <= set(state) and all(
     torch.equal(state[k], v) for k, v in saved.items())
 out["n_tensors"] = len(saved)
 out["same_ids"] = tok("Human: hello there")["input_ids"] == load_tokenizer("%(local)s")("Human: hello there")["input_ids"]
+from prefalign.rewards.backbone import RewardBackbone
+from prefalign.judges.lm import load_lm
+backbone = RewardBackbone("owner/tiny", max_length=32)
+out["backbone_equal"] = torch.equal(backbone.model.embed_tokens.weight, saved["model.embed_tokens.weight"])
+out["judge_equal"] = torch.equal(load_lm("owner/tiny")[0].lm_head.weight, saved["lm_head.weight"])
 for name, rev in (("owner/missing", None), ("owner/tiny", "v9")):
     try:
         load_model(name, revision=rev)
@@ -85,6 +90,7 @@ def test_hub_id_loads_offline_from_the_cache_and_errors_name_the_id(hub_cache, t
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["commit"] == COMMIT and got["pinned_commit"] == COMMIT
     assert got["weights_equal"] and got["n_tensors"] > 0 and got["same_ids"]
+    assert got["backbone_equal"] and got["judge_equal"]  # reward backbones and LM judges resolve ids too
     missing = got["owner/missingNone"]
     assert missing and "'owner/missing'" in missing and "HF_HUB_OFFLINE" in missing
     assert "hf download owner/missing" in missing
