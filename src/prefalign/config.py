@@ -56,7 +56,7 @@ class DataConfig:
     builder_judge_args: dict = opt({}, "constructor arguments of data.builder_judge, e.g. {path: runs/rm/final}")
     builder_encoder: str | None = opt(None, "sentence encoder for builders (deita diversity, dedup near='embedding'): "
                                             "minilm or a local encoder folder")
-    builder_generator: str | None = opt(None, "local model folder that generates for builders (d2o_negatives "
+    builder_generator: str | None = opt(None, "local model folder or Hub id that generates for builders (d2o_negatives "
                                               "samples, longpo_short_to_long, magpie, urial)")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
@@ -107,7 +107,9 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig(LoopConfig):
-    model: str = opt("", "local folder of a Hugging Face causal LM (nothing is downloaded)")
+    model: str = opt("", "local folder or Hugging Face Hub id (owner/name) of a causal LM; a Hub id resolves "
+                         "through the standard HF cache and honours HF_HUB_OFFLINE")
+    model_revision: str | None = opt(None, "Hub branch, tag or commit that pins `model` (Hub ids only); unset: main")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
     objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
     beta: float | None = opt(None, "KL strength / inverse temperature; unset: the objective's own default "
@@ -116,8 +118,9 @@ class TrainConfig(LoopConfig):
     max_prompt_length: int | None = opt(None, "maximum prompt tokens (truncated from the left); unset: max_length // "
                                               "2, the ratio of TRL's defaults (512 of 1024)")
     reference: str = opt("auto", "frozen | adapter_off | precomputed | none | auto")
-    reference_model: str | None = opt(None, "local folder of the reference policy (frozen or precomputed); "
-                                            "unset: the policy's own initial weights")
+    reference_model: str | None = opt(None, "local folder or Hub id of the reference policy (frozen or "
+                                            "precomputed); unset: the policy's own initial weights")
+    reference_model_revision: str | None = opt(None, "Hub branch, tag or commit that pins `reference_model`")
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str = opt("~/.cache/prefalign/reference", "where precomputed reference log-probs are cached")
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
@@ -267,7 +270,7 @@ def prompt_length(cfg: TrainConfig) -> int:
 
 def validate(cfg: TrainConfig) -> None:
     if not cfg.model:
-        raise ConfigError("model is required: a local folder of a Hugging Face causal LM")
+        raise ConfigError("model is required: a local folder or Hugging Face Hub id of a causal LM")
     if not cfg.data.train:
         raise ConfigError("data.train is required")
     choices = {"reference": ("auto", "frozen", "adapter_off", "precomputed", "none"),

@@ -12,11 +12,11 @@ from prefalign.logps import lean_path_supported, token_logps
 
 
 def load_lm(path: str | None, model=None, tokenizer=None, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer): the objects given, else both loaded from the local folder `path`."""
+    """(model, tokenizer): the objects given, else both loaded from `path` (a local folder or Hub id)."""
     if model is not None and tokenizer is not None:
         return model, tokenizer
     if path is None:
-        raise ValueError("an LM judge needs path= (a local HF model folder) or both model= and tokenizer=")
+        raise ValueError("an LM judge needs path= (a local HF model folder or Hub id) or both model= and tokenizer=")
     from prefalign.models.causal_lm import load_model, load_tokenizer
 
     return load_model(str(path), dtype=dtype).to(device).eval(), load_tokenizer(str(path))

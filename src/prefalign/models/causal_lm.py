@@ -1,4 +1,4 @@
-"""Load local HF causal LMs, run one concatenated forward, and provide reference log-probs.
+"""Load HF causal LMs (a local folder or a Hub id, models/hub.py), run one concatenated forward, and provide reference log-probs.
 
 Reference modes:
   frozen       a frozen copy of the initial policy, kept resident.
@@ -21,15 +21,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefalign.models.activations import ActivationRecorder
+from prefalign.models.hub import resolve_model
 from prefalign.logps import place, response_forward, token_kl, token_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    folder, _ = resolve_model(path, revision)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     if tok.pad_token_id is None:
         # padding positions are masked everywhere, so any id works; EOS is the usual choice
         tok.pad_token = tok.eos_token
@@ -39,16 +41,16 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False):
+def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False,
+               revision: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path} (prefalign loads models from local folders only)")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    # a Hub id becomes its cached snapshot folder here; from_pretrained then reads that folder only
+    folder, _ = resolve_model(path, revision)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=False, local_files_only=True, use_safetensors=True)
+        folder, dtype=DTYPES[dtype], trust_remote_code=False, local_files_only=True, use_safetensors=True)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

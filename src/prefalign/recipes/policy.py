@@ -22,6 +22,7 @@ from prefalign.data.tokenize import TokenizeStats
 from prefalign.features import SUPPLIERS, for_features, get_supplier, tokenize, unsupplied
 from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, no_beta_message, unknown_params_message
+from prefalign.models.hub import resolve_model
 from prefalign.models.causal_lm import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums,
                               with_reference)
@@ -248,7 +249,8 @@ def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_se
     log-probs in precomputed mode), cache hit, precompute seconds)."""
     reference, cache_hit, precompute_s = None, None, None
     # the reference is the policy's own initial weights unless reference_model names another folder
-    ref_source = load_model(cfg.reference_model, cfg.dtype) if cfg.reference_model and mode in (
+    ref_source = load_model(cfg.reference_model, cfg.dtype, revision=cfg.reference_model_revision) \
+        if cfg.reference_model and mode in (
         "frozen", "precomputed") else model
     if mode == "frozen":
         reference = FrozenReference(ref_source, cfg.logps_impl, copy_model=ref_source is model).to(acc.device)
@@ -257,8 +259,10 @@ def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_se
         t_ref = time.time()
         probe = PolicyLogps(ref_source, cfg.logps_impl).to(acc.device)
         all_examples = train_set + eval_set
-        path = reference_cache_path(cfg.ref_cache_dir, cfg.reference_model or cfg.model, all_examples,
-                                    cfg.logps_impl, cfg.dtype)
+        # keyed by the files of the resolved folder (a Hub id's snapshot), not by the name
+        ref_folder = resolve_model(cfg.reference_model, cfg.reference_model_revision)[0] if cfg.reference_model \
+            else resolve_model(cfg.model, cfg.model_revision)[0]
+        path = reference_cache_path(cfg.ref_cache_dir, ref_folder, all_examples, cfg.logps_impl, cfg.dtype)
         if acc.is_main_process:
             logps, cache_hit = load_or_compute_reference(
                 path, lambda: compute_reference_logps(probe, all_examples, tokenizer.pad_token_id, acc.device,
@@ -293,11 +297,15 @@ def save_with_card(trainee: PolicyTrainee, folder: Path, summary: dict) -> None:
 def train(cfg: TrainConfig) -> dict:
     """Run one training job; returns the summary also written to output_dir/summary.json."""
     started = time.time()
+    # resolved first: a Hub id missing offline fails before a run folder exists, and the commit is recorded
+    commits = {"model_commit": resolve_model(cfg.model, cfg.model_revision)[1],
+               "reference_model_commit": resolve_model(cfg.reference_model, cfg.reference_model_revision)[1]
+               if cfg.reference_model else None}
     acc, out_dir, earlier = start_run(cfg, "train")
     obj, params, mode = setup_objective(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_revision)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
-    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing)
+    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision)
     for supplier in for_features(obj.features):
         supplier.check_model(model)  # e.g. activation masks hook the Llama layout only: fail before training
     reference, train_set, eval_set, cache_hit, precompute_s = setup_reference(cfg, mode, model, acc, tokenizer,
@@ -319,7 +327,7 @@ def train(cfg: TrainConfig) -> dict:
     summary = {"objective": obj.name, "objective_params": params, "reference": mode,
                "reference_cache_hit": cache_hit, "reference_precompute_s": precompute_s, "data": data_report,
                **summary_fields(history, best), "wall_time_s": round(time.time() - started, 2),
-               "num_processes": acc.num_processes, "config": to_dict(cfg)}
+               "num_processes": acc.num_processes, **commits, "config": to_dict(cfg)}
     if overopt is not None:
         summary["overopt"] = overopt.monitor.summary(overopt_best_dir(cfg, bool(best)))
     if acc.is_main_process:
@@ -375,7 +383,10 @@ def train_curriculum(cfg: TrainConfig) -> dict:
             continue
         stage_dir = out / f"stage-{k}"
         reference = None if cfg.data.curriculum_reference == "previous" or model == cfg.model else cfg.model
+        # model_revision pins the starting Hub model only; later stages start from a local folder
         stage_cfg = replace(cfg, model=model, reference_model=reference, output_dir=str(stage_dir / "run"),
+                            model_revision=cfg.model_revision if model == cfg.model else None,
+                            reference_model_revision=cfg.model_revision if reference else None,
                             data=replace(cfg.data, train=str(write_pairs(pairs, stage_dir / "train.jsonl")),
                                          eval=eval_path, format="pairs", curriculum_stages=0,
                                          builders=[]))

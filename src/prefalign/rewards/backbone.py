@@ -1,4 +1,4 @@
-"""A local HF backbone (encoder or decoder) that turns (prompt, response) into one pooled vector.
+"""A HF backbone (local folder or Hub id) (encoder or decoder) that turns (prompt, response) into one pooled vector.
 
 Encoders (BERT-like, e.g. all-MiniLM-L6-v2) read "[CLS] prompt [SEP] response [SEP]" and pool by
 the masked mean of the last hidden states, as sentence encoders are trained; decoders read
@@ -9,11 +9,11 @@ Heads (rewards/heads.py and friends) map the pooled [N, H] vectors to rewards or
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
 from prefalign.models.encoders import mean_pool
+from prefalign.models.hub import resolve_model
 
 
 def is_decoder(config) -> bool:
@@ -49,16 +49,15 @@ class RewardBackbone(torch.nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"backbone folder not found: {path} (prefalign loads local folders only)")
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        folder, _ = resolve_model(path)  # a local folder, or a Hub id through the HF cache
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         # a saved reward model says so itself: AutoModel writes a bare LlamaModel whose config no
         # longer names a "ForCausalLM" architecture, and mean pooling would silently replace last-token
         self.decoder = is_decoder(config) if decoder is None else bool(decoder)
         # AutoModel gives the bare transformer (no LM head) for encoders and decoders alike
-        self.model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, trust_remote_code=False,
                                                use_safetensors=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # encode() truncates on token ids itself; the tokenizer's length warning would only mislead
