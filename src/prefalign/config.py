@@ -29,8 +29,12 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class DataConfig:
-    train: str = opt("", "training data: a .jsonl/.json/.parquet/.csv file (gzip allowed)")
-    eval: str | None = opt(None, "held-out data file; if unset, a seeded split of data.train")
+    train: str = opt("", "training data: a .jsonl/.json/.parquet/.csv file (gzip allowed), a datasets "
+                         "save_to_disk folder, or a Hub dataset id owner/name (or owner/name:split)")
+    eval: str | None = opt(None, "held-out data (file, folder or Hub id); if unset, a seeded split of data.train")
+    split: str = opt("train", "split of data.train when it is a Hub id or a DatasetDict folder (id:split wins)")
+    eval_split: str = opt("test", "split of data.eval when it is a Hub id or a DatasetDict folder (id:split wins)")
+    dataset_config: str | None = opt(None, "Hub dataset config (subset) name for data.train and data.eval")
     format: str = opt("auto", "pairs | implicit | hh | ranked | unpaired | sft | triples | auto (detected from the fields)")
     eval_fraction: float = opt(0.05, "share of data.train held out when data.eval is unset")
     on_bad_row: str = opt("error", "error: stop at the first bad row; skip: skip it and count it in the summary")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import PackageNotFoundError, version as installed_version
+from pathlib import Path
 
 from prefalign.losses import get_objective
 
@@ -24,8 +25,10 @@ LORA_KEYS = ("lora_r", "lora_alpha")
 
 
 def hub_id(value) -> str | None:
-    """`value` when it reads as a Hub repo id (owner/name, not a file or an absolute path)."""
-    text = str(value or "")
+    """The repo id `value` names (owner/name, or owner/name:split for data), not a file or folder."""
+    text = str(value or "").split(":")[0]  # data.train: owner/name:split names the dataset owner/name
+    if Path(text).exists():  # a relative save_to_disk folder such as data/uf looks like owner/name
+        return None
     return text if HUB_ID.match(text) and not FILE_SUFFIX.search(text) else None
 
 

@@ -158,10 +158,12 @@ def builder_context(cfg: TrainConfig) -> BuildContext:
 
 def load_data(cfg: TrainConfig, obj: Objective, tokenizer):
     aspect = cfg.data.score_weights or cfg.data.score_aspect
-    train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
+    train, train_report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect,
+                                        split=cfg.data.split, dataset_config=cfg.data.dataset_config)
     if cfg.data.eval:
         held_out, eval_report = load_examples(cfg.data.eval, cfg.data.format, cfg.data.on_bad_row,
-                                              aspect)
+                                              aspect, split=cfg.data.eval_split,
+                                              dataset_config=cfg.data.dataset_config)
     else:
         train, held_out = seeded_split(train, cfg.data.eval_fraction, cfg.seed)
         eval_report = None
@@ -366,7 +368,8 @@ def train_curriculum(cfg: TrainConfig) -> dict:
     out = Path(cfg.output_dir)
     earlier = claim_run_dir(out, cfg.resume, cfg.overwrite, CURRICULUM_OUTPUTS, CURRICULUM_MARKERS, "train")
     aspect = cfg.data.score_weights or cfg.data.score_aspect
-    lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect)
+    lists, report = load_examples(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, aspect,
+                                  split=cfg.data.split, dataset_config=cfg.data.dataset_config)
     lists, built = run_builders(lists, cfg.data.builders, builder_context(cfg))
     remove(earlier)  # overwrite=true, once the data loaded: the earlier curriculum's stages and summary
     if cfg.data.eval:

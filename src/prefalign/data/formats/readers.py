@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from prefalign.data.formats.hub import is_dataset_source, open_dataset
 from prefalign.data.formats.oasst import TreeOptions, TreeReport, tree_examples
 from prefalign.data.records import DataError, Example, LoadReport, detect_format, make_example
 
@@ -95,14 +96,20 @@ def load_examples(
     score_aspect: str | dict | None = None,
     name: str | None = None,
     tree_options: TreeOptions | None = None,
+    split: str = "train",
+    dataset_config: str | None = None,
 ) -> tuple[list[Example], LoadReport]:
-    """Read and validate every row. `source` is a path or an in-memory dataset (e.g.
-    `datasets.Dataset` or a list of dicts). Bad rows raise, or with on_bad_row="skip" are
+    """Read and validate every row. `source` is a file, a `save_to_disk` folder, a Hub dataset id
+    (`owner/name` or `owner/name:split`; `split` and `dataset_config` pick the split and config), or an
+    in-memory dataset (e.g. `datasets.Dataset` or a list of dicts). Bad rows raise, or with on_bad_row="skip" are
     counted in the report by reason. An OpenAssistant tree row ("oasst_trees") gives one
     example per ranked reply set; its left-out messages are counted in `report.left_out`."""
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
-    if isinstance(source, (str, Path)):
+    if isinstance(source, (str, Path)) and not Path(source).is_file() and is_dataset_source(str(source)):
+        label, dataset = open_dataset(str(source), split, dataset_config)
+        rows = enumerate(dataset, start=1)
+    elif isinstance(source, (str, Path)):
         label, rows = str(source), iter_rows(source)
     else:
         label, rows = name or type(source).__name__, enumerate(source, start=1)
