@@ -93,9 +93,40 @@ def greedy(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> 
     return generate(model, tokenizer, [messages], settings, progress=False)[0][0].strip()
 
 
+def write_split(model: str, out: Path) -> tuple[list[dict], list[dict]]:
+    """A fixed held-out set of pairs and the rest for training, written to out/ so the run is inspectable."""
+    import random
+
+    rows = hh_rows(as_chat=model == "smollm2")
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    held, rest = [rows[i] for i in order[: HELD_OUT[model]]], [rows[i] for i in order[HELD_OUT[model]:]]
+    rest = rest[: TRAIN_LIMIT[model]] if TRAIN_LIMIT[model] else rest
+    for name, part in (("train.jsonl", rest), ("heldout.jsonl", held)):
+        with open(out / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    return held, rest
+
+
+def heldout_table(summary: dict, kl_after: dict, n_held: int):
+    """The before/after table of held-out metrics the quickstart prints."""
+    from rich.table import Table
+
+    rows_out = [("reward accuracy", "rewards/accuracy"), ("ranking accuracy (logp chosen > rejected)",
+                                                          "ranking/accuracy"),
+                ("mean reward margin", "rewards/margins"), ("DPO loss", "loss")]
+    table = Table(title=f"held-out pairs (n={n_held}): before vs after")
+    for col in ("metric", "before", "after"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for label, key in rows_out:
+        table.add_row(label, f"{summary['eval_start'][f'eval/{key}']:.4f}", f"{summary['eval_end'][f'eval/{key}']:.4f}")
+    table.add_row("KL(policy || reference), sampled", "0 (policy = reference)",
+                  f"{kl_after['kl']:.4f} ± {kl_after['kl_stderr']:.4f}")
+    return table
+
+
 def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", steps: int | None = None) -> dict:
     from rich.console import Console
-    from rich.table import Table
 
     from prefalign.config import DataConfig, TrainConfig, prompt_length, validate
     from prefalign.diagnostics.kl import sample_kl
@@ -116,17 +147,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
     removed = claim_quickstart_dir(out)  # refuses a folder holding anything but an earlier quickstart's outputs
     if removed:
         console.print(f"starting fresh: removed the earlier quickstart's {', '.join(removed)} in {out}")
-    rows = hh_rows(as_chat=model == "smollm2")
-    order = list(range(len(rows)))
-    # A fixed held-out set of pairs, the rest for training: written out so the run is inspectable.
-    import random
-
-    random.Random(0).shuffle(order)
-    held, rest = [rows[i] for i in order[: HELD_OUT[model]]], [rows[i] for i in order[HELD_OUT[model]:]]
-    rest = rest[: TRAIN_LIMIT[model]] if TRAIN_LIMIT[model] else rest
-    for name, part in (("train.jsonl", rest), ("heldout.jsonl", held)):
-        with open(out / name, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    held, rest = write_split(model, out)
     # HH-RLHF has a few pairs with an empty or identical response: skipped and counted, not hidden
     cfg = TrainConfig(data=DataConfig(train=str(out / "train.jsonl"), eval=str(out / "heldout.jsonl"),
                                       on_bad_row="skip"),
@@ -150,17 +171,7 @@ def run_quickstart(model: str = "tiny", output_dir: str = "runs/quickstart", ste
                          max_prompt_tokens=prompt_length(cfg))
     plot = plot_training_curves(out / "run" / "metrics.jsonl", out / "training_curves.png",
                                 title=f"DPO quickstart ({model})")
-    rows_out = [("reward accuracy", "rewards/accuracy"), ("ranking accuracy (logp chosen > rejected)",
-                                                          "ranking/accuracy"),
-                ("mean reward margin", "rewards/margins"), ("DPO loss", "loss")]
-    table = Table(title=f"held-out pairs (n={len(held)}): before vs after")
-    for col in ("metric", "before", "after"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
-    for label, key in rows_out:
-        table.add_row(label, f"{summary['eval_start'][f'eval/{key}']:.4f}", f"{summary['eval_end'][f'eval/{key}']:.4f}")
-    table.add_row("KL(policy || reference), sampled", "0 (policy = reference)",
-                  f"{kl_after['kl']:.4f} ± {kl_after['kl_stderr']:.4f}")
-    console.print(table)
+    console.print(heldout_table(summary, kl_after, len(held)))
     turn = curve_turn(summary)
     if turn:
         console.print(turn)

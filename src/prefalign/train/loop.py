@@ -122,15 +122,8 @@ def first_reason(reasons) -> str | None:
 
 def train_loop(p: LoopParts, s: LoopSettings) -> dict:
     acc, trainee = p.accelerator, p.trainee
-    world, rank = acc.num_processes, acc.process_index
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    if s.resume and checkpoints(s.out_dir):
-        last = checkpoints(s.out_dir)[-1]
-        state = load_checkpoint(last, trainee.load, p.optimizer, p.scheduler)
-        saved = state.pop("callbacks", {})
-        for cb in p.callbacks:
-            cb.load_state_dict(saved.get(cb.name, {}))
-        acc.print(f"resumed from {last} at step {state['step']}")
+    world = acc.num_processes
+    state = resume_state(p, s)
     lengths = [e.max_len for e in p.train_set]
     global_micro = s.batch_size * world
     examples_per_step = s.batch_size * s.accumulation
@@ -160,22 +153,8 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
                              f"{examples_per_step * world} examples; lower batch_size or accumulation")
         while state["batch_in_epoch"] + s.accumulation <= len(batches) and state["step"] < s.max_steps:
             step_batches = batches[state["batch_in_epoch"]: state["batch_in_epoch"] + s.accumulation]
-            step_loss = torch.zeros((), device=acc.device)
-            for i, global_idx in enumerate(step_batches):
-                idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
-                batch = trainee.make_batch(p.train_set, idx, "train")
-                # a policy's Batch or a reward model's dict batch
-                mask = batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
-                tokens += int(mask.sum())  # counted on the host, before the copy
-                padded += mask.numel()
-                batch = to_device(batch, acc.device)
-                sync = i == s.accumulation - 1
-                with (contextlib.nullcontext() if sync else acc.no_sync(trainee.module)), acc.autocast():
-                    per_example, metrics = trainee.loss(batch)
-                    loss = reduce_loss(per_example, examples_per_step)
-                acc.backward(loss)
-                step_loss = step_loss + loss.detach()
-                window.add(metrics)
+            step_loss, step_tokens, step_padded = accumulate_gradients(p, s, step_batches, window)
+            tokens, padded = tokens + step_tokens, padded + step_padded
             # one host sync per step: a non-finite loss is caught before the update reaches the weights
             check_finite(acc, step_loss, state["step"] + 1, s.out_dir, last_good)
             grad_norm = clip_and_norm(acc, trainee.module, s.max_grad_norm)
@@ -187,14 +166,8 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
             step = state["step"]
             window_steps += 1
             if step % s.logging_steps == 0 or step == s.max_steps:
-                elapsed = time.perf_counter() - t0
-                stats = window.reduce(acc)
-                counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device, dtype=torch.float64),
-                                    reduction="sum").tolist() if world > 1 else [tokens, padded]
-                stats.update({"grad_norm": grad_norm, "learning_rate": p.scheduler.get_last_lr()[0],
-                              "tokens_per_s": counts[0] / elapsed, "padded_tokens_per_s": counts[1] / elapsed,
-                              "tokens": counts[0], "padded_tokens": counts[1],
-                              "step_time_s": elapsed / window_steps, "epoch": state["epoch"]})
+                stats = window_stats(p, window, tokens, padded, time.perf_counter() - t0, window_steps)
+                stats.update({"grad_norm": grad_norm, "epoch": state["epoch"]})
                 log(p, step, stats)
                 progress.update(0, loss=stats["loss"], acc=stats.get("rewards/accuracy", float("nan")),
                                 tok_s=stats["tokens_per_s"])
@@ -224,6 +197,57 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
     history["state"] = state
     history["stopped_early"] = stop
     return history
+
+
+def resume_state(p: LoopParts, s: LoopSettings) -> dict:
+    """The data cursor to start from: a fresh run's, or the last checkpoint's (weights, optimizer,
+    scheduler and every callback's state restored in place)."""
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    if s.resume and checkpoints(s.out_dir):
+        last = checkpoints(s.out_dir)[-1]
+        state = load_checkpoint(last, p.trainee.load, p.optimizer, p.scheduler)
+        saved = state.pop("callbacks", {})
+        for cb in p.callbacks:
+            cb.load_state_dict(saved.get(cb.name, {}))
+        p.accelerator.print(f"resumed from {last} at step {state['step']}")
+    return state
+
+
+def accumulate_gradients(p: LoopParts, s: LoopSettings, step_batches: list, window: MetricAccumulator):
+    """Forward and backward over one optimizer step's micro-batches (this process's slice of each).
+    Returns the step's loss (on the device, unsynced), and its real and padded token counts."""
+    acc, trainee = p.accelerator, p.trainee
+    rank, examples_per_step = acc.process_index, s.batch_size * s.accumulation
+    step_loss, tokens, padded = torch.zeros((), device=acc.device), 0, 0
+    for i, global_idx in enumerate(step_batches):
+        idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
+        batch = trainee.make_batch(p.train_set, idx, "train")
+        # a policy's Batch or a reward model's dict batch
+        mask = batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
+        tokens += int(mask.sum())  # counted on the host, before the copy
+        padded += mask.numel()
+        batch = to_device(batch, acc.device)
+        sync = i == s.accumulation - 1
+        with (contextlib.nullcontext() if sync else acc.no_sync(trainee.module)), acc.autocast():
+            per_example, metrics = trainee.loss(batch)
+            loss = reduce_loss(per_example, examples_per_step)
+        acc.backward(loss)
+        step_loss = step_loss + loss.detach()
+        window.add(metrics)
+    return step_loss, tokens, padded
+
+
+def window_stats(p: LoopParts, window: MetricAccumulator, tokens: int, padded: int, elapsed: float,
+                 steps: int) -> dict:
+    """The logging window's metrics reduced over processes, with throughput and learning rate."""
+    acc = p.accelerator
+    stats = window.reduce(acc)
+    counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device, dtype=torch.float64),
+                        reduction="sum").tolist() if acc.num_processes > 1 else [tokens, padded]
+    stats.update({"learning_rate": p.scheduler.get_last_lr()[0], "tokens_per_s": counts[0] / elapsed,
+                  "padded_tokens_per_s": counts[1] / elapsed, "tokens": counts[0], "padded_tokens": counts[1],
+                  "step_time_s": elapsed / steps})
+    return stats
 
 
 def save_step_checkpoint(p: LoopParts, s: LoopSettings, state: dict) -> None:
