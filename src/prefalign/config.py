@@ -384,3 +384,118 @@ def help_rows(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
     return rows
+
+
+@dataclass
+class OnlineOptions:
+    """`prefalign online`: what one round samples, how it is labeled and paired, and how rounds chain."""
+
+    method: str = opt("online_dpo", "a method preset (`prefalign online --methods`): online_dpo | iterative_dpo | xpo | "
+                                    "selm | sppo | nash_md | ipo_md | apo | irepo | dpa_rft | custom (only your keys)")
+    rounds: int = opt(2, "rounds of sample -> label -> train; each trains max_steps optimizer steps on its own "
+                         "examples with a fresh optimizer")
+    prompts_per_round: int = opt(64, "prompts sampled per round: consecutive slices of a seeded permutation of "
+                                     "data.train's prompts (wrapping around)")
+    samples_per_prompt: int = opt(2, "responses sampled per prompt (from each source: policy_vs_* pairings draw "
+                                     "this many from the policy and as many from the other)")
+    pairing: str = opt("two_samples", "how samples become examples: two_samples | best_vs_worst | "
+                                      "policy_vs_reference | policy_vs_mixture | candidates_plus_data | all_k | "
+                                      "best_of_n")
+    reference: str = opt("", "which policy the reference log-probs come from: fixed (the starting model) | "
+                             "previous (the policy at the start of each round); unset: the method's stated choice "
+                             "(iterative_dpo and custom have none and require it)")
+    judge: str = opt("", "a registered judge (`prefalign judge --help`), or implicit_reward (the current policy's "
+                         "beta * log pi/pi_ref)")
+    judge_args: dict = opt({}, "constructor arguments of the judge, e.g. {path: runs/rm/final}")
+    judge_batch_size: int = opt(8, "questions per judge call; each answered call is on disk before the next, so "
+                                   "a resumed run re-asks at most the one call a kill interrupted")
+    label_draws: int = opt(0, "0: the judge's preferred response is chosen (P = 0.5 is a tie, dropped); M >= 1: M "
+                              "seeded Bernoulli draws from the judge's P, the majority chosen, P_hat = wins / M as "
+                              "the soft label (iREPO's M annotators)")
+    max_new_tokens: int = opt(64, "tokens sampled per response (unfinished samples keep no EOS)")
+    temperature: float = opt(0.9, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling (the HF sampler only)")
+    top_k: int = opt(0, "top-k sampling (the HF sampler only; 0: off)")
+    sample_batch_size: int = opt(16, "prompts per generate call")
+    shard_size: int = opt(64, "prompts per sampling shard: each shard is seeded by (seed, round, shard) and written "
+                              "as soon as it is drawn, so a resumed run redraws only the missing shards")
+    sampler: str = opt("policy", "what the responses are sampled from: policy | mixture (the geometric mixture "
+                                 "pi^(1-b) mu^b of the policy and the reference, token by token)")
+    mixture_weight: float = opt(0.5, "nash_md / ipo_md: b of the geometric mixture pi^(1-b) mu^b")
+    apo_alpha: float = opt(0.3, "apo: extrapolation strength alpha of pi_t (pi_t / pi_(t-1))^alpha")
+    apo_space: str = opt("weights", "apo: where the extrapolation is applied: weights (theta_t + alpha (theta_t - "
+                                    "theta_(t-1)) after each round) | logits (the next round samples from the "
+                                    "mixture (1 + alpha, -alpha) of the two iterates)")
+    direction: list = opt([], "dpa_rft: the preference direction v given to a multi-objective reward-model judge "
+                              "(unit-normalised) and written into the prompt")
+    eval_prompts: int = opt(32, "held-out prompts evaluated after every round (0: no evaluation)")
+    eval_temperature: float = opt(1.0, "sampling temperature of the held-out evaluation (0: greedy); at 1 the "
+                                       "reported KL is an unbiased Monte-Carlo estimate of KL(pi || pi_ref)")
+    bootstrap: int = opt(2000, "bootstrap resamples for the per-round intervals")
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    online: OnlineOptions = field(default_factory=OnlineOptions, metadata={"help": "online options (online.*)"})
+
+
+PAIRINGS = ("two_samples", "best_vs_worst", "policy_vs_reference", "policy_vs_mixture", "candidates_plus_data",
+            "all_k", "best_of_n")
+
+
+def load_online_config(path: str | None, overrides: list[str] = ()) -> OnlineConfig:
+    """An OnlineConfig: the method preset's values first, then the file, then key=value overrides."""
+    from prefalign.online.methods import apply_method
+
+    tree = read_tree(path, overrides)
+    try:
+        tree = apply_method(tree)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    cfg = build(OnlineConfig, tree)
+    validate_online(cfg)
+    return cfg
+
+
+def validate_online(cfg: OnlineConfig) -> None:
+    o = cfg.online
+    if not cfg.model:
+        raise ConfigError("model is required: a local folder or Hugging Face Hub id of a causal LM")
+    if not cfg.data.train:
+        raise ConfigError("data.train is required: the prompts sampled each round (any format with a prompt field)")
+    validate_loop(cfg)
+    if o.pairing not in PAIRINGS:
+        raise ConfigError(f"online.pairing must be one of {PAIRINGS}, got {o.pairing!r}")
+    if o.reference not in ("fixed", "previous") and needs_reference(cfg.objective):
+        raise ConfigError(f"online.reference must be fixed (the starting model) or previous (the policy at the start "
+                          f"of each round); method {o.method!r} states no default, so set it explicitly")
+    if not o.judge:
+        raise ConfigError("online.judge is required: a registered judge name (`prefalign judge --help`) or "
+                          "implicit_reward")
+    for key in ("rounds", "prompts_per_round", "samples_per_prompt", "max_new_tokens", "sample_batch_size",
+                "shard_size", "judge_batch_size"):
+        if getattr(o, key) < 1:
+            raise ConfigError(f"online.{key} must be at least 1")
+    if o.label_draws < 0 or o.eval_prompts < 0:
+        raise ConfigError("online.label_draws and online.eval_prompts cannot be negative")
+    if prompt_length(cfg) + o.max_new_tokens > cfg.max_length:
+        raise ConfigError(f"max_length ({cfg.max_length}) must hold the prompt budget ({prompt_length(cfg)}: "
+                          f"max_prompt_length or max_length // 2) plus online.max_new_tokens ({o.max_new_tokens}), "
+                          "so that training scores every sampled token without cutting it")
+    if o.sampler not in ("policy", "mixture"):
+        raise ConfigError(f"online.sampler must be policy or mixture, got {o.sampler!r}")
+    if o.apo_space not in ("weights", "logits"):
+        raise ConfigError(f"online.apo_space must be weights or logits, got {o.apo_space!r}")
+    if not 0 <= o.mixture_weight <= 1:
+        raise ConfigError("online.mixture_weight is b of pi^(1-b) mu^b, in [0, 1]")
+    if o.temperature <= 0:
+        raise ConfigError("online.temperature must be > 0 (online methods sample)")
+
+
+def needs_reference(objective: str) -> bool:
+    from prefalign.losses import get_objective
+
+    try:
+        return get_objective(objective).needs_reference
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

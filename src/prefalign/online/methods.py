@@ -1,0 +1,115 @@
+"""Method presets of `prefalign online`: each is the set of config values a paper's round uses.
+
+A preset only fills keys the user left out (the config file and key=value overrides win), and
+`prefalign online --methods` prints every preset with the paper behind it. Anything a preset
+leaves unset keeps the OnlineOptions / TrainConfig default. Where the papers or public recipes
+disagree on a value that changes the result (which reference), the preset sets nothing and the
+run refuses to start until the user chooses (ONLINE.md: RLHFlow and OpenRLHF differ on it).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    paper: str  # arXiv id ("" for a recipe without one)
+    summary: str
+    values: dict  # config tree values: top-level keys and an "online" mapping
+    unconfirmed: str = ""  # what could not be confirmed from the paper or its code
+
+
+def pairs(objective: str, **online) -> dict:
+    return {"objective": objective, "online": online}
+
+
+METHODS = {m.name: m for m in [
+    Method("online_dpo", "2402.04792",
+           "Online AI feedback (OAIF) / TRL's Online DPO: two samples of the current policy per prompt, the judge "
+           "picks one, any pairwise objective (objective: ipo, hinge, ... replaces dpo); reference fixed.",
+           {**pairs("dpo", pairing="two_samples", samples_per_prompt=2, reference="fixed", temperature=0.9,
+                    max_new_tokens=64)},
+           "OAIF trains one step per fresh batch; here a round trains max_steps steps on its samples "
+           "(max_steps: 1 is the per-batch form)."),
+    Method("iterative_dpo", "",
+           "Iterative DPO (RLHFlow / OpenRLHF recipes): K = 8 samples at T = 1.0 per prompt, a reward model "
+           "ranks them, best vs worst, DPO for max_steps; the reference is a required choice.",
+           {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=8, temperature=1.0)},
+           "the two public recipes disagree on the reference (fixed initial model vs previous iterate), so "
+           "online.reference must be set."),
+    Method("xpo", "2405.21046",
+           "Exploratory Preference Optimization: one sample from the policy and one from the reference, judged "
+           "against each other; DPO plus alpha * log pi(y_ref) (objective xpo, alpha 1e-5 as TRL).",
+           {**pairs("xpo", pairing="policy_vs_reference", samples_per_prompt=1, reference="fixed")},
+           "the paper's algorithm may accumulate all past pairs; each round here trains on its own pairs."),
+    Method("selm", "2405.19332",
+           "Self-Exploring Language Models: one greedy sample of the round-start policy ranked with the data's "
+           "chosen and rejected by the judge, best vs worst; objective selm (beta 0.01, alpha 1e-3), reference "
+           "the previous iterate.",
+           {**pairs("selm", pairing="candidates_plus_data", samples_per_prompt=1, reference="previous")},
+           "the authors split the prompts into 4 slices with plain DPO in round 1; here every round uses selm "
+           "(alpha 0 makes it DPO)."),
+    Method("sppo", "2405.00675",
+           "Self-Play Preference Optimization: K = 5 samples at T 0.7, top_p 0.9; P(i > j) from the judge with the "
+           "diagonal 1/2; P_hat_k = mean_j; objective sppo (eta 1000) on all K; reference the round-start policy.",
+           {**pairs("sppo", pairing="all_k", samples_per_prompt=5, temperature=0.7, top_p=0.9,
+                    reference="previous")},
+           "the authors train with RMSprop; prefalign's loop uses AdamW."),
+    Method("nash_md", "2312.00886",
+           "Nash-MD (policy-gradient form): y from the policy, y' from the geometric mixture pi^(1-b) mu^b (b 0.5) "
+           "decoded token by token with KV caches; p = P(y > y') from the judge; objective nash_md; reference fixed.",
+           {**pairs("nash_md", pairing="policy_vs_mixture", samples_per_prompt=1, reference="fixed",
+                    mixture_weight=0.5)},
+           "see the nash_md objective's docstring for the form of the KL term."),
+    Method("ipo_md", "2403.08635",
+           "IPO-MD (online IPO with the Nash-MD mixture): both responses sampled from the mixture pi^(1-b) mu^b, "
+           "judged, objective ipo; reference fixed.",
+           {**pairs("ipo", pairing="two_samples", samples_per_prompt=2, reference="fixed", sampler="mixture",
+                    mixture_weight=0.5)},
+           "hard vs soft labels unconfirmed from the abstract: hard labels by default (label_draws 0)."),
+    Method("apo", "2410.06293",
+           "Anchored/accelerated preference optimisation as iterative DPO with momentum: after each round "
+           "pi_(t+1) ~ pi_t (pi_t / pi_(t-1))^alpha, in weight space (default) or logit space.",
+           {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", apo_alpha=0.3)},
+           "weight space vs logit space and the value of alpha are not confirmed from the abstract; 3 rounds "
+           "are reported."),
+    Method("irepo", "2405.15230",
+           "iREPO: two samples per prompt, M = 5 seeded judge draws give p_hat (the share preferring the chosen), "
+           "objective irepo regresses beta * (h_w - h_l) on logit(p_hat); reference the round-start policy.",
+           {**pairs("irepo", pairing="two_samples", samples_per_prompt=2, reference="previous", label_draws=5)},
+           "M annotators are simulated by M Bernoulli draws from the judge's probability."),
+    Method("custom", "", "No preset: only the keys you give (objective, online.pairing, online.reference, ...).",
+           {}),
+]}
+
+
+def apply_method(tree: dict) -> dict:
+    """The config tree with the method preset's values under the user's (the user's keys win)."""
+    online = tree.get("online") or {}
+    if not isinstance(online, dict):
+        return tree  # build() names the type error
+    name = online.get("method", "online_dpo")
+    if name not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), METHODS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(METHODS)}"
+        raise ValueError(f"unknown online.method {name!r}{hint}")
+    merged = copy.deepcopy(METHODS[name].values)
+    for key, value in tree.items():
+        if key == "online":
+            merged.setdefault("online", {}).update(value)
+        else:
+            merged[key] = value
+    merged.setdefault("online", {})["method"] = name
+    return merged
+
+
+def methods_table() -> str:
+    rows = ["method | paper | what a round does | not confirmed", "--- | --- | --- | ---"]
+    for m in METHODS.values():
+        rows.append(f"{m.name} | {m.paper or '-'} | {m.summary} | {m.unconfirmed or '-'}")
+    return "\n".join(rows)

@@ -1,0 +1,211 @@
+"""The parts of `prefalign online` around the round: prompts, the judge, metric sinks, evaluation.
+
+Evaluation samples the same held-out prompts after every round (seeded per round), and measures
+the judge's score of the policy's sample, its win rate against the starting policy's sample for the
+same prompt, a Monte-Carlo KL to the starting model from the sampled tokens (sum of log pi - log
+pi_ref over the response; an unbiased estimate at online.eval_temperature 1), the response length
+and whether it finished. Intervals come from diagnostics.online.round_eval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefalign.config import OnlineConfig, prompt_length
+from prefalign.data.formats.readers import iter_rows, load_examples, seeded_split
+from prefalign.models.generation import GenerateSettings, encode_prompt
+from prefalign.online.examples import RoundPrompt, read_prompt_rows, response_logps, unique_prompts
+from prefalign.online.samplers import HFSampler, sample_seed
+from prefalign.online.store import (CachedJudge, VerdictCache, load_samples, read_json, save_samples,
+                                    write_json_atomic)
+
+RESPONSE_FIELDS = ("chosen", "rejected", "responses", "completion", "response", "label", "messages", "answer")
+EVAL_STREAM = 200_000
+
+
+def response_text(tokenizer, sample) -> str:
+    """What a text judge reads: the response without its EOS, special tokens dropped."""
+    ids = sample.response_ids[:-1] if sample.finished else sample.response_ids
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def judge_key(run, r: int) -> str:
+    o = run.cfg.online
+    # a judge bound to the policy answers differently each round; the cache lives in the round's folder anyway
+    return json.dumps([o.judge, o.judge_args, r if o.judge == "implicit_reward" else None], sort_keys=True)
+
+
+class OffsetSink:
+    """A metric sink seen through one round: steps continue across rounds and lines carry the round."""
+
+    def __init__(self, sink, offset: int, round: int):
+        self.sink, self.offset, self.round = sink, offset, round
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.sink.log(step + self.offset, {"round": self.round, **metrics})
+
+    def close(self) -> None:  # the run closes the real sinks once, after the last round
+        return None
+
+
+def prompt_only_file(path: str) -> bool:
+    """A local file whose first row has a prompt and no response field (data.format auto)."""
+    if not Path(path).is_file():
+        return False
+    for _, row in iter_rows(path):
+        return isinstance(row, dict) and "prompt" in row and not any(k in row for k in RESPONSE_FIELDS)
+    return False
+
+
+def read_prompts(cfg: OnlineConfig, source: str, split: str) -> list:
+    if cfg.data.format == "prompts" or (cfg.data.format == "auto" and prompt_only_file(source)):
+        return read_prompt_rows(iter_rows(source), source)
+    examples, _ = load_examples(source, cfg.data.format, cfg.data.on_bad_row, cfg.data.score_aspect, split=split,
+                                dataset_config=cfg.data.dataset_config)
+    return unique_prompts(examples)
+
+
+def load_round_prompts(cfg: OnlineConfig, tokenizer) -> tuple[list[RoundPrompt], list[RoundPrompt]]:
+    """(training prompts, held-out prompts): distinct prompts of data.train and data.eval (or a seeded
+    split of data.train), encoded once and cut to the prompt budget as training cuts them."""
+    train = read_prompts(cfg, cfg.data.train, cfg.data.split)
+    if cfg.data.eval:
+        held = read_prompts(cfg, cfg.data.eval, cfg.data.eval_split)
+    elif cfg.online.eval_prompts and cfg.data.eval_fraction > 0:
+        train, held = seeded_split(train, cfg.data.eval_fraction, cfg.seed)
+    else:
+        held = []
+    if cfg.data.max_examples:
+        train = train[:cfg.data.max_examples]
+    if not train:
+        raise ValueError(f"{cfg.data.train}: no prompts to sample from")
+
+    def encode(items):
+        return [RoundPrompt(p, encode_prompt(tokenizer, p, prompt_length(cfg)), src, responses)
+                for p, src, responses in items]
+
+    return encode(train), encode(held[:cfg.online.eval_prompts])
+
+
+class ImplicitRewardJudge:
+    """The current policy's implicit reward beta * (log pi(y) - log pi_ref(y)) as a judge (self-rewarding
+    with the DPO reward, arXiv 2502.08922's implicit judge); pi_ref is the starting model. It reads
+    the sampled token ids, so nothing is re-tokenised."""
+
+    name = "implicit_reward"
+    can_score = True
+    temperature = 1.0
+
+    def __init__(self, run, beta: float):
+        self.run, self.beta = run, beta
+
+    def score_ids(self, prompts, ids) -> list[float]:
+        from prefalign.online.samplers import Sample
+
+        samples = [Sample(list(p), list(r), False, 0, 0) for p, r in ids]
+        pad = self.run.tokenizer.pad_token_id
+        policy = response_logps(self.run.model, samples, pad, self.run.cfg.eval_batch_size)
+        reference = response_logps(self.run.reference_model, samples, pad, self.run.cfg.eval_batch_size)
+        return [self.beta * (a - b) for a, b in zip(policy, reference)]
+
+    def compare_ids(self, prompts, a, b) -> list[float]:
+        from prefalign.judges.base import bt_probability
+
+        return [bt_probability(x - y) for x, y in zip(self.score_ids(prompts, a), self.score_ids(prompts, b))]
+
+
+def make_judge_for(run):
+    o = run.cfg.online
+    if o.judge == "implicit_reward":
+        return ImplicitRewardJudge(run, float(run.params.get("beta", 0.1)))
+    from prefalign.judges import make_judge
+
+    return make_judge(o.judge, **o.judge_args)
+
+
+def eval_settings(cfg: OnlineConfig) -> GenerateSettings:
+    o = cfg.online
+    return GenerateSettings(max_new_tokens=o.max_new_tokens, do_sample=o.eval_temperature > 0,
+                            temperature=o.eval_temperature or 1.0, batch_size=o.sample_batch_size,
+                            max_prompt_tokens=prompt_length(cfg))
+
+
+def eval_samples(run, r: int, path: Path) -> tuple[list, float]:
+    """The policy's held-out samples of round r (-1: the starting policy), drawn once and stored."""
+    if path.exists():
+        return load_samples(path), 0.0
+    t0 = time.perf_counter()
+    samples = HFSampler(run.model, run.tokenizer).sample([p.ids for p in run.eval_prompts], eval_settings(run.cfg),
+                                                         sample_seed(run.cfg.seed, r, EVAL_STREAM))
+    seconds = time.perf_counter() - t0
+    save_samples(path, samples)
+    return samples, seconds
+
+
+def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCache) -> dict:
+    pad = run.tokenizer.pad_token_id
+    prompts = [p.prompt for p in run.eval_prompts]
+    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size)
+    candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
+    policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
+    reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
+    per_prompt = {"kl": [a - b for a, b in zip(policy, reference)],
+                  "response_tokens": [float(len(s.response_ids)) for s in samples],
+                  "finished": [float(s.finished) for s in samples]}
+    if judge.can_score:
+        per_prompt["judge_score"] = judge.score(prompts, candidates)
+    if baseline is not None:
+        base = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in baseline]
+        per_prompt["win_vs_initial"] = judge.compare(prompts, candidates, base)
+    return per_prompt
+
+
+def initial_evaluation(run) -> dict | None:
+    """rounds/initial_eval.json: the starting policy on the held-out prompts (before round 0)."""
+    from prefalign.diagnostics.online import round_eval
+
+    if not run.eval_prompts:
+        return None
+    folder = run.out / "rounds"
+    path = folder / "initial_eval.json"
+    if path.exists():
+        return read_json(path)
+    samples, seconds = eval_samples(run, -1, folder / "initial_samples.json")
+    per_prompt = measure(run, -1, samples, None, VerdictCache(folder / "initial_verdicts.jsonl"))
+    result = round_eval(-1, per_prompt, {}, run.cfg.online.bootstrap, run.cfg.seed)
+    write_json_atomic(path, result)
+    log_eval(run, 0, result)
+    return result
+
+
+def round_evaluation(run, r: int) -> dict:
+    """Round r's eval.json content (the round's sampling throughput and label counts included)."""
+    from prefalign.diagnostics.online import round_eval
+
+    rdir = run.round_dir(r)
+    extras = {}
+    for name in ("sampling.json", "examples.json"):
+        if (rdir / name).exists():
+            value = read_json(rdir / name)
+            extras.update(value if name == "sampling.json" else {"labels": value["counts"]})
+    if not run.eval_prompts:
+        result = {"round": r, "evaluated": False, **extras}
+    else:
+        samples, _ = eval_samples(run, r, rdir / "eval_samples.json")
+        baseline = load_samples(run.out / "rounds" / "initial_samples.json")
+        per_prompt = measure(run, r, samples, baseline, VerdictCache(rdir / "verdicts.jsonl"))
+        result = round_eval(r, per_prompt, extras, run.cfg.online.bootstrap, run.cfg.seed)
+    log_eval(run, (r + 1) * run.cfg.max_steps, result)
+    return result
+
+
+def log_eval(run, step: int, result: dict) -> None:
+    from prefalign.diagnostics.online import metrics_line
+
+    if "per_prompt" not in result:
+        return
+    line = {"round": result["round"], **metrics_line(result)}
+    for sink in run.sinks:
+        sink.log(step, line)
