@@ -412,6 +412,8 @@ class OnlineOptions:
     label_draws: int = opt(0, "0: the judge's preferred response is chosen (P = 0.5 is a tie, dropped); M >= 1: M "
                               "seeded Bernoulli draws from the judge's P, the majority chosen, P_hat = wins / M as "
                               "the soft label (iREPO's M annotators)")
+    chat_template: bool = opt(False, "wrap plain-text prompts as one user message rendered by the tokenizer's chat "
+                                     "template (instruct models); message-list prompts always use it")
     max_new_tokens: int = opt(64, "tokens sampled per response (unfinished samples keep no EOS)")
     temperature: float = opt(0.9, "sampling temperature")
     top_p: float = opt(1.0, "nucleus sampling (the HF sampler only)")
@@ -426,8 +428,13 @@ class OnlineOptions:
     apo_space: str = opt("weights", "apo: where the extrapolation is applied: weights (theta_t + alpha (theta_t - "
                                     "theta_(t-1)) after each round) | logits (the next round samples from the "
                                     "mixture (1 + alpha, -alpha) of the two iterates)")
-    direction: list = opt([], "dpa_rft: the preference direction v given to a multi-objective reward-model judge "
-                              "(unit-normalised) and written into the prompt")
+    direction: list = opt([], "dpa_rft: the preference direction v (unit-normalised) written into every prompt and "
+                              "given to a reward_model judge, which then scores v . r (DPA, arXiv 2402.18571)")
+    direction_attributes: list = opt(["helpfulness", "verbosity"], "dpa_rft: the attribute names of the "
+                                                                      "direction's components, as the prompt says them")
+    direction_template: str = opt("Your response should maximize weighted rating = {weighted}.",
+                                  "dpa_rft: the instruction written before each prompt (a system message for chat "
+                                  "prompts); {weighted} becomes e.g. 'helpfulness*0.71 + verbosity*0.71'")
     eval_prompts: int = opt(32, "held-out prompts evaluated after every round (0: no evaluation)")
     eval_temperature: float = opt(1.0, "sampling temperature of the held-out evaluation (0: greedy); at 1 the "
                                        "reported KL is an unbiased Monte-Carlo estimate of KL(pi || pi_ref)")
@@ -488,6 +495,11 @@ def validate_online(cfg: OnlineConfig) -> None:
         raise ConfigError(f"online.apo_space must be weights or logits, got {o.apo_space!r}")
     if not 0 <= o.mixture_weight <= 1:
         raise ConfigError("online.mixture_weight is b of pi^(1-b) mu^b, in [0, 1]")
+    if o.direction and len(o.direction) != len(o.direction_attributes):
+        raise ConfigError(f"online.direction has {len(o.direction)} components but online.direction_attributes names "
+                          f"{len(o.direction_attributes)}")
+    if o.direction and "{weighted}" not in o.direction_template:
+        raise ConfigError("online.direction_template must contain {weighted}")
     if o.temperature <= 0:
         raise ConfigError("online.temperature must be > 0 (online methods sample)")
 

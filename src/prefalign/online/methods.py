@@ -81,6 +81,13 @@ METHODS = {m.name: m for m in [
            "objective irepo regresses beta * (h_w - h_l) on logit(p_hat); reference the round-start policy.",
            {**pairs("irepo", pairing="two_samples", samples_per_prompt=2, reference="previous", label_draws=5)},
            "M annotators are simulated by M Bernoulli draws from the judge's probability."),
+    Method("dpa_rft", "2402.18571",
+           "Directional preference alignment, rejection-sampling fine-tuning: the direction v is written into "
+           "each prompt, 4 samples per prompt, a multi-objective reward model scores v . r, the argmax is the SFT "
+           "target (objective sft).",
+           {**pairs("sft", pairing="best_of_n", samples_per_prompt=4, direction=[0.7071, 0.7071])},
+           "one direction per run: the paper draws v = (cos t, sin t) with t in [-45, 45] degrees per prompt; "
+           "the instruction's wording is a template (online.direction_template)."),
     Method("custom", "", "No preset: only the keys you give (objective, online.pairing, online.reference, ...).",
            {}),
 ]}

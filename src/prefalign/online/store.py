@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from prefalign.logging import progress_iter
 from prefalign.online.samplers import Sample
 
 
@@ -93,8 +94,10 @@ class CachedJudge:
     policy's implicit reward), and the key holds both.
     """
 
-    def __init__(self, judge, cache: VerdictCache, judge_key: str, batch_size: int = 16):
+    def __init__(self, judge, cache: VerdictCache, judge_key: str, batch_size: int = 16, progress: bool = False,
+                 description: str = "judging"):
         self.judge, self.cache, self.judge_key, self.batch_size = judge, cache, judge_key, batch_size
+        self.progress, self.description = progress, description
 
     @property
     def can_score(self) -> bool:
@@ -112,7 +115,8 @@ class CachedJudge:
         # each question not yet answered is asked once, even when it repeats within this call
         todo = [i for k, i in first.items() if k not in self.cache]
         self.cache.hits += len(keys) - len(todo)
-        for start in range(0, len(todo), self.batch_size):
+        starts = range(0, len(todo), self.batch_size)
+        for start in progress_iter(starts, self.description, enabled=self.progress and len(starts) > 1):
             chunk = todo[start:start + self.batch_size]
             answers = self.call(kind, [[col[i] for i in chunk] for col in columns])
             self.cache.asked += len(chunk)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from prefalign.config import OnlineConfig, prompt_length, to_dict
 from prefalign.data.tokenize import RowBuilder
 from prefalign.features import for_features
+from prefalign.logging import progress_iter
 from prefalign.losses import get_objective
 from prefalign.models.causal_lm import PolicyLogps, load_model, load_tokenizer, with_reference
 from prefalign.models.generation import GenerateSettings
@@ -41,6 +42,7 @@ from prefalign.train.loop import LoopParts, train_loop
 from prefalign.train.trainee import PolicyTrainee
 
 ONLINE_OUTPUTS = RUN_OUTPUTS + ("rounds",)
+STRUCTURAL = {"scores", "samples", "unpaired", "gold"}  # features that are the data's own labels
 ONLINE_MARKERS = ("config.yaml", "summary.json", "final", "rounds")  # resume needs no checkpoint-N: rounds are
 # offsets of the shard numbers of each sampling stream, so no two streams share a seed
 STREAM = {"main": 0, "policy": 0, "greedy": 0, "reference": 100_000, "mixture": 100_000, "eval": 200_000}
@@ -62,6 +64,7 @@ class Run:
     prompts: list[RoundPrompt]
     eval_prompts: list[RoundPrompt]
     sinks: list
+    data_report: dict
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -79,14 +82,17 @@ def check_objective(obj, rule: str) -> None:
         fitting = sorted(r for r, k in RULE_KINDS.items() if k in accepted)
         raise ValueError(f"objective {obj.name!r} ({obj.kind}) cannot train on the {kind} examples that pairing "
                          f"{rule!r} builds; pairings that fit it: {fitting or 'none (it cannot run online)'}")
-    missing = sorted(set(obj.features) - produced_features(rule))
-    if missing:
-        raise ValueError(f"objective {obj.name!r} needs {missing}, which online pairing {rule!r} does not produce "
-                         f"(it produces {sorted(produced_features(rule))}); see the objective's docstring")
     live = [s.name for s in for_features(obj.features) if s.reference_output or s.live_reference]
     if live:
         raise ValueError(f"objective {obj.name!r} needs {live} from a live reference forward; online rounds "
                          "precompute the reference log-probs of each round's examples")
+    # features read from the data (row fields, list scores, labels) must come from the pairing; the
+    # rest (lengths, NLL terms) the step computes from the rows themselves
+    from_data = {s.name for s in for_features(obj.features) if s.row_field} | (set(obj.features) & STRUCTURAL)
+    missing = sorted(from_data - produced_features(rule))
+    if missing:
+        raise ValueError(f"objective {obj.name!r} needs {missing}, which online pairing {rule!r} does not produce "
+                         f"(it produces {sorted(produced_features(rule))}); see the objective's docstring")
 
 
 def online(cfg: OnlineConfig) -> dict:
@@ -105,15 +111,18 @@ def online(cfg: OnlineConfig) -> dict:
     obj = replace(obj, features=obj.features_for(params))
     check_objective(obj, cfg.online.pairing)
     tokenizer = load_tokenizer(cfg.model, cfg.model_revision)
-    prompts, eval_prompts = load_round_prompts(cfg, tokenizer)
+    data_report: dict = {}
+    prompts, eval_prompts = load_round_prompts(cfg, tokenizer, data_report)
     set_seed(cfg.seed)
     model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision)
-    reference_model = load_model(cfg.model, cfg.dtype, revision=cfg.model_revision).eval().requires_grad_(False)
+    # the fixed reference (and mu, and the KL's reference): reference_model when given, else the starting weights
+    reference_model = load_model(cfg.reference_model or cfg.model, cfg.dtype, revision=cfg.reference_model_revision
+                                 if cfg.reference_model else cfg.model_revision).eval().requires_grad_(False)
     policy = acc.prepare(setup_policy(cfg, obj, model))
     out.mkdir(parents=True, exist_ok=True)
     open_run_folder(acc, cfg, out, earlier)
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
-              metric_sinks(acc, out, cfg))
+              metric_sinks(acc, out, cfg), data_report)
     run.judge = make_judge_for(run)
     try:
         initial = initial_evaluation(run)  # before any round's weights are loaded: the starting policy
@@ -151,8 +160,12 @@ def run_round(run: Run, r: int) -> None:
         specs = label_phase(run, r, prompts, samples, cache)
         builder = RowBuilder(run.tokenizer, cfg.max_length, prompt_length(cfg), {})
         examples = build_examples(specs, prompts, samples, builder, r, run.objective.features)
-        examples = reference_phase(run, r, examples)
-        train_phase(run, r, trainee, examples)
+        if examples:
+            examples = reference_phase(run, r, examples)
+            train_phase(run, r, trainee, examples)
+        else:  # every pair tied (a judge bound to the policy, before it moved): the policy carries over
+            run.acc.print(f"round {r}: every pair was a tie; no training this round")
+            write_atomic(rdir / "policy", trainee.save)
         if sampling["tokens"]:  # this process drew samples: their throughput goes into eval.json
             write_json_atomic(rdir / "sampling.json", sampling)
     evaluation = round_evaluation(run, r)
@@ -192,7 +205,8 @@ def sample_round(run: Run, r: int, prompts: list[RoundPrompt]) -> tuple[dict, di
         n = o.samples_per_prompt if count == "n" else count
         sampler, settings = sampler_for(run, source), settings_for(run, source, n)
         per_prompt: list[list] = [[] for _ in prompts]
-        for shard, start in enumerate(range(0, len(prompts), o.shard_size)):
+        starts = list(enumerate(range(0, len(prompts), o.shard_size)))
+        for shard, start in progress_iter(starts, f"round {r}: sampling ({source})", enabled=run.cfg.progress):
             path = run.round_dir(r) / "samples" / f"{source}-{shard:05d}.json"
             if path.exists():
                 drawn = load_samples(path)
@@ -227,10 +241,11 @@ def label_phase(run: Run, r: int, prompts: list[RoundPrompt], samples: dict, cac
                              "data.train must hold preference pairs")
         candidates["data"] = [[Candidate(["data", j], data_text(p.data_responses[j])) for j in (0, 1)]
                               for p in prompts]
-    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size)
+    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size, run.cfg.progress,
+                        f"round {r}: labeling")
     specs, counts = label_round(run.cfg.online.pairing, [p.prompt for p in prompts], candidates, judge,
                                 run.cfg.online.label_draws, run.cfg.seed, r)
-    if not specs:
+    if not specs and set(counts.dropped) != {"tie"}:
         raise ValueError(f"round {r}: the judge labeled no examples ({counts.as_dict()})")
     # only what the verdicts decide goes here (a resumed run writes the same bytes); the questions asked
     # are the lines of verdicts.jsonl
@@ -295,7 +310,8 @@ def finish(run: Run, initial: dict | None, commit: str | None, started: float) -
         rounds.append({"round": r, "labels": labels.get("counts"), "judge_questions": asked,
                        "eval": {k: v for k, v in evaluation.items() if k != "per_prompt"}})
     summary = {"method": cfg.online.method, "objective": run.objective.name, "objective_params": run.params,
-               "pairing": cfg.online.pairing, "reference": cfg.online.reference, "rounds": rounds,
+               "pairing": cfg.online.pairing, "reference": cfg.online.reference, "data": run.data_report,
+               "held_out_prompts": len(run.eval_prompts), "rounds": rounds,
                "initial_eval": {k: v for k, v in (initial or {}).items() if k != "per_prompt"},
                "model_commit": commit, "wall_time_s": round(time.time() - started, 2), "config": to_dict(cfg)}
     last = read_json(run.round_dir(cfg.online.rounds - 1) / "eval.json")

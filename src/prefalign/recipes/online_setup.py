@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefalign.config import OnlineConfig, prompt_length
 from prefalign.data.formats.readers import iter_rows, load_examples, seeded_split
-from prefalign.models.generation import GenerateSettings, encode_prompt
+from prefalign.models.generation import GenerateSettings, encode_prompt, prompt_ids
 from prefalign.online.examples import RoundPrompt, read_prompt_rows, response_logps, unique_prompts
 from prefalign.online.samplers import HFSampler, sample_seed
 from prefalign.online.store import (CachedJudge, VerdictCache, load_samples, read_json, save_samples,
@@ -59,20 +59,26 @@ def prompt_only_file(path: str) -> bool:
     return False
 
 
-def read_prompts(cfg: OnlineConfig, source: str, split: str) -> list:
+def read_prompts(cfg: OnlineConfig, source: str, split: str, report: dict, name: str) -> list:
+    """Distinct prompts of a file; `report[name]` says how many rows were read and skipped."""
     if cfg.data.format == "prompts" or (cfg.data.format == "auto" and prompt_only_file(source)):
-        return read_prompt_rows(iter_rows(source), source)
-    examples, _ = load_examples(source, cfg.data.format, cfg.data.on_bad_row, cfg.data.score_aspect, split=split,
-                                dataset_config=cfg.data.dataset_config)
-    return unique_prompts(examples)
+        items = read_prompt_rows(iter_rows(source), source)
+        report[name] = {"rows": len(items), "prompts": len(items)}
+        return items
+    examples, loaded = load_examples(source, cfg.data.format, cfg.data.on_bad_row, cfg.data.score_aspect,
+                                     split=split, dataset_config=cfg.data.dataset_config)
+    items = unique_prompts(examples)
+    report[name] = {**loaded.as_dict(), "prompts": len(items)}
+    return items
 
 
-def load_round_prompts(cfg: OnlineConfig, tokenizer) -> tuple[list[RoundPrompt], list[RoundPrompt]]:
+def load_round_prompts(cfg: OnlineConfig, tokenizer, report: dict) -> tuple[list[RoundPrompt], list[RoundPrompt]]:
     """(training prompts, held-out prompts): distinct prompts of data.train and data.eval (or a seeded
-    split of data.train), encoded once and cut to the prompt budget as training cuts them."""
-    train = read_prompts(cfg, cfg.data.train, cfg.data.split)
+    split of data.train), encoded once and cut to the prompt budget as training cuts them. What was
+    read (and skipped, with data.on_bad_row: skip) goes into `report`."""
+    train = read_prompts(cfg, cfg.data.train, cfg.data.split, report, "train")
     if cfg.data.eval:
-        held = read_prompts(cfg, cfg.data.eval, cfg.data.eval_split)
+        held = read_prompts(cfg, cfg.data.eval, cfg.data.eval_split, report, "eval")
     elif cfg.online.eval_prompts and cfg.data.eval_fraction > 0:
         train, held = seeded_split(train, cfg.data.eval_fraction, cfg.seed)
     else:
@@ -82,11 +88,56 @@ def load_round_prompts(cfg: OnlineConfig, tokenizer) -> tuple[list[RoundPrompt],
     if not train:
         raise ValueError(f"{cfg.data.train}: no prompts to sample from")
 
+    if cfg.online.chat_template and getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("online.chat_template=true needs a tokenizer with a chat template")
+
     def encode(items):
-        return [RoundPrompt(p, encode_prompt(tokenizer, p, prompt_length(cfg)), src, responses)
-                for p, src, responses in items]
+        out = []
+        for p, src, responses in items:
+            if cfg.online.chat_template and isinstance(p, str):
+                p = [{"role": "user", "content": p}]  # data rows (SELM) then render the same way
+            if cfg.online.direction:
+                p, ids = with_direction(tokenizer, p, cfg.online, prompt_length(cfg), src)
+            else:
+                ids = encode_prompt(tokenizer, p, prompt_length(cfg))
+            out.append(RoundPrompt(p, ids, src, responses))
+        return out
 
     return encode(train), encode(held[:cfg.online.eval_prompts])
+
+
+def unit(direction: list) -> list[float]:
+    norm = sum(float(v) ** 2 for v in direction) ** 0.5
+    if norm == 0:
+        raise ValueError("online.direction must not be the zero vector")
+    return [float(v) / norm for v in direction]
+
+
+def with_direction(tokenizer, prompt, o, budget: int, source: str) -> tuple:
+    """DPA: (the prompt preceded by the direction's instruction, its ids within `budget` tokens).
+
+    A long prompt loses its oldest text, never the instruction: a text prompt's ids are the
+    instruction's (with BOS) followed by the tail of the prompt's own; a chat prompt (the
+    instruction as a system message) drops its oldest turns until it fits."""
+    weighted = " + ".join(f"{a}*{w:.2f}" for a, w in zip(o.direction_attributes, unit(o.direction)))
+    instruction = o.direction_template.format(weighted=weighted)
+    if isinstance(prompt, list):
+        turns = list(prompt)
+        while True:
+            conditioned = [{"role": "system", "content": instruction}] + turns
+            ids = prompt_ids(tokenizer, conditioned)
+            if len(ids) <= budget:
+                return conditioned, ids
+            if len(turns) == 1:
+                raise ValueError(f"{source}: the direction instruction and the last turn need {len(ids)} tokens, "
+                                 f"more than the prompt budget ({budget}); raise max_prompt_length")
+            turns = turns[1:]
+    head = tokenizer(f"{instruction}\n\n", add_special_tokens=True)["input_ids"]
+    body = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(head) >= budget:
+        raise ValueError(f"the direction instruction needs {len(head)} tokens, the whole prompt budget ({budget}): "
+                         "raise max_prompt_length (or max_length) or shorten online.direction_template")
+    return f"{instruction}\n\n{prompt}", head + body[max(0, len(body) - (budget - len(head))):]
 
 
 class ImplicitRewardJudge:
@@ -122,7 +173,10 @@ def make_judge_for(run):
         return ImplicitRewardJudge(run, float(run.params.get("beta", 0.1)))
     from prefalign.judges import make_judge
 
-    return make_judge(o.judge, **o.judge_args)
+    args = dict(o.judge_args)
+    if o.direction and o.judge == "reward_model":  # DPA: the judge scores v . r for the run's direction
+        args.setdefault("direction", unit(o.direction))
+    return make_judge(o.judge, **args)
 
 
 def eval_settings(cfg: OnlineConfig) -> GenerateSettings:
@@ -147,7 +201,8 @@ def eval_samples(run, r: int, path: Path) -> tuple[list, float]:
 def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCache) -> dict:
     pad = run.tokenizer.pad_token_id
     prompts = [p.prompt for p in run.eval_prompts]
-    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size)
+    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size, run.cfg.progress,
+                        "evaluating")
     candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
     policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
     reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
