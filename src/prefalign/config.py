@@ -421,8 +421,13 @@ class OnlineOptions:
     sample_batch_size: int = opt(16, "prompts per generate call")
     shard_size: int = opt(64, "prompts per sampling shard: each shard is seeded by (seed, round, shard) and written "
                               "as soon as it is drawn, so a resumed run redraws only the missing shards")
-    sampler: str = opt("policy", "what the responses are sampled from: policy | mixture (the geometric mixture "
-                                 "pi^(1-b) mu^b of the policy and the reference, token by token)")
+    sampler: str = opt("policy", "what the responses are sampled from: policy (HF generate) | mixture (the geometric "
+                                 "mixture pi^(1-b) mu^b of the policy and the reference, token by token) | vllm (the "
+                                 "policy on a vLLM engine, extra prefalign[vllm]; its log-probs are checked against "
+                                 "the policy's on a probe after every weight sync)")
+    vllm_gpu_memory_utilization: float = opt(0.4, "sampler vllm: share of GPU memory the engine may take")
+    vllm_probe_tolerance: float = opt(1e-2, "sampler vllm: largest log-prob difference on the probe accepted "
+                                            "after a weight sync")
     mixture_weight: float = opt(0.5, "nash_md / ipo_md: b of the geometric mixture pi^(1-b) mu^b")
     apo_alpha: float = opt(0.3, "apo: extrapolation strength alpha of pi_t (pi_t / pi_(t-1))^alpha")
     apo_space: str = opt("weights", "apo: where the extrapolation is applied: weights (theta_t + alpha (theta_t - "
@@ -489,8 +494,8 @@ def validate_online(cfg: OnlineConfig) -> None:
         raise ConfigError(f"max_length ({cfg.max_length}) must hold the prompt budget ({prompt_length(cfg)}: "
                           f"max_prompt_length or max_length // 2) plus online.max_new_tokens ({o.max_new_tokens}), "
                           "so that training scores every sampled token without cutting it")
-    if o.sampler not in ("policy", "mixture"):
-        raise ConfigError(f"online.sampler must be policy or mixture, got {o.sampler!r}")
+    if o.sampler not in ("policy", "mixture", "vllm"):
+        raise ConfigError(f"online.sampler must be policy, mixture or vllm, got {o.sampler!r}")
     if o.apo_space not in ("weights", "logits"):
         raise ConfigError(f"online.apo_space must be weights or logits, got {o.apo_space!r}")
     if not 0 <= o.mixture_weight <= 1:

@@ -65,6 +65,7 @@ class Run:
     eval_prompts: list[RoundPrompt]
     sinks: list
     data_report: dict
+    vllm: object = None  # the vLLM sampler, built on first use (online.sampler: vllm)
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -195,6 +196,15 @@ def sampler_for(run: Run, source: str):
     if source == "mixture" or (source == "main" and o.sampler == "mixture"):
         b = o.mixture_weight
         return MixtureSampler([run.model, run.reference_model], [1.0 - b, b], run.tokenizer)
+    if o.sampler == "vllm" and source in ("main", "policy", "greedy"):
+        if run.vllm is None:
+            from prefalign.online.vllm_sampler import VLLMSampler
+
+            folder = resolve_model(run.cfg.model, run.cfg.model_revision)[0]
+            run.vllm = VLLMSampler(run.model, run.tokenizer, folder, tolerance=o.vllm_probe_tolerance,
+                                   dtype=run.cfg.dtype, gpu_memory_utilization=o.vllm_gpu_memory_utilization)
+        run.vllm.sync(run.model)  # this round's weights, checked on the probe before any sample is drawn
+        return run.vllm
     return HFSampler(run.model, run.tokenizer)
 
 
