@@ -440,6 +440,9 @@ class OnlineOptions:
     direction_template: str = opt("Your response should maximize weighted rating = {weighted}.",
                                   "dpa_rft: the instruction written before each prompt (a system message for chat "
                                   "prompts); {weighted} becomes e.g. 'helpfulness*0.71 + verbosity*0.71'")
+    constitutions: list = opt([], "sami: the constitutions (at least 2, e.g. a principle and its antithesis), each "
+                                  "written before the prompt as direction_template writes a direction; one greedy "
+                                  "response per constitution and query")
     eval_prompts: int = opt(32, "held-out prompts evaluated after every round (0: no evaluation)")
     eval_temperature: float = opt(1.0, "sampling temperature of the held-out evaluation (0: greedy); at 1 the "
                                        "reported KL is an unbiased Monte-Carlo estimate of KL(pi || pi_ref)")
@@ -452,7 +455,7 @@ class OnlineConfig(TrainConfig):
 
 
 PAIRINGS = ("two_samples", "best_vs_worst", "policy_vs_reference", "policy_vs_mixture", "candidates_plus_data",
-            "all_k", "best_of_n")
+            "all_k", "best_of_n", "constitutions")
 
 
 def load_online_config(path: str | None, overrides: list[str] = ()) -> OnlineConfig:
@@ -481,7 +484,10 @@ def validate_online(cfg: OnlineConfig) -> None:
     if o.reference not in ("fixed", "previous") and needs_reference(cfg.objective):
         raise ConfigError(f"online.reference must be fixed (the starting model) or previous (the policy at the start "
                           f"of each round); method {o.method!r} states no default, so set it explicitly")
-    if not o.judge:
+    if o.pairing == "constitutions":
+        if len(o.constitutions) < 2 or not all(isinstance(c, str) and c.strip() for c in o.constitutions):
+            raise ConfigError("online.constitutions must list at least 2 non-empty constitutions for SAMI")
+    elif not o.judge:
         raise ConfigError("online.judge is required: a registered judge name (`prefalign judge --help`) or "
                           "implicit_reward")
     for key in ("rounds", "prompts_per_round", "samples_per_prompt", "max_new_tokens", "sample_batch_size",

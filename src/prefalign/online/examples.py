@@ -17,7 +17,7 @@ from prefalign.data.tokenize import RowBuilder, TokenizedExample, with_row
 from prefalign.logps import lean_path_supported, token_logps
 from prefalign.online.samplers import Sample
 
-KINDS = {"pair": "pair", "list": "list", "sft": "sft"}
+KINDS = {"pair": "pair", "list": "list", "sft": "sft", "contrastive": "contrastive"}
 
 
 @dataclass
@@ -26,6 +26,11 @@ class RoundPrompt:
     ids: list[int]  # the prompt's token ids, cut to the prompt budget as training cuts them
     source: str  # "file:row" for messages
     data_responses: list[Text] = field(default_factory=list)  # the data's chosen, rejected (pairs only)
+    # SAMI: the prompt's ids under each constitution (source "c0", "c1", ... samples from these)
+    conditioned: list[list[int]] = field(default_factory=list)
+
+    def ids_for(self, source: str) -> list[int]:
+        return self.conditioned[int(source[1:])] if source[:1] == "c" and source[1:].isdigit() else self.ids
 
 
 def unique_prompts(examples: list) -> list[tuple[Text, str, list[Text]]]:
@@ -66,7 +71,10 @@ def build_examples(specs: list[dict], prompts: list[RoundPrompt], samples: dict[
     otherwise)."""
 
     def row(i: int, ref: list) -> tuple[list[int], int]:
-        source, k = ref
+        source, k = ref[:2]
+        if len(ref) == 3:  # SAMI: sample (source, k)'s response scored under another constitution's prompt
+            prompt_ids = prompts[i].ids_for(ref[2])
+            return prompt_ids + samples[source][i][k].response_ids, len(prompt_ids)
         if source == "data":
             p = prompts[i]
             try:

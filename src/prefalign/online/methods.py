@@ -88,6 +88,12 @@ METHODS = {m.name: m for m in [
            {**pairs("sft", pairing="best_of_n", samples_per_prompt=4, direction=[0.7071, 0.7071])},
            "one direction per run: the paper draws v = (cos t, sin t) with t in [-45, 45] degrees per prompt; "
            "the instruction's wording is a template (online.direction_template)."),
+    Method("sami", "2404.14313",
+           "SAMI: per query one greedy response under each constitution (online.constitutions, e.g. a principle and "
+           "its antithesis); objective sami, the symmetric InfoNCE over the C x C matrix of mean-token log pi(y_j | "
+           "c_i, x); no judge, no reference, no KL term.",
+           {**pairs("sami", pairing="constitutions", samples_per_prompt=1)},
+           "the authors train with RMSprop at lr 5e-7; prefalign's loop uses AdamW (set learning_rate)."),
     Method("custom", "", "No preset: only the keys you give (objective, online.pairing, online.reference, ...).",
            {}),
 ]}

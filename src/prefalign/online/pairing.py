@@ -21,8 +21,10 @@ from prefalign.online.samplers import sample_seed
 
 # the example kind each rule produces, and the features its examples carry
 RULE_KINDS = {"two_samples": "pair", "best_vs_worst": "pair", "policy_vs_reference": "pair",
-              "policy_vs_mixture": "pair", "candidates_plus_data": "pair", "all_k": "list", "best_of_n": "sft"}
-RULE_FEATURES = {"pair": {"lengths", "soft_label"}, "list": {"lengths", "scores", "samples"}, "sft": {"lengths"}}
+              "policy_vs_mixture": "pair", "candidates_plus_data": "pair", "all_k": "list", "best_of_n": "sft",
+              "constitutions": "contrastive"}
+RULE_FEATURES = {"pair": {"lengths", "soft_label"}, "list": {"lengths", "scores", "samples"}, "sft": {"lengths"},
+                 "contrastive": {"lengths"}}
 RULE_EXTRA_FEATURES = {"policy_vs_reference": {"ref_sample"}, "candidates_plus_data": {"ref_sample"}}
 # the sources each rule samples: (source, samples per prompt: "n" = samples_per_prompt, or a number)
 RULE_SOURCES = {"two_samples": [("main", "n")], "best_vs_worst": [("main", "n")], "all_k": [("main", "n")],
@@ -223,6 +225,15 @@ def best_of_n(prompts, candidates, judge, draws, seeds, counts):
     return specs
 
 
-RULES = {"two_samples": two_samples, "best_vs_worst": best_vs_worst, "policy_vs_reference": policy_vs_reference,
+def constitutions(prompts, candidates, judge, draws, seeds, counts):
+    """SAMI: no judge. Each response y_j (sampled under constitution j) is scored under every constitution
+    c_i: row i * C + j is [c_j's sample, scored under c_i's prompt]."""
+    c = len(candidates)
+    return [{"prompt": i, "kind": "contrastive",
+             "rows": [[f"c{j}", 0, f"c{a}"] for a in range(c) for j in range(c)], "target": [0.0] * (c * c)}
+            for i in range(len(prompts))]
+
+
+RULES = {"constitutions": constitutions, "two_samples": two_samples, "best_vs_worst": best_vs_worst, "policy_vs_reference": policy_vs_reference,
          "policy_vs_mixture": policy_vs_mixture, "candidates_plus_data": candidates_plus_data, "all_k": all_k,
          "best_of_n": best_of_n}

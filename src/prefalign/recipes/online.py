@@ -45,7 +45,8 @@ ONLINE_OUTPUTS = RUN_OUTPUTS + ("rounds",)
 STRUCTURAL = {"scores", "samples", "unpaired", "gold"}  # features that are the data's own labels
 ONLINE_MARKERS = ("config.yaml", "summary.json", "final", "rounds")  # resume needs no checkpoint-N: rounds are
 # offsets of the shard numbers of each sampling stream, so no two streams share a seed
-STREAM = {"main": 0, "policy": 0, "greedy": 0, "reference": 100_000, "mixture": 100_000, "eval": 200_000}
+STREAM = {"main": 0, "policy": 0, "greedy": 0, "reference": 100_000, "mixture": 100_000, "eval": 200_000,
+          **{f"c{i}": 500_000 + 1000 * i for i in range(64)}}
 
 
 @dataclass
@@ -78,7 +79,10 @@ class Run:
 def check_objective(obj, rule: str) -> None:
     """Fail before round 0 when the pairing cannot feed the objective (kinds, features, live reference)."""
     kind = RULE_KINDS[rule]
-    accepted = ACCEPTS.get(obj.kind, set())
+    if (obj.kind == "self_supervised") != (rule == "constitutions"):
+        raise ValueError(f"objective {obj.name!r} ({obj.kind}) and online pairing {rule!r} do not fit: the "
+                         "self-supervised objective sami trains on the constitutions pairing, and only it does")
+    accepted = ACCEPTS.get(obj.kind, set()) | ({"contrastive"} if obj.kind == "self_supervised" else set())
     if kind not in accepted:
         fitting = sorted(r for r, k in RULE_KINDS.items() if k in accepted)
         raise ValueError(f"objective {obj.name!r} ({obj.kind}) cannot train on the {kind} examples that pairing "
@@ -183,7 +187,8 @@ def round_slice(run: Run, r: int) -> list[RoundPrompt]:
 def settings_for(run: Run, source: str, n: int) -> GenerateSettings:
     o = run.cfg.online
     mixture = source == "mixture" or (source == "main" and o.sampler == "mixture")
-    return GenerateSettings(max_new_tokens=o.max_new_tokens, do_sample=source != "greedy", temperature=o.temperature,
+    greedy = source == "greedy" or (source[:1] == "c" and source[1:].isdigit())  # SELM's and SAMI's samples
+    return GenerateSettings(max_new_tokens=o.max_new_tokens, do_sample=not greedy, temperature=o.temperature,
                             top_p=1.0 if mixture else o.top_p, top_k=0 if mixture else o.top_k,
                             batch_size=o.sample_batch_size, num_return_sequences=n,
                             max_prompt_tokens=prompt_length(run.cfg))
@@ -211,7 +216,9 @@ def sampler_for(run: Run, source: str):
 def sample_round(run: Run, r: int, prompts: list[RoundPrompt]) -> tuple[dict, dict]:
     """{source: samples per prompt}, each shard drawn with its own seed and written when drawn."""
     o, out, stats = run.cfg.online, {}, {"tokens": 0, "seconds": 0.0}
-    for source, count in RULE_SOURCES[o.pairing]:
+    sources = [(f"c{i}", 1) for i in range(len(o.constitutions))] if o.pairing == "constitutions" \
+        else RULE_SOURCES[o.pairing]
+    for source, count in sources:
         n = o.samples_per_prompt if count == "n" else count
         sampler, settings = sampler_for(run, source), settings_for(run, source, n)
         per_prompt: list[list] = [[] for _ in prompts]
@@ -222,7 +229,7 @@ def sample_round(run: Run, r: int, prompts: list[RoundPrompt]) -> tuple[dict, di
                 drawn = load_samples(path)
             else:
                 t0 = time.perf_counter()
-                chunk = [p.ids for p in prompts[start:start + o.shard_size]]
+                chunk = [p.ids_for(source) for p in prompts[start:start + o.shard_size]]
                 drawn = sampler.sample(chunk, settings, sample_seed(run.cfg.seed, r, STREAM[source] + shard))
                 stats["seconds"] += time.perf_counter() - t0
                 stats["tokens"] += sum(len(s.response_ids) for s in drawn)
@@ -251,8 +258,9 @@ def label_phase(run: Run, r: int, prompts: list[RoundPrompt], samples: dict, cac
                              "data.train must hold preference pairs")
         candidates["data"] = [[Candidate(["data", j], data_text(p.data_responses[j])) for j in (0, 1)]
                               for p in prompts]
-    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size, run.cfg.progress,
-                        f"round {r}: labeling")
+    judge = None if run.judge is None else CachedJudge(run.judge, cache, judge_key(run, r),
+                                                       run.cfg.online.judge_batch_size, run.cfg.progress,
+                                                       f"round {r}: labeling")
     specs, counts = label_round(run.cfg.online.pairing, [p.prompt for p in prompts], candidates, judge,
                                 run.cfg.online.label_draws, run.cfg.seed, r)
     if not specs and set(counts.dropped) != {"tie"}:

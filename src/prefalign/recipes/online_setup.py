@@ -97,10 +97,12 @@ def load_round_prompts(cfg: OnlineConfig, tokenizer, report: dict) -> tuple[list
             if cfg.online.chat_template and isinstance(p, str):
                 p = [{"role": "user", "content": p}]  # data rows (SELM) then render the same way
             if cfg.online.direction:
-                p, ids = with_direction(tokenizer, p, cfg.online, prompt_length(cfg), src)
+                p, ids = with_instruction(tokenizer, p, direction_instruction(cfg.online), prompt_length(cfg), src)
             else:
                 ids = encode_prompt(tokenizer, p, prompt_length(cfg))
-            out.append(RoundPrompt(p, ids, src, responses))
+            conditioned = [with_instruction(tokenizer, p, c, prompt_length(cfg), src)[1]
+                           for c in cfg.online.constitutions]
+            out.append(RoundPrompt(p, ids, src, responses, conditioned))
         return out
 
     return encode(train), encode(held[:cfg.online.eval_prompts])
@@ -113,14 +115,19 @@ def unit(direction: list) -> list[float]:
     return [float(v) / norm for v in direction]
 
 
-def with_direction(tokenizer, prompt, o, budget: int, source: str) -> tuple:
-    """DPA: (the prompt preceded by the direction's instruction, its ids within `budget` tokens).
+def direction_instruction(o) -> str:
+    """DPA's instruction for the run's direction, e.g. '... = helpfulness*0.71 + verbosity*0.71.'"""
+    weighted = " + ".join(f"{a}*{w:.2f}" for a, w in zip(o.direction_attributes, unit(o.direction)))
+    return o.direction_template.format(weighted=weighted)
+
+
+def with_instruction(tokenizer, prompt, instruction: str, budget: int, source: str) -> tuple:
+    """(the prompt preceded by an instruction (DPA's direction, a SAMI constitution), its ids within
+    `budget` tokens).
 
     A long prompt loses its oldest text, never the instruction: a text prompt's ids are the
     instruction's (with BOS) followed by the tail of the prompt's own; a chat prompt (the
     instruction as a system message) drops its oldest turns until it fits."""
-    weighted = " + ".join(f"{a}*{w:.2f}" for a, w in zip(o.direction_attributes, unit(o.direction)))
-    instruction = o.direction_template.format(weighted=weighted)
     if isinstance(prompt, list):
         turns = list(prompt)
         while True:
@@ -129,14 +136,14 @@ def with_direction(tokenizer, prompt, o, budget: int, source: str) -> tuple:
             if len(ids) <= budget:
                 return conditioned, ids
             if len(turns) == 1:
-                raise ValueError(f"{source}: the direction instruction and the last turn need {len(ids)} tokens, "
+                raise ValueError(f"{source}: the instruction and the last turn need {len(ids)} tokens, "
                                  f"more than the prompt budget ({budget}); raise max_prompt_length")
             turns = turns[1:]
     head = tokenizer(f"{instruction}\n\n", add_special_tokens=True)["input_ids"]
     body = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if len(head) >= budget:
-        raise ValueError(f"the direction instruction needs {len(head)} tokens, the whole prompt budget ({budget}): "
-                         "raise max_prompt_length (or max_length) or shorten online.direction_template")
+        raise ValueError(f"the instruction {instruction[:40]!r} needs {len(head)} tokens, the whole prompt budget "
+                         f"({budget}): raise max_prompt_length (or max_length) or shorten it")
     return f"{instruction}\n\n{prompt}", head + body[max(0, len(body) - (budget - len(head))):]
 
 
@@ -169,6 +176,8 @@ class ImplicitRewardJudge:
 
 def make_judge_for(run):
     o = run.cfg.online
+    if not o.judge:  # SAMI: self-supervised, no judge
+        return None
     if o.judge == "implicit_reward":
         return ImplicitRewardJudge(run, float(run.params.get("beta", 0.1)))
     from prefalign.judges import make_judge
@@ -201,17 +210,18 @@ def eval_samples(run, r: int, path: Path) -> tuple[list, float]:
 def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCache) -> dict:
     pad = run.tokenizer.pad_token_id
     prompts = [p.prompt for p in run.eval_prompts]
-    judge = CachedJudge(run.judge, cache, judge_key(run, r), run.cfg.online.judge_batch_size, run.cfg.progress,
-                        "evaluating")
+    judge = None if run.judge is None else CachedJudge(run.judge, cache, judge_key(run, r),
+                                                       run.cfg.online.judge_batch_size, run.cfg.progress,
+                                                       "evaluating")
     candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
     policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
     reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
     per_prompt = {"kl": [a - b for a, b in zip(policy, reference)],
                   "response_tokens": [float(len(s.response_ids)) for s in samples],
                   "finished": [float(s.finished) for s in samples]}
-    if judge.can_score:
+    if judge is not None and judge.can_score:
         per_prompt["judge_score"] = judge.score(prompts, candidates)
-    if baseline is not None:
+    if judge is not None and baseline is not None:
         base = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in baseline]
         per_prompt["win_vs_initial"] = judge.compare(prompts, candidates, base)
     return per_prompt
