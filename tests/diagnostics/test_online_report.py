@@ -11,7 +11,7 @@ from argparse import Namespace
 import pytest
 import yaml
 
-from conftest import FIXTURES
+from conftest import FIXTURES, build_tiny_llama
 from prefalign.cli.diagnose import run_inputs
 from prefalign.cli.main import main
 from prefalign.config import ConfigError, DataConfig, TrainConfig, load_config, save_config
@@ -127,13 +127,14 @@ def test_metrics_line_is_flat():
                     "online/tokens_per_s": 50.5, "online/labels/ties": 2}
 
 
-def online_run(tmp_path, rise: float, rounds: int = 3, prompts: int = 30):
+def online_run(tmp_path, rise: float, rounds: int = 3, prompts: int = 30, model=None):
     """An online run folder as the loop leaves it: config with an `online:` mapping, metrics.jsonl,
     rounds/initial_eval.json and rounds/round-N/eval.json; judge scores rise by `rise` per round."""
     run = tmp_path / "online"
     run.mkdir()
-    save_config(TrainConfig(model=str(tmp_path / "no-model-needed"),
-                            data=DataConfig(train=str(FIXTURES / "hh_harmless_64.jsonl"))), run / "config.yaml")
+    save_config(TrainConfig(model=str(model or tmp_path / "no-model-needed"), max_length=96, max_prompt_length=48,
+                            data=DataConfig(train=str(FIXTURES / "hh_harmless_64.jsonl"), eval_fraction=0.25)),
+                run / "config.yaml")
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["online"] = {"rounds": rounds, "prompts_per_round": 16, "judge": "callable"}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -209,11 +210,19 @@ def test_a_malformed_round_fails_diagnose_naming_the_file(tmp_path, capsys):
     assert not (run / "diagnostics").exists()  # no half-written report
 
 
-def test_online_run_config_feeds_the_model_sections(tmp_path):
-    """With --model, an online run's config (its `online:` mapping set aside) supplies the reference
-    and data, as an ordinary run's does."""
-    run, _ = online_run(tmp_path, rise=0.1)
+def test_online_run_with_model_adds_the_model_sections(tmp_path, tiny_model_dir, tokenizer, capsys):
+    """With --model, an online run's config (its `online:` mapping set aside) supplies the reference,
+    data and beta as an ordinary run's does, and the online section joins the model sections."""
+    run, _ = online_run(tmp_path, rise=0.1, model=tiny_model_dir)
+    build_tiny_llama(run / "final", tokenizer, seed=1)
     inputs = run_inputs(Namespace(run=str(run), model=str(run / "final"), reference=None, data=None, format=None,
                                   beta=None, output_dir=None))
-    assert inputs["reference"] == str(tmp_path / "no-model-needed")
-    assert inputs["train_data"] == str(FIXTURES / "hh_harmless_64.jsonl") and inputs["run"] == run
+    assert inputs["reference"] == str(tiny_model_dir) and inputs["run"] == run
+    code = main(["diagnose", str(run), "--model", str(run / "final"), "--pairs", "4", "--prompts", "2",
+                 "--max-new-tokens", "4", "--bootstrap", "200", "--no-progress", "--no-token-shift",
+                 "--no-likelihood-overopt", "--no-reward-overopt"])
+    assert code == 0, capsys.readouterr().err
+    got = sections(run / "diagnostics")
+    assert {"Ranking accuracy", "Sample KL", "Online rounds", "Training curves"} <= set(got)
+    assert got["Ranking accuracy"]["data"]["pairs"] == 4
+    assert got["Online rounds"]["data"]["final_vs_initial"]["final_round"] == 2

@@ -16,7 +16,10 @@ EPILOG = """examples:
 
 sections: ranking accuracy, hardest pairs, sample KL, token distribution shift, win rate and judge
 calibration (with --judge), preference factors, likelihood over-optimisation per checkpoint (run
-folders), reward over-optimisation (run folder + a judge with score()), training curves.
+folders), reward over-optimisation (run folder + a judge with score()), training curves; for an
+online run (a run folder with rounds/): the online rounds (per-round judge score, KL, win rate vs
+the initial policy, length, top-k entropy, throughput; final round vs initial, paired), and the
+model sections only with --model RUN/final.
 
 output: report.md, report.html (self-contained), report.json and PNGs in --output-dir
 (default RUN/diagnostics, or ./diagnostics with --model)."""
