@@ -165,7 +165,7 @@ def test_diagnose_an_online_run_without_loading_models(tmp_path, capsys):
     run, evals = online_run(tmp_path, rise=0.2)
     with pytest.raises(ConfigError, match="online"):
         load_config(str(run / "config.yaml"))  # why the online path must not go through load_config
-    code = main(["diagnose", str(run), "--bootstrap", "500", "--no-progress"])
+    code = main(["diagnose", str(run), "--bootstrap", "500", "--no-progress", "--judge", "callable"])
     assert code == 0, capsys.readouterr().err
     out = run / "diagnostics"
     for name in ("report.md", "report.html", "report.json", "online_rounds.png", "training_curves.png"):
@@ -173,6 +173,8 @@ def test_diagnose_an_online_run_without_loading_models(tmp_path, capsys):
     got = sections(out)
     assert list(got) == ["Inputs", "Online rounds", "Training curves"]
     assert "--model" in got["Inputs"]["text"] and "skipped" in got["Inputs"]["text"]
+    assert "--judge `callable` not used" in got["Inputs"]["text"]  # said, not silently ignored
+    assert got["Inputs"]["data"]["online"]["rounds"] == 3
     online = got["Online rounds"]
     assert [row["round"] for row in online["table"]] == ["initial", "0", "1", "2"]
     assert online["table"][0]["win vs initial [95% CI]"] is None  # the initial policy is not compared to itself

@@ -215,12 +215,17 @@ def diagnose_online_run(args, run: Path) -> int:
     out_dir = Path(args.output_dir or run / "diagnostics")
     check_report_dir(out_dir)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{run / 'config.yaml'}: the top level must be a mapping of keys")
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
     notes = [f"online run: `{run}` (base model `{config.get('model')}`, objective `{config.get('objective')}`)",
              "skipped: ranking accuracy, sample KL, token shift, win rate, judge calibration, preference factors and "
              "over-optimisation need the policy, the reference and the data; give `--model RUN/final` (the run's "
              "reference and held-out data are then read from its config) to add them"]
+    if args.judge:
+        notes.append(f"--judge `{args.judge}` not used: the rounds were judged by the run's own judge; the judge "
+                     "sections need --model")
     report = Report(f"prefalign diagnostics: {run}", out_dir)
     try:
         report.add("Inputs", "\n".join(f"- {n}" for n in notes), data={"online": config.get("online")})
