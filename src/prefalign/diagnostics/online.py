@@ -36,19 +36,19 @@ RESERVED = ("round", "prompts", "metrics", "per_prompt", "bootstrap")
 ROUND_DIR = re.compile(r"round-(\d+)")
 
 
-def clean_values(name: str, values) -> list[float | None]:
-    """Floats and Nones; anything else (text, NaN, inf) is an error naming the metric and prompt."""
+def clean_values(label: str, values) -> list[float | None]:
+    """Floats and Nones; anything else (text, NaN, inf) is an error naming `label` and the prompt."""
     out = []
     for i, v in enumerate(values):
         if v is None:
             out.append(None)
             continue
         if isinstance(v, str) or not isinstance(v, (int, float)) and not hasattr(v, "item"):
-            raise ValueError(f"per_prompt[{name!r}][{i}] must be a number or None, got {v!r}")
+            raise ValueError(f"{label}[{i}] must be a number or None, got {v!r}")
         v = float(v)
         if not math.isfinite(v):
             # a NaN score is a bug upstream, not a missing verdict: say so rather than count it away
-            raise ValueError(f"per_prompt[{name!r}][{i}] is {v}: give None for a missing value")
+            raise ValueError(f"{label}[{i}] is {v}: give None for a missing value")
         out.append(v)
     return out
 
@@ -84,7 +84,7 @@ def round_eval(round: int, per_prompt: dict[str, list], extras: dict | None = No
     clash = sorted(set(extras) & set(RESERVED))
     if clash:
         raise ValueError(f"extras may not use the reserved keys {clash}")
-    cleaned = {name: clean_values(name, values) for name, values in per_prompt.items()}
+    cleaned = {name: clean_values(f"per_prompt[{name!r}]", values) for name, values in per_prompt.items()}
     return {"round": round, "prompts": next(iter(lengths.values())),
             "metrics": {name: summarize(values, bootstrap, seed) for name, values in cleaned.items()},
             "bootstrap": {"samples": bootstrap, "level": LEVEL, "seed": seed}, **extras, "per_prompt": cleaned}
