@@ -16,7 +16,10 @@ EPILOG = """examples:
 
 sections: ranking accuracy, hardest pairs, sample KL, token distribution shift, win rate and judge
 calibration (with --judge), preference factors, likelihood over-optimisation per checkpoint (run
-folders), reward over-optimisation (run folder + a judge with score()), training curves.
+folders), reward over-optimisation (run folder + a judge with score()), training curves; for an
+online run (a run folder with rounds/): the online rounds (per-round judge score, KL, win rate vs
+the initial policy, length, top-k entropy, throughput; final round vs initial, paired), and the
+model sections only with --model RUN/final.
 
 output: report.md, report.html (self-contained), report.json and PNGs in --output-dir
 (default RUN/diagnostics, or ./diagnostics with --model)."""
@@ -76,13 +79,18 @@ def parse_judge_args(items: list[str]) -> dict:
     return out
 
 
-def run_inputs(args) -> dict:
+def run_inputs(args, run: Path | None = None) -> dict:
     """What a run folder says: models, data, beta, metrics; command-line options win."""
-    from prefalign.config import load_config, prompt_length
+    from prefalign.config import build, load_config, prompt_length, read_tree, TrainConfig, validate
     from prefalign.recipes.policy import resolve_run_dir
 
-    run = resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
-    cfg = load_config(str(run / "config.yaml"))
+    run = run or resolve_run_dir(args.run)  # a run folder, or quickstart's folder around its one run
+    if is_online_run(run):
+        # an online run's config is the TrainConfig keys plus an `online:` mapping load_config rejects
+        cfg = build(TrainConfig, {k: v for k, v in read_tree(str(run / "config.yaml")).items() if k != "online"})
+        validate(cfg)
+    else:
+        cfg = load_config(str(run / "config.yaml"))
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
     beta = (summary or {}).get("objective_params", {}).get("beta", cfg.beta)
     return {"model": args.model or str(run / "final"), "reference": args.reference or cfg.reference_model or cfg.model,
@@ -130,12 +138,16 @@ def cmd_diagnose(args) -> int:
     from prefalign.models.generation import GenerateSettings
     from prefalign.judges import make_judge
     from prefalign.models.causal_lm import load_model, load_tokenizer
+    from prefalign.recipes.policy import resolve_run_dir
 
     if args.checkpoints < 0 or args.checkpoints == 1:
         raise ValueError(f"--checkpoints must be 0 (all) or at least 2 (the start and the final model), "
                          f"got {args.checkpoints}")
+    run = resolve_run_dir(args.run) if args.run else None  # a run folder, or quickstart's around its one run
+    if run is not None and is_online_run(run) and not args.model:
+        return diagnose_online_run(args, run)
     if args.run:
-        inputs = run_inputs(args)
+        inputs = run_inputs(args, run)
     elif args.model and args.reference and args.data:
         inputs = {"model": args.model, "reference": args.reference, "base": args.reference, "data": args.data,
                   "format": args.format, "beta": args.beta, "max_length": 512, "max_prompt_length": 256,
@@ -176,6 +188,50 @@ def cmd_diagnose(args) -> int:
                                 token_shift=not args.no_token_shift, likelihood_overopt=not args.no_likelihood_overopt,
                                 reward_overopt=not args.no_reward_overopt, checkpoints=args.checkpoints,
                                 overopt_k=args.overopt_k), report)
+        if run is not None and is_online_run(run):
+            from prefalign.diagnostics.online_sections import online_section
+
+            online_section(report, run, args.bootstrap, args.seed)
+    except BaseException:
+        report.discard()
+        raise
+    out = report.write()
+    print(f"report: {out / 'report.html'} (also report.md, report.json)")
+    return 0
+
+
+def is_online_run(run: Path) -> bool:
+    return (Path(run) / "rounds").is_dir()
+
+
+def diagnose_online_run(args, run: Path) -> int:
+    """An online run without --model: its rounds' evaluations and training curves, no model loads."""
+    import yaml
+
+    from prefalign.diagnostics.diagnose import curves_section
+    from prefalign.diagnostics.online_sections import online_section
+    from prefalign.diagnostics.report import Report
+
+    out_dir = Path(args.output_dir or run / "diagnostics")
+    check_report_dir(out_dir)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{run / 'config.yaml'}: the top level must be a mapping of keys")
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    notes = [f"online run: `{run}` (base model `{config.get('model')}`, objective `{config.get('objective')}`)",
+             "skipped: ranking accuracy, sample KL, token shift, win rate, judge calibration, preference factors and "
+             "over-optimisation need the policy, the reference and the data; give `--model RUN/final` (the run's "
+             "reference and held-out data are then read from its config) to add them"]
+    if args.judge:
+        notes.append(f"--judge `{args.judge}` not used: the rounds were judged by the run's own judge; the judge "
+                     "sections need --model")
+    report = Report(f"prefalign diagnostics: {run}", out_dir)
+    try:
+        report.add("Inputs", "\n".join(f"- {n}" for n in notes), data={"online": config.get("online")})
+        online_section(report, run, args.bootstrap, args.seed)
+        if (run / "metrics.jsonl").is_file():
+            curves_section(report, run / "metrics.jsonl", summary)
     except BaseException:
         report.discard()
         raise
