@@ -33,9 +33,9 @@ def cmd_online(args) -> int:
     from prefalign.recipes.online import online
 
     summary = online(cfg)
-    brief = {"rounds": [{"round": r["round"], "examples": (r["labels"] or {}).get("examples"),
-                         **{k: v.get("mean") for k, v in r["eval"].items() if isinstance(v, dict) and "mean" in v}}
-                        for r in summary["rounds"]],
+    brief = {"initial": {k: v["mean"] for k, v in summary["initial_eval"].items()},
+             "rounds": [{"round": r["round"], "examples": (r["labels"] or {}).get("examples"),
+                         **{k: v["mean"] for k, v in r["eval"].items()}} for r in summary["rounds"]],
              "judge_score_change": summary.get("judge_score_change"), "final_model": summary["final_model"]}
     json.dump(brief, sys.stdout, indent=1, default=str)
     print()

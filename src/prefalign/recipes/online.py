@@ -326,11 +326,12 @@ def finish(run: Run, initial: dict | None, commit: str | None, started: float) -
         verdicts = rdir / "verdicts.jsonl"
         asked = len(verdicts.read_text().splitlines()) if verdicts.exists() else 0
         rounds.append({"round": r, "labels": labels.get("counts"), "judge_questions": asked,
-                       "eval": {k: v for k, v in evaluation.items() if k != "per_prompt"}})
+                       "eval": evaluation.get("metrics", {}), "trained": (rdir / "train").exists(),
+                       "sampling_tokens_per_s": evaluation.get("tokens_per_s")})
     summary = {"method": cfg.online.method, "objective": run.objective.name, "objective_params": run.params,
                "pairing": cfg.online.pairing, "reference": cfg.online.reference, "data": run.data_report,
                "held_out_prompts": len(run.eval_prompts), "rounds": rounds,
-               "initial_eval": {k: v for k, v in (initial or {}).items() if k != "per_prompt"},
+               "initial_eval": (initial or {}).get("metrics", {}),
                "model_commit": commit, "wall_time_s": round(time.time() - started, 2), "config": to_dict(cfg)}
     last = read_json(run.round_dir(cfg.online.rounds - 1) / "eval.json")
     if initial and "judge_score" in initial.get("per_prompt", {}):
