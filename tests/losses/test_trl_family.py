@@ -259,6 +259,23 @@ def test_discopop_blend_extremes():
         close(run("discopop", far, beta=1.0).per_example, [2000.0, 0.0], tol=1e-6)
 
 
+def test_discopop_is_not_convex_at_zero_margin():
+    """d loss / d rho at rho = 0: with w = 1/2, w' = 1/(4 tau), A = -ls = ln 2, A' = -1/2, E = e^-rho:
+    -w' A + (1 - w) A' + w' E - w E = (1 - ln 2)/(4 tau) - 3/4: +0.7842641 at tau = 0.05 (the margin is
+    pushed down from the reference), negative for tau > (1 - ln 2)/3 = 0.1022843 (-0.5965680 at 0.5)."""
+    for tau in (0.05, 0.5):
+        policy = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+        out = run("discopop", SeqLogps(policy=policy, reference=torch.zeros(1, 2, dtype=torch.float64)),
+                  beta=1.0, tau=tau)
+        out.per_example.sum().backward()
+        slope = (1 - LN2) / (4 * tau) - 0.75
+        close(policy.grad, [[slope, -slope]])
+    close((1 - LN2) / 0.2 - 0.75, 0.7842641, tol=1e-6)
+    # the local minimum below zero and the bump above it (values of the loss at beta = 1, tau = 0.05)
+    at = lambda r: run("discopop", pair([[r, 0.0]], [[0.0, 0.0]]), beta=1.0).per_example.item()  # noqa: E731
+    assert at(-0.119) < at(-0.2) and at(-0.119) < at(0.0) < at(0.072) and at(0.072) > at(0.3)
+
+
 # --------------------------------------------------------------------------------- gradients
 # bco_pair's batch-mean delta is detached on purpose, so finite differences (which see it move)
 # cannot check it: test_bco_batch_mean_passes_no_gradient_through_delta checks that gradient analytically

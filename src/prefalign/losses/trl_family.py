@@ -212,6 +212,10 @@ def discopop(batch: SeqLogps, *, beta: float = 0.1, tau: float = 0.05) -> LossOu
     tau -> inf an even mixture. tau = 0.05 is the paper's (and TRL's discopop_tau); beta = 0.1 is
     TRL's default (the paper's beta for its main runs could not be confirmed here). Also in the
     authors' release (luchris429/DiscoPOP, scripts/plotting/plot_losses.py).
+    Not convex: at rho = 0 (policy = reference) d loss / d rho = (1 - ln 2) / (4 tau) - 3/4, which
+    is +0.78 at tau = 0.05, so training from the reference first pushes the margin DOWN, into a
+    local minimum at rho = -0.12 (loss 0.786), below a bump at rho = +0.07 (0.878); past the bump
+    the exponential term takes over. Only tau > (1 - ln 2)/3 = 0.102 pushes the margin up at rho = 0.
     Stability (a departure in form, not in value): w exp(-rho) is computed as
     exp(log sigmoid(rho/tau) - rho), which stays finite where exp(-rho) alone overflows
     (rho < -88 in float32, where the naive product is inf * 0 = nan); with tau >= 1 that exponent
