@@ -82,6 +82,18 @@ CASES = {
     "treg": ("treg", {}, "hh_harmless_64.jsonl", "rewards/margins"),
     "selm": ("selm", {}, hh_with_ref_sample, "rewards/margins"),
     "xpo": ("xpo", {}, hh_with_ref_sample, "rewards/margins"),
+    # TRL's DPO loss_types (prefalign.losses.trl_family) and its sigmoid_norm
+    "dpo_length_normalized": ("dpo", {"length_normalize": True}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "exo_pair": ("exo_pair", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "nca_pair": ("nca_pair", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "bco_pair": ("bco_pair", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "aot": ("aot", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "aot_unpaired": ("aot_unpaired", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "apo_zero": ("apo_zero", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    "apo_down": ("apo_down", {}, "hh_harmless_64.jsonl", "rewards/margins"),
+    # with the paper's tau = 0.05 the loss falls from rho = 0 into a local minimum at rho = -0.12
+    # (tests/losses/test_trl_family.py); from tau > 0.102 on it pushes the margin up from the start
+    "discopop": ("discopop", {"tau": 0.5}, "hh_harmless_64.jsonl", "rewards/margins"),
     # LongPO's loss is mostly the chosen NLL (lambda_ = 0.01): the chosen reward is what it moves
     "longpo": ("longpo", {}, hh_long_short, "rewards/chosen"),
 }

@@ -21,6 +21,7 @@ from prefalign.losses import (  # noqa: F401  (registration side effect)
     sft,
     token_level,
     triples,
+    trl_family,
     unpaired,
 )
 

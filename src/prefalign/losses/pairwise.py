@@ -26,19 +26,26 @@ def require_pairs(batch: SeqLogps, name: str) -> None:
         )
 
 
-@objective("dpo", kind="pairwise", paper="2305.18290", reference=True)
-def dpo(batch: SeqLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOut:
+@objective("dpo", kind="pairwise", paper="2305.18290", reference=True,
+           features_when=(("length_normalize", True, ("lengths",)),))
+def dpo(batch: SeqLogps, *, beta: float = 0.1, label_smoothing: float = 0.0,
+        length_normalize: bool = False) -> LossOut:
     """Direct Preference Optimization: -log sigmoid(beta * (h_w - h_l)).
 
     Rafailov et al. 2023, arXiv:2305.18290, eq. 7; with `label_smoothing` eps > 0 it is
     conservative DPO (cDPO): -(1 - eps) ls(beta d) - eps ls(-beta d), i.e. the labels are
     assumed flipped with probability eps.
 
-    h = policy - reference summed log-probs (no length normalisation); d = h_w - h_l.
-    rewards: beta * h for chosen and rejected, [B, 2].
+    h = policy - reference summed log-probs (no length normalisation, the paper's); d = h_w - h_l.
+    length_normalize=True divides each h by its response's token count (per-token MEAN log-ratios,
+    needs n_tokens): the length-normalised DPO the SimPO paper (arXiv:2405.14734) compares against,
+    TRL's loss_type "sigmoid_norm". A different objective: beta then acts on a per-token scale.
+    rewards: beta * h for chosen and rejected (the h the loss used), [B, 2].
     """
     require_pairs(batch, "dpo")
     h = batch.logratio()
+    if length_normalize:
+        h = h / batch.lengths().clamp(min=1)
     logits = beta * (h[:, 0] - h[:, 1])
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return LossOut(losses, (beta * h).detach())
