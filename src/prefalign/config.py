@@ -407,6 +407,11 @@ class OnlineOptions:
     judge: str = opt("", "a registered judge (`prefalign judge --help`), or implicit_reward (the current policy's "
                          "beta * log pi/pi_ref)")
     judge_args: dict = opt({}, "constructor arguments of the judge, e.g. {path: runs/rm/final}")
+    judge_on_policy: bool = opt(False, "build the judge on the current policy (model= and tokenizer= of an LM judge "
+                                       "such as rubric: the policy as its own LLM judge, self-rewarding)")
+    consistency_judge: str = opt("", "a second judge (e.g. implicit_reward); a pair is kept only when both judges "
+                                     "prefer the same response (SCIR's consistent pairs), else dropped and counted")
+    consistency_judge_args: dict = opt({}, "constructor arguments of online.consistency_judge")
     judge_batch_size: int = opt(8, "questions per judge call; each answered call is on disk before the next, so "
                                    "a resumed run re-asks at most the one call a kill interrupted")
     label_draws: int = opt(0, "0: the judge's preferred response is chosen (P = 0.5 is a tie, dropped); M >= 1: M "

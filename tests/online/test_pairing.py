@@ -150,3 +150,19 @@ def test_presets_fill_only_missing_keys_and_reference_is_explicit():
     with pytest.raises(ConfigError, match="max_length"):
         load_online_config(None, base + ["max_length=64", "online.max_new_tokens=64"])
     assert all(m.summary for m in METHODS.values())
+
+
+def test_consistency_judge_keeps_only_pairs_both_judges_order_the_same_way(tmp_path):
+    from prefalign.recipes.online_setup import ConsistentJudge
+
+    def contrarian(prompt, a, b):  # agrees with the scores except about "good" vs "ok"
+        flip = {a, b} == {"good", "ok"}
+        return 0.8 if (SCORES[a] > SCORES[b]) != flip else 0.2
+
+    both = ConsistentJudge(CallableJudge(score_fn=score), CallableJudge(compare_fn=contrarian))
+    judge = CachedJudge(both, VerdictCache(tmp_path / "v.jsonl"), "scir", batch_size=4)
+    groups = {"main": [cands("main", ["ok", "good"]), cands("main", ["bad", "best"]), cands("main", ["ok", "best"])]}
+    specs, counts = label_round("two_samples", ["p0", "p1", "p2"], groups, judge, 0, 0, 0)
+    assert [s["prompt"] for s in specs] == [1, 2] and counts.dropped == {"judges disagree": 1}
+    specs, counts = label_round("best_vs_worst", ["p0", "p1", "p2"], groups, judge, 0, 0, 0)
+    assert [s["prompt"] for s in specs] == [1, 2] and counts.dropped == {"judges disagree": 1}

@@ -64,6 +64,8 @@ def decide(p: float | None, draws: int, seed: int) -> tuple[bool, float] | str:
     """(first is chosen, P(chosen preferred)) or the reason there is no label."""
     if p is None:
         return "no verdict"
+    if p != p:  # NaN: a consistency judge found its two judges disagreeing (SCIR)
+        return "judges disagree"
     if draws == 0:
         if p == 0.5:
             return "tie"
@@ -152,7 +154,9 @@ def best_vs_worst(prompts, candidates, judge, draws, seeds, counts, groups=None,
             counts.dropped["all tied"] += 1
             continue
         label = (True, 1.0)  # a hard label: best over worst
-        if draws:  # M annotators: draws from the judge's P(best > worst) decide, and give P_hat
+        if draws or getattr(judge, "filters_pairs", False):
+            # M annotators: draws from the judge's P(best > worst) decide, and give P_hat; a consistency
+            # judge answers NaN when its second judge disagrees (dropped, counted)
             p = judge.compare([prompts[i]], [group[best].judged], [group[worst].judged])[0]
             label = decide(p, draws, seeds[i])
             if isinstance(label, str):

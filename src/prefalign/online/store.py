@@ -85,6 +85,19 @@ class VerdictCache:
         self.values.update(items)
 
 
+def call_judge(judge, kind: str, prompts: list, responses: list[list]) -> list:
+    """Ask `judge` to score (one column) or compare (two columns) responses given as (text, ids) pairs
+    or text: ids go to a judge that reads them (`score_ids`), text to every other; a judge that
+    combines others (`compare_raw`) gets the pairs as they are."""
+    if hasattr(judge, "compare_raw"):
+        return judge.compare_raw(prompts, *responses) if kind == "compare" else judge.score_raw(prompts, *responses)
+    if hasattr(judge, "score_ids"):
+        ids = [[r[1] for r in col] for col in responses]
+        return judge.score_ids(prompts, *ids) if kind == "score" else judge.compare_ids(prompts, *ids)
+    texts = [[r[0] if isinstance(r, tuple) else r for r in col] for col in responses]
+    return judge.score(prompts, *texts) if kind == "score" else judge.compare(prompts, *texts)
+
+
 class CachedJudge:
     """A judge whose every answer is looked up in, or written to, a VerdictCache.
 
@@ -102,6 +115,10 @@ class CachedJudge:
     @property
     def can_score(self) -> bool:
         return self.judge.can_score
+
+    @property
+    def filters_pairs(self) -> bool:  # a consistency judge: a chosen pair must pass its compare
+        return bool(getattr(self.judge, "filters_pairs", False))
 
     @property
     def position_sensitive(self) -> bool:
@@ -124,12 +141,7 @@ class CachedJudge:
         return [self.cache.values[k] for k in keys]
 
     def call(self, kind: str, columns: list[list]) -> list:
-        prompts, responses = columns[0], columns[1:]
-        if hasattr(self.judge, "score_ids"):
-            ids = [[r[1] for r in col] for col in responses]
-            return self.judge.score_ids(prompts, *ids) if kind == "score" else self.judge.compare_ids(prompts, *ids)
-        texts = [[r[0] if isinstance(r, tuple) else r for r in col] for col in responses]
-        return self.judge.score(prompts, *texts) if kind == "score" else self.judge.compare(prompts, *texts)
+        return call_judge(self.judge, kind, columns[0], columns[1:])
 
     def score(self, prompts: list, responses: list) -> list[float | None]:
         return self.ask("score", [prompts, responses])

@@ -67,6 +67,7 @@ class Run:
     sinks: list
     data_report: dict
     vllm: object = None  # the vLLM sampler, built on first use (online.sampler: vllm)
+    eval_judge: object = None  # the judge of the per-round evaluation (without SCIR's consistency filter)
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -128,7 +129,7 @@ def online(cfg: OnlineConfig) -> dict:
     open_run_folder(acc, cfg, out, earlier)
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
               metric_sinks(acc, out, cfg), data_report)
-    run.judge = make_judge_for(run)
+    run.judge, run.eval_judge = make_judge_for(run)
     try:
         initial = initial_evaluation(run)  # before any round's weights are loaded: the starting policy
         first = resume_point(run)
@@ -168,8 +169,8 @@ def run_round(run: Run, r: int) -> None:
         if examples:
             examples = reference_phase(run, r, examples)
             train_phase(run, r, trainee, examples)
-        else:  # every pair tied (a judge bound to the policy, before it moved): the policy carries over
-            run.acc.print(f"round {r}: every pair was a tie; no training this round")
+        else:  # every pair tied or its judges disagreed (judges bound to the policy, before it moved)
+            run.acc.print(f"round {r}: no pair was labeled ({counts_text(run, r)}); no training this round")
             write_atomic(rdir / "policy", trainee.save)
         if sampling["tokens"]:  # this process drew samples: their throughput goes into eval.json
             write_json_atomic(rdir / "sampling.json", sampling)
@@ -263,12 +264,16 @@ def label_phase(run: Run, r: int, prompts: list[RoundPrompt], samples: dict, cac
                                                        f"round {r}: labeling")
     specs, counts = label_round(run.cfg.online.pairing, [p.prompt for p in prompts], candidates, judge,
                                 run.cfg.online.label_draws, run.cfg.seed, r)
-    if not specs and set(counts.dropped) != {"tie"}:
+    if not specs and not set(counts.dropped) <= {"tie", "judges disagree"}:
         raise ValueError(f"round {r}: the judge labeled no examples ({counts.as_dict()})")
     # only what the verdicts decide goes here (a resumed run writes the same bytes); the questions asked
     # are the lines of verdicts.jsonl
     write_json_atomic(path, {"specs": specs, "counts": counts.as_dict()})
     return specs
+
+
+def counts_text(run: Run, r: int) -> str:
+    return json.dumps(read_json(run.round_dir(r) / "examples.json")["counts"]["dropped_by_reason"])
 
 
 def reference_phase(run: Run, r: int, examples: list) -> list:

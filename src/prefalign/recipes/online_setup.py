@@ -31,10 +31,13 @@ def response_text(tokenizer, sample) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def judge_key(run, r: int) -> str:
+def judge_key(run, r: int, use: str = "label") -> str:
     o = run.cfg.online
     # a judge bound to the policy answers differently each round; the cache lives in the round's folder anyway
-    return json.dumps([o.judge, o.judge_args, r if o.judge == "implicit_reward" else None], sort_keys=True)
+    bound = o.judge == "implicit_reward" or o.judge_on_policy or o.consistency_judge == "implicit_reward"
+    judge = [o.judge, o.judge_args] + ([o.consistency_judge, o.consistency_judge_args]
+                                       if use == "label" and o.consistency_judge else [])
+    return json.dumps([judge, r if bound else None], sort_keys=True)
 
 
 class OffsetSink:
@@ -174,18 +177,63 @@ class ImplicitRewardJudge:
         return [bt_probability(x - y) for x, y in zip(self.score_ids(prompts, a), self.score_ids(prompts, b))]
 
 
-def make_judge_for(run):
+class ConsistentJudge:
+    """SCIR's consistent pairs (arXiv 2502.08922): P(a > b) of the first judge when the second prefers
+    the same response, NaN ("judges disagree": the pair is dropped and counted) otherwise, a tie of
+    either included."""
+
+    name = "consistent"
+    filters_pairs = True
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    @property
+    def can_score(self) -> bool:
+        return self.first.can_score
+
+    def score_raw(self, prompts, responses) -> list[float | None]:
+        from prefalign.online.store import call_judge
+
+        return call_judge(self.first, "score", prompts, [responses])
+
+    def compare_raw(self, prompts, a, b) -> list[float | None]:
+        from prefalign.online.store import call_judge
+
+        p, q = call_judge(self.first, "compare", prompts, [a, b]), call_judge(self.second, "compare", prompts, [a, b])
+        out = []
+        for x, y in zip(p, q):
+            if x is None or y is None:
+                out.append(None)
+            else:
+                out.append(x if (x - 0.5) * (y - 0.5) > 0 else float("nan"))
+        return out
+
+
+def build_judge(run, name: str, args: dict):
     o = run.cfg.online
-    if not o.judge:  # SAMI: self-supervised, no judge
-        return None
-    if o.judge == "implicit_reward":
+    if name == "implicit_reward":
         return ImplicitRewardJudge(run, float(run.params.get("beta", 0.1)))
     from prefalign.judges import make_judge
 
-    args = dict(o.judge_args)
-    if o.direction and o.judge == "reward_model":  # DPA: the judge scores v . r for the run's direction
+    args = dict(args)
+    if o.direction and name == "reward_model":  # DPA: the judge scores v . r for the run's direction
         args.setdefault("direction", unit(o.direction))
-    return make_judge(o.judge, **args)
+    if o.judge_on_policy:  # the live policy module: the judge follows the policy from round to round
+        args.update(model=run.model, tokenizer=run.tokenizer)
+    return make_judge(name, **args)
+
+
+def make_judge_for(run) -> tuple:
+    """(the labeling judge, the evaluation judge): the same judge, or with online.consistency_judge the
+    pair filter for labeling and the first judge alone for evaluation; (None, None) for SAMI."""
+    o = run.cfg.online
+    if not o.judge:
+        return None, None
+    judge = build_judge(run, o.judge, o.judge_args)
+    if o.consistency_judge:
+        return ConsistentJudge(judge, build_judge(run, o.consistency_judge, o.consistency_judge_args)), judge
+    return judge, judge
 
 
 def eval_settings(cfg: OnlineConfig) -> GenerateSettings:
@@ -210,9 +258,9 @@ def eval_samples(run, r: int, path: Path) -> tuple[list, float]:
 def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCache) -> dict:
     pad = run.tokenizer.pad_token_id
     prompts = [p.prompt for p in run.eval_prompts]
-    judge = None if run.judge is None else CachedJudge(run.judge, cache, judge_key(run, r),
-                                                       run.cfg.online.judge_batch_size, run.cfg.progress,
-                                                       "evaluating")
+    judge = None if run.eval_judge is None else CachedJudge(run.eval_judge, cache, judge_key(run, r, "eval"),
+                                                            run.cfg.online.judge_batch_size, run.cfg.progress,
+                                                            "evaluating")
     candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
     policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
     reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
