@@ -32,7 +32,7 @@ def test_golden_nash_md():
     out = get_objective("nash_md")(nash_batch(policy, reference, t([0.8, 0.2])), beta=0.5)
     close(out.per_example, [-0.8, 7.0])
     close(out.rewards, [[0.5, 0.25], [-1.0, 0.0]])
-    close(out.extras["kl"], -0.5)
+    close(out.extras["sample_kl"], -0.5)
     close(out.extras["win_rate"], 0.5)
     out.per_example.sum().backward()
     close(policy.grad, [[0.2, 0.0], [-0.7, 0.0]])

@@ -41,14 +41,16 @@ def nash_md(batch: SeqLogps, *, beta: float = 0.1, kl_estimator: str = "sequence
                  gradient of the sequence KL(pi || mu); reads only the summed log-probs.
       "token"    sum_t sg(log-ratio_t) * log pi(y_t), TRL's form (each token's log pi weighted by
                  its own log-ratio only, dropping the later tokens' ratios: a lower-variance but
-                 biased estimate of the sequence KL's gradient). Needs feature "token_logps"
-                 (per-token policy and live reference log-probs).
+                 biased estimate of the sequence KL's gradient). Its pull on one sample stops at a
+                 per-token log-ratio of (p - 1/2)/beta, so the sequence log-ratio it allows grows
+                 with |y| (the sequence form stops at (p - 1/2)/beta for the whole response).
+                 Needs feature "token_logps" (per-token policy and live reference log-probs).
     These are sampled gradient estimates: the loss value is not the objective's value, and
     training on data not sampled from the current policy is not Nash-MD.
 
     Feature: features["soft_label"] [B] = p in [0, 1]. Shapes: policy, reference [B, 2] summed
     response log-probs (column 0 y, column 1 y'). rewards: beta * (policy - reference), [B, 2].
-    extras: "kl" = mean log pi(y) - log mu(y) of the policy samples (a KL(pi || mu) estimate),
+    extras: "sample_kl" = mean log pi(y) - log mu(y) of the policy samples (a KL(pi || mu) estimate),
     "win_rate" = mean p.
     """
     if batch.policy.shape[1] != 2:
@@ -68,7 +70,7 @@ def nash_md(batch: SeqLogps, *, beta: float = 0.1, kl_estimator: str = "sequence
         logp = token_logp.sum(-1)
         kl_term = (token_ratio.detach() * token_logp).sum(-1)
     losses = beta * kl_term - (p - 0.5) * logp
-    extras = {"kl": h[:, 0].detach().mean(), "win_rate": p.detach().mean()}
+    extras = {"sample_kl": h[:, 0].detach().mean(), "win_rate": p.detach().mean()}
     return LossOut(losses, (beta * h).detach(), extras)
 
 
