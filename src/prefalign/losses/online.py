@@ -40,8 +40,8 @@ def nash_md(batch: SeqLogps, *, beta: float = 0.1, kl_estimator: str = "sequence
       "sequence" (default) sg(sum_t log-ratio_t) * sum_t log pi(y_t): the unbiased REINFORCE
                  gradient of the sequence KL(pi || mu); reads only the summed log-probs.
       "token"    sum_t sg(log-ratio_t) * log pi(y_t), TRL's form (each token's log pi weighted by
-                 its own log-ratio only, dropping the later tokens' ratios: a lower-variance but
-                 biased estimate of the sequence KL's gradient). Its pull on one sample stops at a
+                 its own log-ratio only, dropping the later tokens' ratios: a biased estimate of the
+                 sequence KL's gradient, tested on an enumerable two-token policy). Its pull on one sample stops at a
                  per-token log-ratio of (p - 1/2)/beta, so the sequence log-ratio it allows grows
                  with |y| (the sequence form stops at (p - 1/2)/beta for the whole response).
                  Needs feature "token_logps" (per-token policy and live reference log-probs).
@@ -99,7 +99,8 @@ def sami(batch: SeqLogps) -> LossOut:
     c{i}_r{j} layout): length-normalised log-probs, no temperature, row and column
     cross-entropies averaged with equal weight. Their trainer can add beta * KL(pi || pi_ref) over
     full-vocabulary logits when given a reference model; their training script passes none, and
-    neither does this objective (no reference, no KL term).
+    neither does this objective (no reference, no KL term). Small departure: their pad token is
+    EOS, so a response's EOS is masked out of their mean; here |y| is every scored response token.
 
     Layout: one example per query with K = C * C sequences; sequence i*C + j is prompt (c_i, x)
     followed by response y_j. Shapes: policy [B, K] summed response log-probs, n_tokens [B, K]
