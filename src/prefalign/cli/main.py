@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
 
 DATA_BY_KIND = {"pairwise": "pairs", "multi_objective": "pairs", "token_level": "pairs",
                 "listwise": "ranked lists (or pairs)", "unpaired": "unpaired rows (prompt, completion, label)",
-                "sft": "SFT rows or pairs"}
+                "sft": "SFT rows or pairs", "self_supervised": "C x C samples under C constitutions"}
 
 
 def yaml_value(value) -> str:
@@ -50,7 +50,7 @@ def objective_rows() -> list[dict]:
     """One row per registered objective: the CLI table and the README table."""
     from prefalign.features import SUPPLIERS
     from prefalign.losses import OBJECTIVES
-    from prefalign.recipes.policy import SUPPLIED
+    from prefalign.recipes.policy import ONLINE_ONLY, SUPPLIED
 
     rows = []
     for o in sorted(OBJECTIVES.values(), key=lambda o: o.name):
@@ -65,7 +65,8 @@ def objective_rows() -> list[dict]:
             example += ", objective_args: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in params.items()) + "}"
         rows.append({"name": o.name, "paper": f"arXiv:{o.paper}" if o.paper else "-", "kind": o.kind,
                      "reference": "yes" if o.needs_reference else "no", "data": data,
-                     "trainer": "yes" if not pending else "loss only: needs " + ", ".join(pending),
+                     "trainer": "online only" if o.kind in ONLINE_ONLY else
+                                "yes" if not pending else "loss only: needs " + ", ".join(pending),
                      "example": example, "summary": o.summary})
     return rows
 

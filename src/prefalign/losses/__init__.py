@@ -16,6 +16,7 @@ from prefalign.losses import (  # noqa: F401  (registration side effect)
     listwise,
     multi_objective,
     negatives,
+    online,
     pairwise,
     reference_free,
     sft,

@@ -16,7 +16,8 @@ from typing import Callable
 
 from prefalign.types import LossOut, SeqLogps
 
-KINDS = ("pairwise", "listwise", "unpaired", "token_level", "multi_objective", "sft")
+# "self_supervised": data built from the policy's own samples with no preference label (SAMI); online only
+KINDS = ("pairwise", "listwise", "unpaired", "token_level", "multi_objective", "sft", "self_supervised")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ from prefalign.train.trainee import PolicyTrainee
 # Which example kinds can feed which objective kind, and how lists are narrowed to pairs.
 ACCEPTS = {"pairwise": {"pair"}, "multi_objective": {"pair"}, "token_level": {"pair"},
            "sft": {"pair", "list", "triple", "sft"}, "listwise": {"list", "pair", "triple"}, "unpaired": {"unpaired"}}
+# Objective kinds no data file can feed, with why: the online loop builds their examples.
+ONLINE_ONLY = {"self_supervised": "its data is built from samples under constitutions"}
 # Features prefalign can supply: the names its feature suppliers are registered under.
 SUPPLIED = frozenset(SUPPLIERS)
 
@@ -59,6 +61,8 @@ def prepare_examples(obj: Objective, examples: list, list_to_pairs: str, label: 
                      report: dict | None = None) -> list:
     """Check that the data can feed the objective; turn lists into pairs where it needs pairs
     (the pairing counts go into `report`)."""
+    if obj.kind in ONLINE_ONLY:
+        raise ValueError(f"objective {obj.name!r} is trained online only (prefalign online): {ONLINE_ONLY[obj.kind]}")
     kinds = {e.kind for e in examples}
     accepted = ACCEPTS.get(obj.kind, set())
     if kinds <= accepted:
