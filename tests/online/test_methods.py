@@ -91,3 +91,27 @@ def test_lora_online_run_with_previous_iterate_reference(tiny_model_dir, tmp_pat
     assert (out / "final" / "adapter_model.safetensors").exists()
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert all("kl" in r["eval"] for r in summary["rounds"])
+
+
+def test_nash_md_pairs_a_policy_sample_with_a_mixture_sample(tiny_model_dir, tmp_path):
+    out = tmp_path / "nash"
+    summary = run(tiny_model_dir, out, "online.method=nash_md", *JUDGE)
+    for source in ("policy", "mixture"):
+        assert len(load_samples(out / f"rounds/round-0/samples/{source}-00000.json")) == 4
+    for spec in specs_of(out):
+        assert spec["rows"] == [["policy", 0], ["mixture", 0]] and 0.0 <= spec["soft_label"] <= 1.0
+    assert summary["objective"] == "nash_md" and summary["rounds"][0]["trained"]
+
+
+def test_sami_scores_every_response_under_every_constitution(tiny_model_dir, tmp_path):
+    out = tmp_path / "sami"
+    constitutions = "online.constitutions=['Answer kindly.', 'Answer rudely.']"
+    summary = run(tiny_model_dir, out, "online.method=sami", constitutions, "max_length=128")
+    tok = load_tokenizer(str(tiny_model_dir))
+    kind = load_samples(out / "rounds/round-0/samples/c0-00000.json")
+    rude = load_samples(out / "rounds/round-0/samples/c1-00000.json")
+    assert tok.decode(kind[0].prompt_ids).startswith("<|bos|>Answer kindly.")
+    assert tok.decode(rude[0].prompt_ids).startswith("<|bos|>Answer rudely.")
+    for spec in specs_of(out):
+        assert spec["rows"] == [["c0", 0, "c0"], ["c1", 0, "c0"], ["c0", 0, "c1"], ["c1", 0, "c1"]]
+    assert summary["rounds"][0]["trained"] and "judge_score" not in summary["rounds"][0]["eval"]
