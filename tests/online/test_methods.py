@@ -90,7 +90,8 @@ def test_lora_online_run_with_previous_iterate_reference(tiny_model_dir, tmp_pat
                   "online.samples_per_prompt=3", "online.rounds=2", "lora=true", "lora_r=4", "lora_alpha=8", *JUDGE)
     assert (out / "final" / "adapter_model.safetensors").exists()
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
-    assert all("kl" in r["eval"] for r in summary["rounds"])
+    assert all({"kl", "topk_entropy", "topk_mass", "judge_score", "win_vs_initial"} <= set(r["eval"])
+               for r in summary["rounds"])
 
 
 def test_nash_md_pairs_a_policy_sample_with_a_mixture_sample(tiny_model_dir, tmp_path):

@@ -97,6 +97,20 @@ def build_examples(specs: list[dict], prompts: list[RoundPrompt], samples: dict[
     return out
 
 
+def padded_rows(samples: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt + response ids [N, T], attention mask, and the response tokens' mask."""
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    response = torch.zeros_like(ids, dtype=torch.bool)
+    for r, s in enumerate(samples):
+        seq = s.prompt_ids + s.response_ids
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+        response[r, len(s.prompt_ids):len(seq)] = True
+    return ids, mask, response
+
+
 @torch.no_grad()
 def response_logps(model, samples: list[Sample], pad_id: int, batch_size: int = 8) -> list[float]:
     """Summed log-prob of each sample's response tokens given its prompt under `model`."""
@@ -106,18 +120,27 @@ def response_logps(model, samples: list[Sample], pad_id: int, batch_size: int = 
     model.eval()
     out = []
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        width = max(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        response = torch.zeros_like(ids, dtype=torch.bool)
-        for r, s in enumerate(chunk):
-            seq = s.prompt_ids + s.response_ids
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
-            response[r, len(s.prompt_ids):len(seq)] = True
+        ids, mask, response = padded_rows(samples[start:start + batch_size], pad_id)
         tok = token_logps(model, ids.to(device), mask.to(device), response.to(device), impl)
         out.extend(tok.float().sum(1).cpu().tolist())
     model.train(was_training)
     return out
 
+
+@torch.no_grad()
+def topk_indicators(model, samples: list[Sample], pad_id: int, k: int, batch_size: int = 8) -> tuple[list, list]:
+    """Per sample, the mean over its response positions of the policy's top-k entropy and top-k mass
+    (the likelihood over-optimisation indicators of arXiv 2410.11677)."""
+    from prefalign.diagnostics.overoptimization import per_row_mean, position_stats
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    entropy, mass = [], []
+    for start in range(0, len(samples), batch_size):
+        ids, mask, response = padded_rows(samples[start:start + batch_size], pad_id)
+        e, m, rows = position_stats(model, ids.to(device), mask.to(device), response.to(device), k)
+        entropy.extend(per_row_mean(e, rows, ids.shape[0]).tolist())
+        mass.extend(per_row_mean(m, rows, ids.shape[0]).tolist())
+    model.train(was_training)
+    return entropy, mass

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefalign.config import OnlineConfig, prompt_length
 from prefalign.data.formats.readers import iter_rows, load_examples, seeded_split
 from prefalign.models.generation import GenerateSettings, encode_prompt, prompt_ids
-from prefalign.online.examples import RoundPrompt, read_prompt_rows, response_logps, unique_prompts
+from prefalign.online.examples import RoundPrompt, read_prompt_rows, response_logps, topk_indicators, unique_prompts
 from prefalign.online.samplers import HFSampler, sample_seed
 from prefalign.online.store import (CachedJudge, VerdictCache, load_samples, read_json, save_samples,
                                     write_json_atomic)
@@ -264,7 +264,8 @@ def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCac
     candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
     policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
     reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
-    per_prompt = {"kl": [a - b for a, b in zip(policy, reference)],
+    entropy, mass = topk_indicators(run.model, samples, pad, run.cfg.overopt_k, run.cfg.eval_batch_size)
+    per_prompt = {"kl": [a - b for a, b in zip(policy, reference)], "topk_entropy": entropy, "topk_mass": mass,
                   "response_tokens": [float(len(s.response_ids)) for s in samples],
                   "finished": [float(s.finished) for s in samples]}
     if judge is not None and judge.can_score:
