@@ -391,7 +391,8 @@ class OnlineOptions:
     """`prefalign online`: what one round samples, how it is labeled and paired, and how rounds chain."""
 
     method: str = opt("online_dpo", "a method preset (`prefalign online --methods`): online_dpo | iterative_dpo | xpo | "
-                                    "selm | sppo | nash_md | ipo_md | apo | irepo | dpa_rft | custom (only your keys)")
+                                    "selm | sppo | nash_md | ipo_md | apo | irepo | dpa_rft | self_rewarding | sami | "
+                                    "custom (only your keys)")
     rounds: int = opt(2, "rounds of sample -> label -> train; each trains max_steps optimizer steps on its own "
                          "examples with a fresh optimizer")
     prompts_per_round: int = opt(64, "prompts sampled per round: consecutive slices of a seeded permutation of "
@@ -400,7 +401,7 @@ class OnlineOptions:
                                      "this many from the policy and as many from the other)")
     pairing: str = opt("two_samples", "how samples become examples: two_samples | best_vs_worst | "
                                       "policy_vs_reference | policy_vs_mixture | candidates_plus_data | all_k | "
-                                      "best_of_n")
+                                      "best_of_n | constitutions")
     reference: str = opt("", "which policy the reference log-probs come from: fixed (the starting model) | "
                              "previous (the policy at the start of each round); unset: the method's stated choice "
                              "(iterative_dpo and custom have none and require it)")

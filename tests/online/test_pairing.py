@@ -166,3 +166,13 @@ def test_consistency_judge_keeps_only_pairs_both_judges_order_the_same_way(tmp_p
     assert [s["prompt"] for s in specs] == [1, 2] and counts.dropped == {"judges disagree": 1}
     specs, counts = label_round("best_vs_worst", ["p0", "p1", "p2"], groups, judge, 0, 0, 0)
     assert [s["prompt"] for s in specs] == [1, 2] and counts.dropped == {"judges disagree": 1}
+
+
+def test_help_names_every_method_and_pairing():
+    from dataclasses import fields
+
+    from prefalign.config import PAIRINGS, OnlineOptions
+
+    helps = {f.name: f.metadata["help"] for f in fields(OnlineOptions)}
+    assert all(name in helps["method"] for name in METHODS)
+    assert all(name in helps["pairing"] for name in PAIRINGS)
