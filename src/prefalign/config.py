@@ -106,7 +106,8 @@ class LoopConfig:
     mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
     tensorboard: bool = opt(False, "also write TensorBoard event files (the same as report_to: [jsonl, tensorboard])")
     report_to: list = opt(["jsonl"], "metric trackers: jsonl (metrics.jsonl, always written) | tensorboard "
-                                     "(output_dir/tensorboard) | wandb (run named after output_dir, with the config)")
+                                     "(output_dir/tensorboard) | wandb | trackio (both: a run named after "
+                                     "output_dir, with the config)")
     progress: bool = opt(True, "show a progress bar")
 
 

@@ -68,7 +68,7 @@ def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
     """metrics.jsonl (appended on resume) and the other trackers in report_to, on the main process only."""
     if not acc.is_main_process:
         return []
-    from prefalign.logging import JsonlSink, TensorBoardSink, WandbSink, trackers
+    from prefalign.logging import JsonlSink, TensorBoardSink, TrackioSink, WandbSink, trackers
 
     names = trackers(cfg.report_to, cfg.tensorboard)
     sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)]
@@ -76,6 +76,8 @@ def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     if "wandb" in names:
         sinks.append(WandbSink(out_dir, out_dir.resolve().name, to_dict(cfg)))
+    if "trackio" in names:
+        sinks.append(TrackioSink(out_dir.resolve().name, to_dict(cfg)))
     return sinks
 
 
