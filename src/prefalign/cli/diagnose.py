@@ -94,8 +94,8 @@ def run_inputs(args) -> dict:
             "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
             "max_prompt_length": prompt_length(cfg), "metrics": run / "metrics.jsonl", "summary": summary,
             "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run,
-            "split": args.split or cfg.data.eval_split, "train_split": cfg.data.split,
-            "dataset_config": args.dataset_config or cfg.data.dataset_config}
+            "split": getattr(args, "split", None) or cfg.data.eval_split, "train_split": cfg.data.split,
+            "dataset_config": getattr(args, "dataset_config", None) or cfg.data.dataset_config}
 
 
 def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
@@ -104,13 +104,13 @@ def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
 
     notes = []
     if inputs["data"]:
-        examples, rep = load_examples(inputs["data"], inputs["format"] or "auto", "skip", split=inputs["split"],
-                                      dataset_config=inputs["dataset_config"])
+        examples, rep = load_examples(inputs["data"], inputs["format"] or "auto", "skip", split=inputs.get("split", "test"),
+                                      dataset_config=inputs.get("dataset_config"))
         notes.append(f"data: `{inputs['data']}` ({rep.kept} rows kept, {sum(rep.skipped.values())} bad rows skipped)")
     else:
         # the run had no eval file: rebuild its seeded held-out split, which training never saw
         examples, rep = load_examples(inputs["train_data"], inputs["format"] or "auto", "skip",
-                                      split=inputs["train_split"], dataset_config=inputs["dataset_config"])
+                                      split=inputs.get("train_split", "train"), dataset_config=inputs.get("dataset_config"))
         _, examples = seeded_split(examples, inputs["eval_fraction"], inputs["split_seed"])
         notes.append(f"data: the run's held-out split of `{inputs['train_data']}` (fraction "
                      f"{inputs['eval_fraction']}, seed {inputs['split_seed']}): {len(examples)} examples")
@@ -147,7 +147,8 @@ def cmd_diagnose(args) -> int:
         inputs = {"model": args.model, "reference": args.reference, "base": args.reference, "data": args.data,
                   "format": args.format, "beta": args.beta, "max_length": 512, "max_prompt_length": 256,
                   "metrics": None, "summary": None, "output_dir": args.output_dir or "diagnostics", "objective": None,
-                  "run": None, "split": args.split or "test", "dataset_config": args.dataset_config}
+                  "run": None, "split": getattr(args, "split", None) or "test",
+                  "dataset_config": getattr(args, "dataset_config", None)}
     else:
         raise ValueError("give a run folder, or all of --model, --reference and --data")
     check_report_dir(Path(inputs["output_dir"]))  # before any model loads: the report replaces that folder
