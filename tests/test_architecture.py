@@ -45,6 +45,7 @@ LAYERS = {
     "prefalign.diagnostics": 3,
     "prefalign.online": 4,
     "prefalign.config": 5,
+    "prefalign.config_trl": 5,
     "prefalign.recipes": 5,
     "prefalign.run": 5,  # the public `from prefalign.run import train`: a re-export of recipes.policy
     "prefalign.cli": 6,

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -74,6 +75,19 @@ from prefalign.judges.lm import load_lm
 backbone = RewardBackbone("owner/tiny", max_length=32)
 out["backbone_equal"] = torch.equal(backbone.model.embed_tokens.weight, saved["model.embed_tokens.weight"])
 out["judge_equal"] = torch.equal(load_lm("owner/tiny")[0].lm_head.weight, saved["lm_head.weight"])
+from prefalign.judges import make_judge
+for judge in ("principle", "follow_up", "rubric"):  # LM judges take a pinned revision, and refuse an unknown one
+    made = make_judge(judge, path="owner/tiny", revision="%(commit)s")
+    # the rubric judge keeps its model inside its generate function: built at all is what it can show
+    model = getattr(made, "model", None)
+    out[judge + "_equal"] = model is None or torch.equal(model.lm_head.weight, saved["lm_head.weight"])
+    try:
+        make_judge(judge, path="owner/tiny", revision="v9")
+        out[judge + "_v9"] = None
+    except ModelNotFoundError as err:
+        out[judge + "_v9"] = str(err)
+pinned = RewardBackbone("owner/tiny", max_length=32, revision="%(commit)s")
+out["backbone_commit"] = pinned.commit
 for name, rev in (("owner/missing", None), ("owner/tiny", "v9")):
     try:
         load_model(name, revision=rev)
@@ -91,6 +105,10 @@ def test_hub_id_loads_offline_from_the_cache_and_errors_name_the_id(hub_cache, t
     assert got["commit"] == COMMIT and got["pinned_commit"] == COMMIT
     assert got["weights_equal"] and got["n_tensors"] > 0 and got["same_ids"]
     assert got["backbone_equal"] and got["judge_equal"]  # reward backbones and LM judges resolve ids too
+    assert got["backbone_commit"] == COMMIT
+    for judge in ("principle", "follow_up", "rubric"):
+        assert got[judge + "_equal"], judge
+        assert "'owner/tiny'" in got[judge + "_v9"] and "'v9'" in got[judge + "_v9"], judge
     missing = got["owner/missingNone"]
     assert missing and "'owner/missing'" in missing and "HF_HUB_OFFLINE" in missing
     assert "hf download owner/missing" in missing
@@ -141,3 +159,140 @@ def test_local_paths_are_never_taken_for_hub_ids(tmp_path):
     assert resolve_model(str(tmp_path)) == (str(tmp_path), None)
     with pytest.raises(ValueError, match="pins a Hugging Face Hub id only"):
         resolve_model(str(tmp_path), revision="main")
+
+
+def test_run_config_yaml_pins_the_resolved_commit_and_trains_again(hub_cache, tmp_path):
+    # asked for main (the default): config.yaml records the commit main resolved to, so training from it
+    # again reads the same weights even after main moves
+    out = run_train(hub_cache, tmp_path, "model=owner/tiny")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"# model_revision: main resolved to commit {COMMIT}" in text
+    saved = yaml.safe_load(text)
+    assert saved["model"] == "owner/tiny" and saved["model_revision"] == COMMIT
+    assert saved["reference_model_revision"] is None and saved["trust_remote_code"] is False
+    again = subprocess.run([sys.executable, "-m", "prefalign.cli", "train", str(tmp_path / "run" / "config.yaml"),
+                            f"output_dir={tmp_path / 'again'}"], capture_output=True, text=True, timeout=300,
+                           env=offline_env(hub_cache))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["model_commit"] == COMMIT
+
+
+def test_missing_builder_generator_or_judge_revision_is_one_clear_error(hub_cache, tmp_path):
+    out = run_train(hub_cache, tmp_path, "model=owner/tiny", "data.builder_generator=owner/tiny",
+                    "data.builder_generator_revision=v9")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "'owner/tiny' at revision 'v9'" in out.stderr and "HF_HUB_OFFLINE" in out.stderr
+    assert not (tmp_path / "run").exists()
+    build = subprocess.run([sys.executable, "-m", "prefalign.cli", "data", "build",
+                            str(ROOT / "tests/fixtures/hh_harmless_64.jsonl"), "--builder", "dedup",
+                            "--generator-model", "owner/absent", "--out", str(tmp_path / "out.jsonl")],
+                           capture_output=True, text=True, timeout=300, env=offline_env(hub_cache))
+    assert build.returncode == 1 and "Traceback" not in build.stderr
+    assert "'owner/absent'" in build.stderr and "hf download owner/absent" in build.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def run_train_rm(cache: Path, tmp_path: Path, *overrides) -> subprocess.CompletedProcess:
+    args = ["train-rm", f"data.train={ROOT / 'tests/fixtures/hh_harmless_64.jsonl'}", f"output_dir={tmp_path / 'rm'}",
+            "max_steps=2", "batch_size=4", "max_length=64", "progress=false", "data.eval_fraction=0.25", *overrides]
+    return subprocess.run([sys.executable, "-m", "prefalign.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=offline_env(cache))
+
+
+def test_train_rm_by_pinned_hub_id_records_the_commit(hub_cache, tmp_path):
+    out = run_train_rm(hub_cache, tmp_path, "backbone=owner/tiny", f"backbone_revision={COMMIT}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    assert summary["backbone_commit"] == COMMIT
+    assert yaml.safe_load((tmp_path / "rm" / "config.yaml").read_text())["backbone_revision"] == COMMIT
+    card = (tmp_path / "rm" / "final" / "README.md").read_text()
+    assert "base_model: owner/tiny" in card and f"at commit `{COMMIT}`" in card
+
+
+def test_train_rm_with_a_missing_backbone_id_offline_is_one_clear_error(hub_cache, tmp_path):
+    for overrides in (["backbone=owner/not-cached"], ["backbone=owner/tiny", "backbone_revision=v9"]):
+        out = run_train_rm(hub_cache, tmp_path, *overrides)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "HF_HUB_OFFLINE" in out.stderr and "cannot resolve model" in out.stderr
+        assert not (tmp_path / "rm").exists()
+
+
+# A model folder whose config names its own modelling code (auto_map), as remote-code repos do. Importing
+# that code leaves a marker file, so a test sees whether it ran; its classes subclass Llama's, so both
+# loads work and only the class name tells which code built the model.
+REMOTE_CODE = """import os
+from pathlib import Path
+
+from transformers import LlamaForCausalLM, LlamaModel
+
+Path(os.environ["REMOTE_CODE_MARKER"]).write_text("remote code ran")
+
+
+class MarkedLlamaForCausalLM(LlamaForCausalLM):
+    pass
+
+
+class MarkedLlamaModel(LlamaModel):
+    pass
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_code_model(tiny_model_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("remote-code-model")
+    for f in tiny_model_dir.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_marked.MarkedLlamaForCausalLM",
+                          "AutoModel": "modeling_marked.MarkedLlamaModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_marked.py").write_text(REMOTE_CODE)
+    return folder
+
+
+LOAD_REMOTE = """
+import json, os, sys
+from pathlib import Path
+from prefalign.models.causal_lm import load_model
+from prefalign.rewards.backbone import RewardBackbone
+marker, folder, trust = Path(os.environ["REMOTE_CODE_MARKER"]), sys.argv[1], sys.argv[2] == "trust"
+out = {"policy": type(load_model(folder, trust_remote_code=trust)).__name__,
+       "backbone": type(RewardBackbone(folder, trust_remote_code=trust).model).__name__}
+if not trust:
+    out["default_policy"] = type(load_model(folder)).__name__
+out["ran"] = marker.exists()
+print(json.dumps(out))
+"""
+
+
+def remote_env(tmp_path: Path) -> dict:
+    return {**offline_env(tmp_path / "empty-cache"), "REMOTE_CODE_MARKER": str(tmp_path / "marker"),
+            "HF_MODULES_CACHE": str(tmp_path / "modules")}
+
+
+@pytest.mark.parametrize("trust", ["default", "trust"])
+def test_trust_remote_code_reaches_from_pretrained_and_is_off_by_default(remote_code_model, tmp_path, trust):
+    out = subprocess.run([sys.executable, "-c", LOAD_REMOTE, str(remote_code_model), trust], capture_output=True,
+                         text=True, timeout=300, env=remote_env(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if trust == "trust":
+        assert got == {"policy": "MarkedLlamaForCausalLM", "backbone": "MarkedLlamaModel", "ran": True}
+    else:  # the repo's code never ran: transformers' own Llama classes built both models
+        assert got == {"policy": "LlamaForCausalLM", "backbone": "LlamaModel", "default_policy": "LlamaForCausalLM",
+                       "ran": False}
+
+
+def test_trust_remote_code_key_reaches_the_training_run(remote_code_model, tmp_path):
+    env = remote_env(tmp_path)
+    base = ["train", f"model={remote_code_model}", f"data.train={ROOT / 'tests/fixtures/hh_harmless_64.jsonl'}",
+            "max_steps=1", "batch_size=2", "max_length=64", "progress=false", "data.eval_fraction=0.1"]
+    off = subprocess.run([sys.executable, "-m", "prefalign.cli", *base, f"output_dir={tmp_path / 'off'}"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert not (tmp_path / "marker").exists()  # the default run never imported the repo's code
+    on = subprocess.run([sys.executable, "-m", "prefalign.cli", *base, f"output_dir={tmp_path / 'on'}",
+                         "trust_remote_code=true"], capture_output=True, text=True, timeout=300, env=env)
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert (tmp_path / "marker").read_text() == "remote code ran"

@@ -119,3 +119,46 @@ def test_push_offline_fails_with_a_message(trained_run, tmp_path, monkeypatch, c
     (tmp_path / "unfinished" / "config.yaml").write_text("objective: dpo\n")
     assert main(["push", str(tmp_path / "unfinished"), "--repo", "me/x", "--dry-run"]) == 1
     assert "no final/ folder" in capsys.readouterr().err
+
+
+RM_SUMMARY = {"objective": "reward model (bt)", "kind": "bt", "steps": 12, "backbone_commit": None,
+              "data": {"files": {"/data/pairs.jsonl": {"load": {"rows": 70, "kept": 66, "skipped": 4},
+                                                       "train": 60, "weight": 1.0}},
+                       "train_examples": 60, "eval_examples": 6},
+              "eval_start": {"eval/accuracy": 0.5}, "eval_end": {"eval/accuracy": 0.8333}}
+RM_CONFIG = {"backbone": "owner/encoder", "kind": "bt", "head_args": {}, "loss_args": {"center": 0.01},
+             "learning_rate": 2e-5, "batch_size": 8, "max_steps": 12, "seed": 1,
+             "data": {"train": "/data/pairs.jsonl", "eval": None, "eval_fraction": 0.1}}
+
+
+def test_reward_model_card_from_a_literal_summary():
+    from prefalign.recipes.model_card import reward_model_card
+    from prefalign.rewards.heads import get_reward_kind
+
+    meta, body = card_parts(reward_model_card(RM_SUMMARY, RM_CONFIG, version="1.2.3"))
+    assert meta == {"library_name": "transformers", "base_model": "owner/encoder",
+                    "tags": ["prefalign", "reward-model", "bt"]}
+    paper = get_reward_kind("bt").paper
+    assert paper and f"https://arxiv.org/abs/{paper}" in body
+    assert "base backbone: `owner/encoder`" in body and "prefalign 1.2.3" in body
+    assert "`/data/pairs.jsonl`: 70 rows read, 66 kept, 4 skipped, weight 1.0" in body
+    assert "seeded 0.1 split" in body and "60 train, 6 held-out" in body
+    assert table_row(body, "loss_args") == ["loss_args", '{"center": 0.01}']
+    assert table_row(body, "learning_rate") == ["learning_rate", "2e-05"]
+    assert table_row(body, "eval/accuracy") == ["eval/accuracy", "0.5", "0.8333"]
+
+
+def test_train_rm_writes_its_card_inside_final(tiny_model_dir, tmp_path):
+    from prefalign.recipes.reward_model import load_reward_config, train_reward_model
+
+    out = tmp_path / "rm"
+    summary = train_reward_model(load_reward_config(None, [
+        f"backbone={tiny_model_dir}", f"data.train={HH}", f"output_dir={out}", "max_steps=2", "batch_size=4",
+        "max_length=64", "progress=false", "data.eval_fraction=0.25"]))
+    meta, body = card_parts((out / "final" / "README.md").read_text())
+    assert "base_model" not in meta  # a local folder is not a Hub id
+    assert f"`{tiny_model_dir}`" in body and "Trained for 2 optimizer steps." in body
+    start, end = summary["eval_start"], summary["eval_end"]
+    for name in start:  # the held-out table is the run's own before/after numbers
+        assert table_row(body, name)[1:] == [f"{start[name]:.6g}", f"{end[name]:.6g}"]
+    assert not list(tmp_path.glob(".final*"))  # written in the atomic save: no temporary folder left

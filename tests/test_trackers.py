@@ -1,4 +1,4 @@
-"""report_to names the metric trackers: jsonl always, tensorboard and wandb on request (tensorboard: true
+"""report_to names the metric trackers: jsonl always, tensorboard, wandb and trackio on request (tensorboard: true
 is the older spelling); an unknown tracker or one whose package is missing fails at config time, naming it.
 wandb runs in its offline mode only: its values are read back from the run's local .wandb file."""
 
@@ -45,7 +45,7 @@ def test_default_writes_only_jsonl(tiny_model_dir, tmp_path):
 
 
 def test_unknown_or_missing_tracker_fails_at_config_time(tiny_model_dir, tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; available: jsonl, tensorboard, wandb"):
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'; available: jsonl, tensorboard, wandb, trackio"):
         load_config(None, overrides(tiny_model_dir, tmp_path / "run", "report_to=[tensorbord]"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
@@ -104,4 +104,29 @@ def test_report_to_wandb_offline_logs_name_config_and_steps(tiny_model_dir, tmp_
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 assert history[row["step"]][key] == pytest.approx(value, rel=1e-6), (row["step"], key)
+    assert any("loss" in r for r in rows) and any("eval/loss" in r for r in rows)
+
+
+def test_report_to_trackio_logs_name_config_and_steps_locally(tiny_model_dir, tmp_path, monkeypatch):
+    # trackio reads TRACKIO_DIR when it is imported: set it first, so the run's SQLite file lands in tmp_path
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    monkeypatch.setenv("TRACKIO_PROJECT", "prefalign-test")
+    monkeypatch.delenv("TRACKIO_SPACE_ID", raising=False)
+    monkeypatch.delenv("TRACKIO_SERVER_URL", raising=False)
+    pytest.importorskip("trackio", reason="trackio is not installed (optional extra: pip install 'prefalign[trackio]')")
+    from trackio.sqlite_storage import SQLiteStorage
+
+    out = tmp_path / "my-run"
+    train(load_config(None, overrides(tiny_model_dir, out, "report_to=[trackio]", "learning_rate=1e-3")))
+    assert (tmp_path / "trackio" / "prefalign-test.db").is_file()
+    config = SQLiteStorage.get_run_config("prefalign-test", "my-run")
+    assert config["objective"] == "dpo" and config["learning_rate"] == 1e-3 and config["max_steps"] == 2
+    logged = {}
+    for entry in SQLiteStorage.get_logs("prefalign-test", "my-run"):
+        logged.setdefault(entry["step"], {}).update(entry)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # every logged row, train and eval, arrives at its step with its values
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                assert logged[row["step"]][key] == pytest.approx(value, rel=1e-6), (row["step"], key)
     assert any("loss" in r for r in rows) and any("eval/loss" in r for r in rows)

@@ -62,6 +62,7 @@ class DataConfig:
                                             "minilm or a local encoder folder")
     builder_generator: str | None = opt(None, "local model folder or Hub id that generates for builders (d2o_negatives "
                                               "samples, longpo_short_to_long, magpie, urial)")
+    builder_generator_revision: str | None = opt(None, "Hub branch, tag or commit that pins data.builder_generator")
     max_examples: int | None = opt(None, "use only the first N training examples (quick runs)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     contrast_better: str = opt(CONTRAST_BETTER, "T-REG: the 'revise to be better' prompt; {prompt} becomes the "
@@ -105,7 +106,8 @@ class LoopConfig:
     mixed_precision: str = opt("no", "accelerate mixed precision: no | bf16 | fp16")
     tensorboard: bool = opt(False, "also write TensorBoard event files (the same as report_to: [jsonl, tensorboard])")
     report_to: list = opt(["jsonl"], "metric trackers: jsonl (metrics.jsonl, always written) | tensorboard "
-                                     "(output_dir/tensorboard) | wandb (run named after output_dir, with the config)")
+                                     "(output_dir/tensorboard) | wandb | trackio (both: a run named after "
+                                     "output_dir, with the config)")
     progress: bool = opt(True, "show a progress bar")
 
 
@@ -125,6 +127,9 @@ class TrainConfig(LoopConfig):
     reference_model: str | None = opt(None, "local folder or Hub id of the reference policy (frozen or "
                                             "precomputed); unset: the policy's own initial weights")
     reference_model_revision: str | None = opt(None, "Hub branch, tag or commit that pins `reference_model`")
+    trust_remote_code: bool = opt(False, "run modelling code shipped with model, reference_model or "
+                                         "data.builder_generator (a config's auto_map): only for repos you trust; "
+                                         "off: transformers' own classes only")
     precompute_ref: bool = opt(False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str = opt("~/.cache/prefalign/reference", "where precomputed reference log-probs are cached")
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
@@ -370,8 +375,9 @@ def to_dict(cfg) -> dict:
     return {f.name: values[f.name] for f in ordered_fields(type(cfg))}
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+def save_config(cfg: TrainConfig, path: Path, header: str = "") -> None:
+    """config.yaml; header: comment lines written above the keys (e.g. which commit a Hub id resolved to)."""
+    path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
 def help_rows(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:

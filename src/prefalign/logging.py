@@ -1,4 +1,5 @@
-"""Metric sinks: metrics.jsonl, the console, TensorBoard and Weights & Biases (report_to). Only the main process writes."""
+"""Metric sinks: metrics.jsonl, the console, TensorBoard, Weights & Biases and Trackio (report_to). Only the main
+process writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 # report_to's trackers -> (the module a sink imports, the pip package that provides it);
 # metrics.jsonl is always written: run folder tools (diagnose, quickstart's curve) read it
-TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+TRACKERS = {"jsonl": (None, None), "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "trackio": ("trackio", "trackio")}
 
 
 def trackers(report_to: list, tensorboard: bool = False) -> list[str]:
@@ -64,6 +66,27 @@ class WandbSink:
 
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "prefalign"), name=name, config=config,
                               dir=str(folder))
+
+    def log(self, step: int, metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if numbers:
+            self.run.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TrackioSink:
+    """A Trackio run named after the run folder, with the resolved config. It follows Trackio's own settings:
+    local by default (a SQLite file under TRACKIO_DIR, default HF_HOME/trackio), TRACKIO_PROJECT for the
+    project (default prefalign), and TRACKIO_SPACE_ID to log to a Hugging Face Space instead."""
+
+    def __init__(self, name: str, config: dict):
+        import os
+
+        import trackio
+
+        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", "prefalign"), name=name, config=config)
 
     def log(self, step: int, metrics: dict) -> None:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -45,15 +45,15 @@ def build_context(args):
 
         context.encoder = SentenceEncoder(None if args.encoder == "minilm" else args.encoder)
     if args.generator_model:
-        context.generator = local_model(args.generator_model)
+        context.generator = local_model(args.generator_model, args.generator_revision)
     return context
 
 
-def local_model(folder: str):
+def local_model(folder: str, revision: str | None = None):
     from prefalign.data.builders.synth import LocalModel
     from prefalign.models.causal_lm import load_model, load_tokenizer
 
-    return LocalModel(load_model(folder).eval(), load_tokenizer(folder))
+    return LocalModel(load_model(folder, revision=revision).eval(), load_tokenizer(folder, revision))
 
 
 def print_table(title: str, rows: dict) -> None:
@@ -81,12 +81,13 @@ def cmd_build(args) -> int:
     from prefalign.data.formats.readers import load_examples
     from prefalign.data.formats.writers import write_examples
 
-    if Path(args.out).resolve() == Path(args.input).resolve():
+    if Path(args.input).exists() and Path(args.out).resolve() == Path(args.input).resolve():
         # the output replaces its file atomically: written over the input, the source data would be gone
         raise ValueError(f"--out {args.out} is the input file; write the built data to another file")
     specs = builder_specs(args)
     check_builders(specs)  # names and parameters, before any model is loaded
-    examples, load_report = load_examples(args.input, args.format, args.on_bad_row)
+    examples, load_report = load_examples(args.input, args.format, args.on_bad_row, split=args.split,
+                                          dataset_config=args.dataset_config)
     if load_report.skipped or load_report.merged_lists:
         print_table(f"{args.input}: {load_report.kept} of {load_report.rows} rows read", load_report.as_dict())
     out, reports = run_builders(examples, specs, build_context(args))
@@ -127,8 +128,8 @@ def cmd_inspect(args) -> int:
         from prefalign.models.causal_lm import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
-    stats, series = inspect_file(args.file, tokenizer)
-    stem = Path(args.file).name.split(".")[0]
+    stats, series = inspect_file(args.file, tokenizer, args.split, args.dataset_config)
+    stem = Path(stats["file"]).name.split(".")[0].replace(":", "-")  # a dataset's label is folder:split
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_series(series, out_dir / f"{stem}.inspect.png", Path(args.file).name)
@@ -213,12 +214,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def split_options(parser) -> None:
+    parser.add_argument("--split", default="train", help="split of a Hub dataset id or DatasetDict folder "
+                                                         "(id:split wins; default train)")
+    parser.add_argument("--dataset-config", default=None, help="Hub dataset config (subset) name")
+
+
 def add_commands(sub) -> None:
     data = sub.add_parser("data", help="build, list and inspect data (builders, Magpie synthesis)")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION")
     data.set_defaults(fn=lambda args: data.print_help() or 2)
     b = actions.add_parser("build", help="run data builders on a file and write the result")
-    b.add_argument("input", help="data file (any format `prefalign train` reads)")
+    b.add_argument("input", help="data file (any format `prefalign train` reads), save_to_disk folder or Hub "
+                                 "dataset id (owner/name or owner/name:split)")
+    split_options(b)
     b.add_argument("--builder", help="a registered builder (`prefalign data list`)")
     b.add_argument("--param", action="append", metavar="K=V", help="a parameter of --builder (repeatable)")
     b.add_argument("--builders-yaml", help="YAML list of {name: ..., params} steps (or a `builders:` key)")
@@ -228,14 +237,17 @@ def add_commands(sub) -> None:
     b.add_argument("--judge", help="judge for builders that need one (prefalign.judges registry name)")
     b.add_argument("--judge-arg", action="append", metavar="K=V", help="judge constructor argument (repeatable)")
     b.add_argument("--encoder", help="sentence encoder: minilm or a local folder")
-    b.add_argument("--generator-model", help="local HF model folder for builders that generate (magpie, urial)")
+    b.add_argument("--generator-model", help="local HF model folder or Hub id for builders that generate (magpie, "
+                                             "urial)")
+    b.add_argument("--generator-revision", help="Hub branch, tag or commit that pins --generator-model")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(fn=cmd_build)
     lst = actions.add_parser("list", help="the registered data builders with paper and parameters")
     lst.add_argument("--markdown", action="store_true", help="print a Markdown table")
     lst.set_defaults(fn=cmd_list)
     i = actions.add_parser("inspect", help="schema, counts, lengths, duplicates, label balance, score gaps + plot")
-    i.add_argument("file")
+    i.add_argument("file", help="data file, save_to_disk folder or Hub dataset id (owner/name[:split])")
+    split_options(i)
     i.add_argument("--tokenizer", help="local tokenizer/model folder: also count tokens")
     i.add_argument("--out-dir", default=".", help="where FILE.inspect.png and FILE.inspect.json go")
     i.set_defaults(fn=cmd_inspect)

@@ -35,6 +35,9 @@ def add_commands(sub) -> None:
     p.add_argument("--reference", help="reference model folder (default: the run's base model)")
     p.add_argument("--data", help="preference pairs file (default: the run's held-out data)")
     p.add_argument("--format", default=None, help="data format (default: the run's, else auto)")
+    p.add_argument("--split", default=None, help="split of --data when it is a Hub dataset id or a DatasetDict "
+                   "folder (id:split wins; default: the run's data.eval_split, else test)")
+    p.add_argument("--dataset-config", default=None, help="Hub dataset config of --data (default: the run's)")
     p.add_argument("--judge", help="registered judge name (win rate, calibration, judge factors)")
     p.add_argument("--judge-arg", action="append", default=[], metavar="K=V", help="judge keyword argument (YAML value)")
     p.add_argument("--factor", action="append", default=[], metavar="SPEC",
@@ -98,7 +101,9 @@ def run_inputs(args, run: Path | None = None) -> dict:
             "eval_fraction": cfg.data.eval_fraction, "split_seed": cfg.seed, "format": args.format or cfg.data.format,
             "beta": args.beta if args.beta is not None else beta, "max_length": cfg.max_length,
             "max_prompt_length": prompt_length(cfg), "metrics": run / "metrics.jsonl", "summary": summary,
-            "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run}
+            "output_dir": args.output_dir or str(run / "diagnostics"), "objective": cfg.objective, "run": run,
+            "split": getattr(args, "split", None) or cfg.data.eval_split, "train_split": cfg.data.split,
+            "dataset_config": getattr(args, "dataset_config", None) or cfg.data.dataset_config}
 
 
 def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
@@ -107,11 +112,13 @@ def load_pairs(inputs: dict, n: int) -> tuple[list, list[str]]:
 
     notes = []
     if inputs["data"]:
-        examples, rep = load_examples(inputs["data"], inputs["format"] or "auto", "skip")
+        examples, rep = load_examples(inputs["data"], inputs["format"] or "auto", "skip", split=inputs.get("split", "test"),
+                                      dataset_config=inputs.get("dataset_config"))
         notes.append(f"data: `{inputs['data']}` ({rep.kept} rows kept, {sum(rep.skipped.values())} bad rows skipped)")
     else:
         # the run had no eval file: rebuild its seeded held-out split, which training never saw
-        examples, rep = load_examples(inputs["train_data"], inputs["format"] or "auto", "skip")
+        examples, rep = load_examples(inputs["train_data"], inputs["format"] or "auto", "skip",
+                                      split=inputs.get("train_split", "train"), dataset_config=inputs.get("dataset_config"))
         _, examples = seeded_split(examples, inputs["eval_fraction"], inputs["split_seed"])
         notes.append(f"data: the run's held-out split of `{inputs['train_data']}` (fraction "
                      f"{inputs['eval_fraction']}, seed {inputs['split_seed']}): {len(examples)} examples")
@@ -152,7 +159,8 @@ def cmd_diagnose(args) -> int:
         inputs = {"model": args.model, "reference": args.reference, "base": args.reference, "data": args.data,
                   "format": args.format, "beta": args.beta, "max_length": 512, "max_prompt_length": 256,
                   "metrics": None, "summary": None, "output_dir": args.output_dir or "diagnostics", "objective": None,
-                  "run": None}
+                  "run": None, "split": getattr(args, "split", None) or "test",
+                  "dataset_config": getattr(args, "dataset_config", None)}
     else:
         raise ValueError("give a run folder, or all of --model, --reference and --data")
     check_report_dir(Path(inputs["output_dir"]))  # before any model loads: the report replaces that folder

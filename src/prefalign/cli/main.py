@@ -29,7 +29,16 @@ def cmd_train(args) -> int:
     from prefalign.recipes.policy import train, train_curriculum
 
     config, overrides = split_config_arg(args.config, args.overrides)
-    cfg = load_config(config, overrides + (["resume=true"] if args.resume else []))
+    overrides += ["resume=true"] if args.resume else []
+    if args.from_trl:
+        from prefalign.config_trl import load_trl_config, render
+
+        if config:
+            raise ValueError(f"give either a prefalign config ({config}) or --from-trl {args.from_trl}, not both")
+        cfg, mapping = load_trl_config(args.from_trl, overrides, args.trl_trainer)
+        print(render(mapping, args.from_trl), flush=True)
+    else:
+        cfg = load_config(config, overrides)
     summary = (train_curriculum if cfg.data.curriculum_stages else train)(cfg)
     print_summary(summary)
     return 0
@@ -109,9 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefalign", description="Preference alignment for local causal LMs.",
                                      epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_config_command(sub, "train", "train a policy on preference data",
-                       "Train with CONFIG.yaml; override any key with key=value (dotted for nesting).",
-                       options_table(), "beta=0.2 data.train=pairs.jsonl", cmd_train)
+    p = add_config_command(sub, "train", "train a policy on preference data",
+                           "Train with CONFIG.yaml; override any key with key=value (dotted for nesting).",
+                           options_table(), "beta=0.2 data.train=pairs.jsonl", cmd_train)
+    p.add_argument("--from-trl", metavar="TRL.yaml", help="train a TRL DPO/CPO/ORPO/KTO config (as `trl dpo --config` "
+                   "reads it): prints the prefalign config it maps to and every TRL key it cannot map, then trains; "
+                   "key=value overrides apply on top")
+    p.add_argument("--trl-trainer", choices=("dpo", "cpo", "orpo", "kto"), default=None,
+                   help="which TRL trainer the --from-trl config is for (default: cpo with cpo_alpha/simpo_gamma, "
+                        "kto with desirable/undesirable_weight, else dpo; orpo must be named)")
     p = sub.add_parser("objectives", help="list the registered objectives")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's)")
     p.set_defaults(fn=cmd_objectives)

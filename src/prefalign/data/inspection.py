@@ -20,7 +20,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from prefalign.data.formats.readers import iter_rows, load_examples
+from prefalign.data.formats.hub import is_dataset_source
+from prefalign.data.formats.readers import load_examples, source_rows
 from prefalign.data.records import DataError, detect_format
 
 
@@ -43,22 +44,26 @@ def share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def inspect_file(path: str | Path, tokenizer=None) -> tuple[dict, dict]:
-    path = Path(path)
-    if not path.exists():
+def inspect_file(path: str | Path, tokenizer=None, split: str = "train",
+                 dataset_config: str | None = None) -> tuple[dict, dict]:
+    """A data file, a save_to_disk folder or a Hub dataset id (`split`, `dataset_config` pick its part)."""
+    dataset = not Path(path).is_file() and is_dataset_source(str(path))
+    path = str(path) if dataset else Path(path)
+    if not dataset and not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
-    if [s for s in path.suffixes if s != ".gz"][-1:] == [".txt"]:
+    if not dataset and [s for s in path.suffixes if s != ".gz"][-1:] == [".txt"]:
         return inspect_text(path)
-    first = next((row for _, row in iter_rows(path) if isinstance(row, dict)), None)
+    label, rows = source_rows(path, split, dataset_config)
+    first = next((row for _, row in rows if isinstance(row, dict)), None)
     if first is None:
-        raise ValueError(f"{path}: no readable JSON object rows")
+        raise ValueError(f"{label}: no readable JSON object rows")
     try:
-        fmt = detect_format(first, str(path))
-        examples, report = load_examples(path, fmt, on_bad_row="skip")
+        fmt = detect_format(first, label)
+        examples, report = load_examples(path, fmt, on_bad_row="skip", split=split, dataset_config=dataset_config)
     except (DataError, ValueError):
-        return inspect_raw(path)
+        return inspect_raw(path, split, dataset_config)
     stats, series = example_stats(examples, tokenizer)
-    return {"file": str(path), "detected": fmt, "schema": sorted(first), **report.as_dict(), **stats}, series
+    return {"file": label, "detected": fmt, "schema": sorted(first), **report.as_dict(), **stats}, series
 
 
 def example_stats(examples: list, tokenizer=None) -> tuple[dict, dict]:
@@ -144,9 +149,10 @@ def tree_stats(root: dict) -> tuple[int, int, list[int]]:
     return messages, depth, sets
 
 
-def inspect_raw(path: Path) -> tuple[dict, dict]:
+def inspect_raw(path, split: str = "train", dataset_config: str | None = None) -> tuple[dict, dict]:
     fields, types, lengths, numbers, bad, rows = Counter(), {}, {}, {}, Counter(), []
-    for row_no, row in iter_rows(path):
+    path, found = source_rows(path, split, dataset_config)
+    for row_no, row in found:
         if isinstance(row, DataError) or not isinstance(row, dict):
             bad[row.reason if isinstance(row, DataError) else f"not an object ({type(row).__name__})"] += 1
             continue

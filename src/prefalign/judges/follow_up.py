@@ -58,12 +58,14 @@ class FollowUpJudge(Judge):
 
     def __init__(self, path: str | None = None, model=None, tokenizer=None, positive=POSITIVE_FOLLOW_UPS,
                  negative=NEGATIVE_FOLLOW_UPS, per_token: bool = True, chat: bool | None = None,
-                 batch_size: int = 8, temperature: float = 1.0, device: str = "cpu"):
+                 batch_size: int = 8, temperature: float = 1.0, device: str = "cpu",
+                 revision: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         self.positive, self.negative = [str(f) for f in positive], [str(f) for f in negative]
         if not self.positive or not self.negative:
             raise ValueError("follow_up needs at least one positive and one negative follow-up")
-        self.model, self.tokenizer = load_lm(path, model, tokenizer, device=device)
+        self.model, self.tokenizer = load_lm(path, model, tokenizer, device=device, revision=revision,
+                                             trust_remote_code=trust_remote_code)
         self.chat = uses_chat_template(self.tokenizer, chat)
         self.per_token, self.batch_size, self.temperature = per_token, batch_size, temperature
 

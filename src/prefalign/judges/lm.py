@@ -11,15 +11,18 @@ import torch
 from prefalign.logps import lean_path_supported, token_logps
 
 
-def load_lm(path: str | None, model=None, tokenizer=None, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer): the objects given, else both loaded from `path` (a local folder or Hub id)."""
+def load_lm(path: str | None, model=None, tokenizer=None, dtype: str = "float32", device: str = "cpu",
+            revision: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer): the objects given, else both loaded from `path` (a local folder or Hub id,
+    pinned by `revision`; the judge's own modelling code runs only with trust_remote_code=True)."""
     if model is not None and tokenizer is not None:
         return model, tokenizer
     if path is None:
         raise ValueError("an LM judge needs path= (a local HF model folder or Hub id) or both model= and tokenizer=")
     from prefalign.models.causal_lm import load_model, load_tokenizer
 
-    return load_model(str(path), dtype=dtype).to(device).eval(), load_tokenizer(str(path))
+    model = load_model(str(path), dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), load_tokenizer(str(path), revision, trust_remote_code)
 
 
 def uses_chat_template(tokenizer, chat: bool | None) -> bool:

@@ -59,10 +59,12 @@ class PrincipleJudge(Judge):
     """SALMON-style principle-following preference from a judge LM's choice log-probs (arXiv:2310.05910)."""
 
     def __init__(self, path: str | None = None, model=None, tokenizer=None, principles=None, swap: bool = True,
-                 chat: bool | None = None, batch_size: int = 8, temperature: float = 1.0, device: str = "cpu"):
+                 chat: bool | None = None, batch_size: int = 8, temperature: float = 1.0, device: str = "cpu",
+                 revision: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         self.principles = load_principles(principles)
-        self.model, self.tokenizer = load_lm(path, model, tokenizer, device=device)
+        self.model, self.tokenizer = load_lm(path, model, tokenizer, device=device, revision=revision,
+                                             trust_remote_code=trust_remote_code)
         self.chat = uses_chat_template(self.tokenizer, chat)
         self.swap, self.batch_size, self.temperature = swap, batch_size, temperature
 

@@ -221,21 +221,24 @@ class RubricJudge(Judge):
     def __init__(self, path: str | None = None, model=None, tokenizer=None, generate_fn: Callable | None = None,
                  rubric=None, compare_mode: str = "scores", swap: bool = True, max_new_tokens: int = 256,
                  batch_size: int = 4, chat: bool | None = None, temperature: float = 1.0, progress: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", revision: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         if compare_mode not in ("scores", "relative"):
             raise ValueError(f"compare_mode must be 'scores' or 'relative', got {compare_mode!r}")
         self.rubric = Rubric.load(rubric)
         self.compare_mode, self.swap, self.temperature = compare_mode, swap, temperature
         if generate_fn is None:
-            generate_fn = self.lm_generator(path, model, tokenizer, max_new_tokens, batch_size, chat, progress, device)
+            generate_fn = self.lm_generator(path, model, tokenizer, max_new_tokens, batch_size, chat, progress,
+                                             device, revision, trust_remote_code)
         self.generate_fn = generate_fn
 
     @staticmethod
-    def lm_generator(path, model, tokenizer, max_new_tokens, batch_size, chat, progress, device) -> Callable:
+    def lm_generator(path, model, tokenizer, max_new_tokens, batch_size, chat, progress, device,
+                     revision=None, trust_remote_code=False) -> Callable:
         from prefalign.models.generation import GenerateSettings, generate
 
-        model, tokenizer = load_lm(path, model, tokenizer, device=device)
+        model, tokenizer = load_lm(path, model, tokenizer, device=device, revision=revision,
+                                   trust_remote_code=trust_remote_code)
         as_chat = uses_chat_template(tokenizer, chat)
         # greedy: a judge's verdict should not depend on a sampling seed
         settings = GenerateSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size,

@@ -27,11 +27,11 @@ from prefalign.logps import place, response_forward, token_kl, token_logps
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(path: str, revision: str | None = None):
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    folder, _ = resolve_model(path, revision)
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    folder, _ = resolve_model(path, revision, trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     if tok.pad_token_id is None:
         # padding positions are masked everywhere, so any id works; EOS is the usual choice
         tok.pad_token = tok.eos_token
@@ -42,15 +42,17 @@ def load_tokenizer(path: str, revision: str | None = None):
 
 
 def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False,
-               revision: str | None = None):
+               revision: str | None = None, trust_remote_code: bool = False):
+    """A causal LM from a folder or Hub id. trust_remote_code=True runs modelling code shipped with the
+    model (a config's auto_map); off by default, so only transformers' own classes ever load."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     # a Hub id becomes its cached snapshot folder here; from_pretrained then reads that folder only
-    folder, _ = resolve_model(path, revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=DTYPES[dtype], trust_remote_code=False, local_files_only=True, use_safetensors=True)
+    folder, _ = resolve_model(path, revision, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                 local_files_only=True, use_safetensors=True)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

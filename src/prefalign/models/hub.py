@@ -12,6 +12,8 @@ from pathlib import Path
 
 # what loading a config, tokenizer, chat template and safetensors weights reads; nothing else
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+# a repo's own modelling code: fetched only when the user sets trust_remote_code (it runs on load)
+REMOTE_CODE_FILES = ["*.py"]
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -26,9 +28,11 @@ def looks_like_repo_id(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) is not None
 
 
-def resolve_model(name_or_path: str, revision: str | None = None) -> tuple[str, str | None]:
+def resolve_model(name_or_path: str, revision: str | None = None,
+                  trust_remote_code: bool = False) -> tuple[str, str | None]:
     """(local folder, commit hash) of a model: an existing folder as is (commit None), else a Hub id
-    resolved through the standard cache (commit: the snapshot's 40-hex commit)."""
+    resolved through the standard cache (commit: the snapshot's 40-hex commit). Python files are
+    fetched only with trust_remote_code=True."""
     name = str(name_or_path)
     if Path(name).expanduser().is_dir():
         if revision:
@@ -42,7 +46,8 @@ def resolve_model(name_or_path: str, revision: str | None = None) -> tuple[str, 
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(name, revision=revision, allow_patterns=MODEL_FILES)
+        patterns = MODEL_FILES + (REMOTE_CODE_FILES if trust_remote_code else [])
+        folder = snapshot_download(name, revision=revision, allow_patterns=patterns)
     except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError) as err:
         raise ModelNotFoundError(not_found_message(name, revision, constants.HF_HUB_OFFLINE, err)) from None
     commit = Path(folder).name

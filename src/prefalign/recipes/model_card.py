@@ -115,3 +115,53 @@ def model_card(summary: dict, cfg_dict: dict, version: str | None = None) -> str
              *data_section(summary, cfg_dict), "", *hyper_section(summary, cfg_dict), "",
              *metrics_section(summary)]
     return "\n".join(lines) + "\n"
+
+
+# train-rm's hyper-parameters, in the order its card shows them
+RM_HYPER_KEYS = ("kind", "head_args", "loss_args", "learning_rate", "head_learning_rate", "lr_scheduler",
+                 "warmup_ratio", "weight_decay", "max_grad_norm", "batch_size", "gradient_accumulation_steps",
+                 "max_steps", "max_length", "max_response_length", "seed", "mixed_precision")
+
+
+def rm_data_section(summary: dict, cfg: dict) -> list[str]:
+    data, report = cfg.get("data") or {}, summary.get("data") or {}
+    lines = ["## Data", ""]
+    for source, info in (report.get("files") or {}).items():
+        read = info.get("load") or {}
+        role = "held-out" if source == "eval" else "training"
+        name = data.get("eval") if source == "eval" else source
+        lines.append(f"- {role} data `{name}`: {read.get('rows')} rows read, {read.get('kept')} kept, "
+                     f"{read.get('skipped')} skipped" + (f", weight {info['weight']}" if "weight" in info else ""))
+    if not data.get("eval"):
+        lines.append(f"- held-out: a seeded {data.get('eval_fraction')} split of each training file")
+    if "train_examples" in report:
+        lines.append(f"- examples: {report['train_examples']} train, {report.get('eval_examples')} held-out")
+    return lines
+
+
+def reward_model_card(summary: dict, cfg: dict, version: str | None = None) -> str:
+    """final/README.md for a train-rm run: the backbone, the head and loss with their paper, data,
+    hyper-parameters and held-out metrics before and after, like the policy card."""
+    from prefalign.rewards.heads import get_reward_kind
+
+    kind = get_reward_kind(cfg["kind"])
+    base = hub_id(cfg.get("backbone"))
+    data = cfg.get("data") or {}
+    datasets = [d for d in (hub_id(data.get("train")), hub_id(data.get("eval"))) if d]
+    meta = ["---", "library_name: transformers", *([f"base_model: {base}"] if base else []),
+            "tags:", "- prefalign", "- reward-model", f"- {kind.name}",
+            *(["datasets:", *[f"- {d}" for d in dict.fromkeys(datasets)]] if datasets else []), "---"]
+    commit = summary.get("backbone_commit")
+    hyper = ["## Hyper-parameters", "", "| key | value |", "|---|---|"]
+    for key in RM_HYPER_KEYS:
+        if cfg.get(key) not in (None, {}):
+            value = cfg[key]
+            hyper.append(f"| {key} | {json.dumps(value) if isinstance(value, (dict, list)) else number(value)} |")
+    lines = ["\n".join(meta), "", f"# {kind.name} reward model on {cfg.get('backbone')}", "",
+             f"Trained with prefalign {version or prefalign_version()} (`prefalign train-rm`).", "",
+             "## Model", "", f"- base backbone: `{cfg.get('backbone')}`" + (f" at commit `{commit}`" if commit else ""),
+             f"- head and loss: `{kind.name}` ({kind.head.__name__}, {kind.loss.__name__}): {kind.summary.rstrip('.')}. "
+             f"Paper: [arXiv:{kind.paper}](https://arxiv.org/abs/{kind.paper}).",
+             f"- reads: {kind.data}", "",
+             *rm_data_section(summary, cfg), "", *hyper, "", *metrics_section(summary)]
+    return "\n".join(lines) + "\n"

@@ -155,8 +155,9 @@ def builder_context(cfg: TrainConfig) -> BuildContext:
     if cfg.data.builder_generator:
         from prefalign.data.builders.synth import LocalModel
 
-        context.generator = LocalModel(load_model(cfg.data.builder_generator).eval(),
-                                       load_tokenizer(cfg.data.builder_generator))
+        name, revision, trust = cfg.data.builder_generator, cfg.data.builder_generator_revision, cfg.trust_remote_code
+        context.generator = LocalModel(load_model(name, revision=revision, trust_remote_code=trust).eval(),
+                                       load_tokenizer(name, revision, trust))
     return context
 
 
@@ -255,7 +256,8 @@ def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_se
     log-probs in precomputed mode), cache hit, precompute seconds)."""
     reference, cache_hit, precompute_s = None, None, None
     # the reference is the policy's own initial weights unless reference_model names another folder
-    ref_source = load_model(cfg.reference_model, cfg.dtype, revision=cfg.reference_model_revision) \
+    ref_source = load_model(cfg.reference_model, cfg.dtype, revision=cfg.reference_model_revision,
+                            trust_remote_code=cfg.trust_remote_code) \
         if cfg.reference_model and mode in (
         "frozen", "precomputed") else model
     if mode == "frozen":
@@ -304,14 +306,18 @@ def train(cfg: TrainConfig) -> dict:
     """Run one training job; returns the summary also written to output_dir/summary.json."""
     started = time.time()
     # resolved first: a Hub id missing offline fails before a run folder exists, and the commit is recorded
-    commits = {"model_commit": resolve_model(cfg.model, cfg.model_revision)[1],
-               "reference_model_commit": resolve_model(cfg.reference_model, cfg.reference_model_revision)[1]
+    trust = cfg.trust_remote_code
+    commits = {"model_commit": resolve_model(cfg.model, cfg.model_revision, trust)[1],
+               "reference_model_commit": resolve_model(cfg.reference_model, cfg.reference_model_revision, trust)[1]
                if cfg.reference_model else None}
+    if cfg.data.builder_generator:  # a generator id missing offline fails here too, before the run folder
+        resolve_model(cfg.data.builder_generator, cfg.data.builder_generator_revision, trust)
     acc, out_dir, earlier = start_run(cfg, "train")
     obj, params, mode = setup_objective(cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.model_revision)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_revision, cfg.trust_remote_code)
     train_set, eval_set, data_report = load_data(cfg, obj, tokenizer)
-    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision)
+    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision,
+                       trust_remote_code=cfg.trust_remote_code)
     for supplier in for_features(obj.features):
         supplier.check_model(model)  # e.g. activation masks hook the Llama layout only: fail before training
     reference, train_set, eval_set, cache_hit, precompute_s = setup_reference(cfg, mode, model, acc, tokenizer,
@@ -323,7 +329,8 @@ def train(cfg: TrainConfig) -> dict:
     policy, optimizer = acc.prepare(policy, optimizer)
     pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
     trainee = PolicyTrainee(acc, policy, obj, params, reference, tokenizer, pad_multiple)
-    open_run_folder(acc, cfg, out_dir, earlier)
+    open_run_folder(acc, cfg, out_dir, earlier, {"model_revision": commits["model_commit"],
+                                                 "reference_model_revision": commits["reference_model_commit"]})
     sinks = metric_sinks(acc, out_dir, cfg)
     best = keep_best(cfg, trainee, acc, out_dir)
     overopt = overopt_callback(cfg, eval_set, trainee, lambda step, m: [s.log(step, m) for s in sinks], bool(best))

@@ -17,6 +17,8 @@ import torch
 
 from prefalign.config import ConfigError, LoopConfig, build, opt, read_tree, to_dict, validate_loop
 from prefalign.data.formats.readers import seeded_split
+from prefalign.models.hub import resolve_model
+from prefalign.recipes.model_card import reward_model_card
 from prefalign.rewards.backbone import RewardBackbone
 from prefalign.rewards.data import MARGINS, build_batch, load_pairs, load_ratings, load_steps, rating_stats
 from prefalign.rewards.heads import REWARD_KINDS, get_reward_kind
@@ -28,10 +30,16 @@ from prefalign.train.loop import LoopParts
 
 @dataclass
 class RewardDataConfig:
-    train: str = opt("", "training data file (pairs/hh/ranked for bt and pearl; ratings; steps)")
-    eval: str | None = opt(None, "held-out data file; if unset, a seeded split of each training file")
-    datasets: list = opt([], "several preference files trained together: [{path, weight}] (replaces data.train); "
-                             "weight multiplies that file's pair losses")
+    train: str = opt("", "training data (pairs/hh/ranked for bt and pearl; ratings; steps): a file, a datasets "
+                         "save_to_disk folder, or a Hub dataset id owner/name (or owner/name:split)")
+    eval: str | None = opt(None, "held-out data (file, folder or Hub id); if unset, a seeded split of each training "
+                                 "file")
+    split: str = opt("train", "split of data.train (and of data.datasets entries) when it is a Hub id or a "
+                              "DatasetDict folder (id:split wins)")
+    eval_split: str = opt("test", "split of data.eval when it is a Hub id or a DatasetDict folder (id:split wins)")
+    dataset_config: str | None = opt(None, "Hub dataset config (subset) name for data.train, data.eval, data.datasets")
+    datasets: list = opt([], "several preference files trained together: [{path, weight, split}] (replaces "
+                             "data.train); weight multiplies that file's pair losses")
     more: bool = opt(False, "MORE (arXiv:2312.07401): weight the datasets of each batch by the min-norm "
                             "combination of their reward-head gradients")
     format: str = opt("auto", "pairs files: pairs | implicit | hh | ranked | auto")
@@ -51,7 +59,11 @@ class RewardDataConfig:
 
 @dataclass
 class RewardTrainConfig(LoopConfig):
-    backbone: str = opt("", "local folder of a Hugging Face encoder or decoder (nothing is downloaded)")
+    backbone: str = opt("", "local folder or Hugging Face Hub id (owner/name) of an encoder or decoder; a Hub id "
+                            "resolves through the standard HF cache and honours HF_HUB_OFFLINE")
+    backbone_revision: str | None = opt(None, "Hub branch, tag or commit that pins `backbone` (Hub ids only)")
+    trust_remote_code: bool = opt(False, "run modelling code shipped with the backbone (a config's auto_map): only "
+                                         "for repos you trust")
     kind: str = opt("bt", "reward-model kind: " + ", ".join(sorted(REWARD_KINDS)))
     data: RewardDataConfig = field(default_factory=RewardDataConfig, metadata={"help": "data options (data.*)"})
     head_args: dict = opt({}, "extra head parameters, e.g. {aggregate: mean} for prm, {min_std: 0.01} for pearl")
@@ -74,7 +86,7 @@ def load_reward_config(path: str | None, overrides: list[str] = ()) -> RewardTra
 
 def validate(cfg: RewardTrainConfig) -> None:
     if not cfg.backbone:
-        raise ConfigError("backbone is required: a local folder of a Hugging Face encoder or decoder")
+        raise ConfigError("backbone is required: a local folder or Hub id of a Hugging Face encoder or decoder")
     kind = get_reward_kind(cfg.kind)
     if not cfg.data.train and not cfg.data.datasets:
         raise ConfigError("data.train (or data.datasets) is required")
@@ -101,40 +113,41 @@ def validate(cfg: RewardTrainConfig) -> None:
 
 def dataset_specs(cfg: RewardTrainConfig) -> list[dict]:
     if not cfg.data.datasets:
-        return [{"path": cfg.data.train, "weight": 1.0}]
+        return [{"path": cfg.data.train, "weight": 1.0, "split": cfg.data.split}]
     specs = []
     for i, d in enumerate(cfg.data.datasets):
         if isinstance(d, str):
             d = {"path": d}
-        if not isinstance(d, dict) or "path" not in d or set(d) - {"path", "weight", "name"}:
-            raise ConfigError(f"data.datasets[{i}] must be a path or {{path, weight}}, got {d!r}")
-        specs.append({"path": d["path"], "weight": float(d.get("weight", 1.0)), "name": d.get("name", d["path"])})
+        if not isinstance(d, dict) or "path" not in d or set(d) - {"path", "weight", "name", "split"}:
+            raise ConfigError(f"data.datasets[{i}] must be a path or {{path, weight, split}}, got {d!r}")
+        specs.append({"path": d["path"], "weight": float(d.get("weight", 1.0)), "name": d.get("name", d["path"]),
+                      "split": d.get("split", cfg.data.split)})
     return specs
 
 
-def load_file(cfg: RewardTrainConfig, path: str, dataset: int = 0, weight: float = 1.0):
+def load_file(cfg: RewardTrainConfig, path: str, dataset: int = 0, weight: float = 1.0, split: str = "train"):
     kind = get_reward_kind(cfg.kind)
     d, data = cfg.data, kind.data
     if data == "pairs":
         users = d.user_field if getattr(kind.head, "per_user", False) else None
         return load_pairs(path, d.format, d.on_bad_row, d.list_to_pairs, d.min_score_gap, d.margin, d.margin_scale,
-                          dataset, weight, users)
+                          dataset, weight, users, split, d.dataset_config)
     if data == "ratings":
-        return load_ratings(path, list(d.attributes), d.prompt_field, d.on_bad_row)
-    return load_steps(path, d.step_delimiter, d.on_bad_row)
+        return load_ratings(path, list(d.attributes), d.prompt_field, d.on_bad_row, split, d.dataset_config)
+    return load_steps(path, d.step_delimiter, d.on_bad_row, split, d.dataset_config)
 
 
 def load_data(cfg: RewardTrainConfig) -> tuple[list, list, dict]:
     train, held_out, report = [], [], {}
     for i, spec in enumerate(dataset_specs(cfg)):
-        examples, info = load_file(cfg, spec["path"], i, spec["weight"])
+        examples, info = load_file(cfg, spec["path"], i, spec["weight"], spec["split"])
         if not cfg.data.eval:
             examples, held = seeded_split(examples, cfg.data.eval_fraction, cfg.seed)
             held_out += held
         train += examples
         report[spec["path"]] = {**info, "train": len(examples), "weight": spec["weight"]}
     if cfg.data.eval:
-        held_out, info = load_file(cfg, cfg.data.eval)
+        held_out, info = load_file(cfg, cfg.data.eval, split=cfg.data.eval_split)
         report["eval"] = info
     if cfg.data.max_examples:
         train = train[:cfg.data.max_examples]
@@ -162,7 +175,8 @@ class RewardTrainee:
 
 def build_model(cfg: RewardTrainConfig, train: list, held_out: list = ()) -> RewardModel:
     kind = get_reward_kind(cfg.kind)
-    backbone = RewardBackbone(cfg.backbone, cfg.max_length, cfg.max_response_length)
+    backbone = RewardBackbone(cfg.backbone, cfg.max_length, cfg.max_response_length, revision=cfg.backbone_revision,
+                              trust_remote_code=cfg.trust_remote_code)
     head = dict(cfg.head_args)
     if getattr(kind.head, "per_user", False):
         # held-out users too: one seen only there keeps the untrained, uniform weights (PAL's zero-shot start)
@@ -182,6 +196,8 @@ def build_model(cfg: RewardTrainConfig, train: list, held_out: list = ()) -> Rew
 def train_reward_model(cfg: RewardTrainConfig) -> dict:
     """Train one reward model; returns the summary also written to output_dir/summary.json."""
     started = time.time()
+    # resolved first: a Hub id missing offline fails before a run folder exists, and the commit is recorded
+    commit = resolve_model(cfg.backbone, cfg.backbone_revision, cfg.trust_remote_code)[1]
     acc, out_dir, earlier = start_run(cfg, "train-rm")
     train_set, eval_set, report = load_data(cfg)
     model = build_model(cfg, train_set, eval_set)
@@ -191,7 +207,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(groups, cfg)
     module, optimizer = acc.prepare(model, optimizer)
     trainee = RewardTrainee(module, model)
-    open_run_folder(acc, cfg, out_dir, earlier)
+    open_run_folder(acc, cfg, out_dir, earlier, {"backbone_revision": commit})
     sinks = metric_sinks(acc, out_dir, cfg)
     best = keep_best(cfg, trainee, acc, out_dir)
     parts = LoopParts(acc, trainee, optimizer, scheduler, train_set, eval_set, sinks, [best] if best else [])
@@ -200,9 +216,10 @@ def train_reward_model(cfg: RewardTrainConfig) -> dict:
                "data": {"train": first_load_report(report), "files": report, "train_examples": len(train_set),
                         "eval_examples": len(eval_set)},
                **summary_fields(history, best), "wall_time_s": round(time.time() - started, 2),
-               "config": to_dict(cfg)}
+               "backbone_commit": commit, "config": to_dict(cfg)}
     if acc.is_main_process:
-        summary["final_model"] = str(save_reward_model(model, out_dir / "final"))
+        card = reward_model_card(summary, summary["config"])
+        summary["final_model"] = str(save_reward_model(model, out_dir / "final", card))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     end_run(acc)
     return summary

@@ -34,8 +34,11 @@ def start_run(cfg: LoopConfig, command: str = "train"):
     return acc, out_dir, earlier
 
 
-def open_run_folder(acc, cfg: LoopConfig, out_dir: Path, earlier: list[Path]) -> None:
-    """Once setup succeeded: remove what overwrite=true replaces, then write config.yaml."""
+def open_run_folder(acc, cfg: LoopConfig, out_dir: Path, earlier: list[Path], commits: dict | None = None) -> None:
+    """Once setup succeeded: remove what overwrite=true replaces, then write config.yaml.
+
+    commits ({revision key: commit}) are the Hub commits the models resolved to: config.yaml pins them
+    in place of the branch or tag asked for, so training from it again reads the same weights."""
     # every process checked the folder in start_run; none may still be reading it when it changes
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -45,7 +48,10 @@ def open_run_folder(acc, cfg: LoopConfig, out_dir: Path, earlier: list[Path]) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         # overwrite is what this command did, not a setting of the run: `train run/config.yaml --resume`
         # must continue the run, not meet "resume and overwrite: choose one"
-        save_config(replace(cfg, overwrite=False), out_dir / "config.yaml")
+        pins = {key: commit for key, commit in (commits or {}).items() if commit}
+        header = "".join(f"# {key}: {getattr(cfg, key) or 'main'} resolved to commit {commit}\n"
+                         for key, commit in pins.items())
+        save_config(replace(cfg, overwrite=False, **pins), out_dir / "config.yaml", header)
     acc.wait_for_everyone()
 
 
@@ -62,7 +68,7 @@ def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
     """metrics.jsonl (appended on resume) and the other trackers in report_to, on the main process only."""
     if not acc.is_main_process:
         return []
-    from prefalign.logging import JsonlSink, TensorBoardSink, WandbSink, trackers
+    from prefalign.logging import JsonlSink, TensorBoardSink, TrackioSink, WandbSink, trackers
 
     names = trackers(cfg.report_to, cfg.tensorboard)
     sinks = [JsonlSink(out_dir / "metrics.jsonl", append=cfg.resume)]
@@ -70,6 +76,8 @@ def metric_sinks(acc, out_dir: Path, cfg: LoopConfig) -> list:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))
     if "wandb" in names:
         sinks.append(WandbSink(out_dir, out_dir.resolve().name, to_dict(cfg)))
+    if "trackio" in names:
+        sinks.append(TrackioSink(out_dir.resolve().name, to_dict(cfg)))
     return sinks
 
 

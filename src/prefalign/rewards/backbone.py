@@ -45,19 +45,20 @@ def special_frame(tokenizer) -> tuple[list[int], list[int], list[int]]:
 
 class RewardBackbone(torch.nn.Module):
     def __init__(self, path: str, max_length: int = 512, max_response_length: int | None = None,
-                 decoder: bool | None = None):
+                 decoder: bool | None = None, revision: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        folder, _ = resolve_model(path)  # a local folder, or a Hub id through the HF cache
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        # a local folder, or a Hub id (pinned by revision) through the HF cache; remote code only on request
+        folder, self.commit = resolve_model(path, revision, trust_remote_code)
+        trust = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        config = AutoConfig.from_pretrained(folder, **trust)
         # a saved reward model says so itself: AutoModel writes a bare LlamaModel whose config no
         # longer names a "ForCausalLM" architecture, and mean pooling would silently replace last-token
         self.decoder = is_decoder(config) if decoder is None else bool(decoder)
         # AutoModel gives the bare transformer (no LM head) for encoders and decoders alike
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True, trust_remote_code=False,
-                                               use_safetensors=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(folder, use_safetensors=True, **trust)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, **trust)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # encode() truncates on token ids itself; the tokenizer's length warning would only mislead

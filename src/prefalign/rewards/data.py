@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prefalign.data.builders.pairs import pairs_from_lists
-from prefalign.data.formats.readers import iter_rows, load_examples
+from prefalign.data.formats.readers import load_examples, source_rows
 from prefalign.data.records import DataError, LoadReport, Text, check_text, require
 from prefalign.rewards.steps import encode_steps, split_steps
 
@@ -47,17 +47,19 @@ class RMExample:
 
 def load_pairs(path: str, fmt: str = "auto", on_bad_row: str = "error", list_to_pairs: str = "best_vs_worst",
                min_gap: float = 0.0, margin: str = "none", margin_scale: float = 1.0, dataset: int = 0,
-               weight: float = 1.0, user_field: str | None = None) -> tuple[list[RMExample], dict]:
-    """Pairs for a pairwise kind; with `user_field` (PAL) every row must name its user there."""
+               weight: float = 1.0, user_field: str | None = None, split: str = "train",
+               dataset_config: str | None = None) -> tuple[list[RMExample], dict]:
+    """Pairs for a pairwise kind; with `user_field` (PAL) every row must name its user there. `split` and
+    `dataset_config` pick the part of a Hub dataset id or DatasetDict folder (files have none)."""
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
-    examples, report = load_examples(path, fmt, on_bad_row)
+    examples, report = load_examples(path, fmt, on_bad_row, split=split, dataset_config=dataset_config)
     kinds = {e.kind for e in examples}
     if not kinds <= {"pair", "list"}:
         raise ValueError(f"{path}: a pairwise reward model needs pairs or ranked lists, the file holds {sorted(kinds)}")
     info = {"load": report.as_dict()}
     if user_field:
-        examples, users = read_users(path, examples, user_field, on_bad_row, report)
+        examples, users = read_users(path, examples, user_field, on_bad_row, report, split, dataset_config)
         info["load"] = report.as_dict()
         info["users"] = len(set(users.values()))
     if "list" in kinds:
@@ -86,10 +88,13 @@ def user_id(value, source: str, row: int, name: str) -> str:
     return str(value)
 
 
-def read_users(path: str, examples: list, field_name: str, on_bad_row: str, report: LoadReport) -> tuple[list, dict]:
+def read_users(path: str, examples: list, field_name: str, on_bad_row: str, report: LoadReport,
+               split: str = "train", dataset_config: str | None = None) -> tuple[list, dict]:
     """The user id of every example's row (examples' sources end in ':row'); rows with a missing or
     bad id raise DataError naming file, row and field, or (on_bad_row=skip) are dropped and counted."""
-    rows = dict(iter_rows(path))
+    label, found = source_rows(path, split, dataset_config)
+    rows = dict(found)
+    path = label
     kept, users = [], {}
     for e in examples:
         row_no = int(e.source.rsplit(":", 1)[1])
@@ -127,12 +132,13 @@ def rated_response(resp, attributes: list[str], source: str, row: int, name: str
     return text, ratings, mask
 
 
-def load_ratings(path: str, attributes: list[str], prompt_field: str = "prompt",
-                 on_bad_row: str = "error") -> tuple[list[RMExample], dict]:
+def load_ratings(path: str, attributes: list[str], prompt_field: str = "prompt", on_bad_row: str = "error",
+                 split: str = "train", dataset_config: str | None = None) -> tuple[list[RMExample], dict]:
     if not attributes:
         raise ValueError("a multi-objective reward model needs data.attributes, e.g. [informativeness, naturalness]")
     out, report = [], LoadReport()
-    for row_no, row in iter_rows(path):
+    path, rows = source_rows(path, split, dataset_config)  # path: the file, or id:split, that errors name
+    for row_no, row in rows:
         report.rows += 1
         try:
             if isinstance(row, DataError):
@@ -165,9 +171,11 @@ def label(value, source: str, row: int, name: str) -> float:
     raise DataError(source, row, name, f"must be 0/1 or true/false, got {value!r}")
 
 
-def load_steps(path: str, delimiter: str = "\n\n", on_bad_row: str = "error") -> tuple[list[RMExample], dict]:
+def load_steps(path: str, delimiter: str = "\n\n", on_bad_row: str = "error", split: str = "train",
+               dataset_config: str | None = None) -> tuple[list[RMExample], dict]:
     out, report = [], LoadReport()
-    for row_no, row in iter_rows(path):
+    path, rows = source_rows(path, split, dataset_config)  # path: the file, or id:split, that errors name
+    for row_no, row in rows:
         report.rows += 1
         src = str(path)
         try:

@@ -173,12 +173,15 @@ class RewardModel(torch.nn.Module):
         self.head.load_state_dict(load_file(str(folder / "head.safetensors")), strict=True)
 
 
-def save_reward_model(model: RewardModel, folder) -> Path:
+def save_reward_model(model: RewardModel, folder, card: str | None = None) -> Path:
+    """The model (and its card, README.md, when given) written to a temporary folder, then renamed."""
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
+    if card is not None:
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -89,6 +89,18 @@ def decode_csv_cell(value: str | None) -> Any:
     return value
 
 
+def source_rows(source, split: str = "train", dataset_config: str | None = None,
+                name: str | None = None) -> tuple[str, Iterator[tuple[int, Any]]]:
+    """(label, (row number from 1, row) pairs) of a file, a save_to_disk folder, a Hub dataset id, or
+    rows in memory; the label (file, or id:split) names the source in every row error."""
+    if isinstance(source, (str, Path)) and not Path(source).is_file() and is_dataset_source(str(source)):
+        label, dataset = open_dataset(str(source), split, dataset_config)
+        return label, enumerate(dataset, start=1)
+    if isinstance(source, (str, Path)):
+        return str(source), iter_rows(source)
+    return name or type(source).__name__, enumerate(source, start=1)
+
+
 def load_examples(
     source: str | Path | Iterable[dict],
     fmt: str = "auto",
@@ -106,13 +118,7 @@ def load_examples(
     example per ranked reply set; its left-out messages are counted in `report.left_out`."""
     if on_bad_row not in BAD_ROW_POLICIES:
         raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
-    if isinstance(source, (str, Path)) and not Path(source).is_file() and is_dataset_source(str(source)):
-        label, dataset = open_dataset(str(source), split, dataset_config)
-        rows = enumerate(dataset, start=1)
-    elif isinstance(source, (str, Path)):
-        label, rows = str(source), iter_rows(source)
-    else:
-        label, rows = name or type(source).__name__, enumerate(source, start=1)
+    label, rows = source_rows(source, split, dataset_config, name)
     report, examples = LoadReport(), []
     for row_no, row in rows:
         report.rows += 1
