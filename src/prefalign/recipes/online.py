@@ -104,7 +104,11 @@ def check_objective(obj, rule: str) -> None:
 def online(cfg: OnlineConfig) -> dict:
     """Run (or resume) an online job; returns the summary also written to output_dir/summary.json."""
     started = time.time()
-    commit = resolve_model(cfg.model, cfg.model_revision)[1]
+    trust = cfg.trust_remote_code
+    # resolved first: a Hub id missing offline fails before a run folder exists, and the commits are pinned
+    commit = resolve_model(cfg.model, cfg.model_revision, trust)[1]
+    reference_commit = resolve_model(cfg.reference_model, cfg.reference_model_revision, trust)[1] \
+        if cfg.reference_model else None
     out = Path(cfg.output_dir)
     earlier = claim_run_dir(out, cfg.resume, cfg.overwrite, ONLINE_OUTPUTS, ONLINE_MARKERS, "online")
     from accelerate import Accelerator
@@ -116,17 +120,19 @@ def online(cfg: OnlineConfig) -> dict:
     params = objective_params(obj, cfg.beta, cfg.objective_args)
     obj = replace(obj, features=obj.features_for(params))
     check_objective(obj, cfg.online.pairing)
-    tokenizer = load_tokenizer(cfg.model, cfg.model_revision)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_revision, trust)
     data_report: dict = {}
     prompts, eval_prompts = load_round_prompts(cfg, tokenizer, data_report)
     set_seed(cfg.seed)
-    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision)
+    model = load_model(cfg.model, cfg.dtype, cfg.gradient_checkpointing, revision=cfg.model_revision,
+                       trust_remote_code=trust)
     # the fixed reference (and mu, and the KL's reference): reference_model when given, else the starting weights
     reference_model = load_model(cfg.reference_model or cfg.model, cfg.dtype, revision=cfg.reference_model_revision
-                                 if cfg.reference_model else cfg.model_revision).eval().requires_grad_(False)
+                                 if cfg.reference_model else cfg.model_revision,
+                                 trust_remote_code=trust).eval().requires_grad_(False)
     policy = acc.prepare(setup_policy(cfg, obj, model))
     out.mkdir(parents=True, exist_ok=True)
-    open_run_folder(acc, cfg, out, earlier)
+    open_run_folder(acc, cfg, out, earlier, {"model_revision": commit, "reference_model_revision": reference_commit})
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
               metric_sinks(acc, out, cfg), data_report)
     run.judge, run.eval_judge = make_judge_for(run)
@@ -206,7 +212,7 @@ def sampler_for(run: Run, source: str):
         if run.vllm is None:
             from prefalign.online.vllm_sampler import VLLMSampler
 
-            folder = resolve_model(run.cfg.model, run.cfg.model_revision)[0]
+            folder = resolve_model(run.cfg.model, run.cfg.model_revision, run.cfg.trust_remote_code)[0]
             run.vllm = VLLMSampler(run.model, run.tokenizer, folder, tolerance=o.vllm_probe_tolerance,
                                    dtype=run.cfg.dtype, gpu_memory_utilization=o.vllm_gpu_memory_utilization)
         run.vllm.sync(run.model)  # this round's weights, checked on the probe before any sample is drawn
