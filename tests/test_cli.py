@@ -103,3 +103,17 @@ def test_readme_prose_matches_the_registry():
     printed = run_cli("objectives", "--markdown").stdout
     prose = readme.replace(printed.strip(), "")
     assert ("loss only" in prose) == ("loss only" in printed), "README mentions 'loss only' objectives"
+
+
+def test_overrides_after_an_option_are_overrides(tmp_path, capsys):
+    # `prefalign train cfg.yaml --resume beta=0.2`: argparse alone rejects the override after --resume
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: m\ndata: {train: t.jsonl}\n")
+    assert main(["train", str(cfg), "--resume", "learning_rat=0.1"]) == 1
+    assert "unknown config key 'learning_rat'" in capsys.readouterr().err  # reached the config: parsed as override
+    try:
+        main(["train", str(cfg), "--resume", "--no-such-flag"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    else:
+        raise AssertionError("an unknown flag must still be an argparse error")
