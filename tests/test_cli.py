@@ -46,7 +46,9 @@ def test_bad_data_row_exits_nonzero_naming_file_row_field(tiny_model_dir, tmp_pa
     # no YAML file: every word after `train` is an override
     code = main(["train", f"model={tiny_model_dir}", f"data.train={data}", f"output_dir={tmp_path / 'o'}"])
     assert code == 1
-    assert f"{data}, row 2, field 'rejected': is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{data}, row 2, field 'rejected': is missing" in err
+    assert "data.on_bad_row=skip" in err  # the way out, for a first-time user
 
 
 def test_overrides_alone_train_and_curriculum_summary_prints(tiny_model_dir, tmp_path):

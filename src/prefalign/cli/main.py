@@ -171,7 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # the CLI's contract: one clear message on stderr, non-zero exit
         print(f"prefalign {args.command}: error: {err}", file=sys.stderr)
+        hint = bad_row_hint(args, err)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
+
+
+def bad_row_hint(args, err) -> str | None:
+    """For a bad data row, the switch that skips such rows (skips are counted, never silent)."""
+    from prefalign.data.records import DataError
+
+    if not isinstance(err, DataError):
+        return None
+    if hasattr(args, "overrides"):
+        return "  to skip bad rows instead (each one counted in summary.json), add data.on_bad_row=skip"
+    if hasattr(args, "on_bad_row"):
+        return "  to skip bad rows instead (each one counted in the report), add --on-bad-row skip"
+    return None
 
 
 if __name__ == "__main__":
