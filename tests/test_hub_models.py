@@ -296,3 +296,18 @@ def test_trust_remote_code_key_reaches_the_training_run(remote_code_model, tmp_p
                          "trust_remote_code=true"], capture_output=True, text=True, timeout=300, env=env)
     assert on.returncode == 0, on.stderr[-3000:]
     assert (tmp_path / "marker").read_text() == "remote code ran"
+
+
+def test_encoder_and_magpie_model_take_a_pinned_revision(hub_cache, tmp_path):
+    # the encoder resolves the tiny Llama's folder by id at the cached commit; a missing revision is one error
+    code = ("from prefalign.models.encoders import SentenceEncoder\n"
+            f"e = SentenceEncoder('owner/tiny', revision='{COMMIT}')\n"
+            "print(tuple(e.encode(['a b', 'c']).shape))")
+    out = run_python(code, hub_cache)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("(2, 32)")
+    magpie = subprocess.run([sys.executable, "-m", "prefalign.cli", "data", "magpie", "--model", "owner/tiny",
+                             "--model-revision", "v9", "-n", "1", "--out", str(tmp_path / "m.jsonl")],
+                            capture_output=True, text=True, timeout=300, env=offline_env(hub_cache))
+    assert magpie.returncode == 1 and "Traceback" not in magpie.stderr
+    assert "'owner/tiny' at revision 'v9'" in magpie.stderr and not (tmp_path / "m.jsonl").exists()

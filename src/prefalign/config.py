@@ -59,7 +59,8 @@ class DataConfig:
                                           "(a registered judge name, `prefalign judge --help`)")
     builder_judge_args: dict = opt({}, "constructor arguments of data.builder_judge, e.g. {path: runs/rm/final}")
     builder_encoder: str | None = opt(None, "sentence encoder for builders (deita diversity, dedup near='embedding'): "
-                                            "minilm or a local encoder folder")
+                                            "minilm, a local encoder folder or a Hub id")
+    builder_encoder_revision: str | None = opt(None, "Hub branch, tag or commit that pins data.builder_encoder")
     builder_generator: str | None = opt(None, "local model folder or Hub id that generates for builders (d2o_negatives "
                                               "samples, longpo_short_to_long, magpie, urial)")
     builder_generator_revision: str | None = opt(None, "Hub branch, tag or commit that pins data.builder_generator")

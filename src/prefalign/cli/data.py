@@ -43,7 +43,7 @@ def build_context(args):
     if args.encoder:
         from prefalign.models.encoders import SentenceEncoder
 
-        context.encoder = SentenceEncoder(None if args.encoder == "minilm" else args.encoder)
+        context.encoder = SentenceEncoder(None if args.encoder == "minilm" else args.encoder, revision=args.encoder_revision)
     if args.generator_model:
         context.generator = local_model(args.generator_model, args.generator_revision)
     return context
@@ -147,7 +147,8 @@ def cmd_magpie(args) -> int:
     params = {"n": args.n, "max_instruction_tokens": args.max_instruction_tokens,
               "max_response_tokens": args.max_response_tokens, "temperature": args.temperature,
               "top_p": args.top_p, "batch_size": args.batch_size}
-    out, report = run_builder("magpie", [], params, BuildContext(generator=local_model(args.model), seed=args.seed))
+    out, report = run_builder("magpie", [], params, BuildContext(generator=local_model(args.model, args.model_revision),
+                                                                 seed=args.seed))
     print_steps([report])
     if not out:
         raise ValueError(f"magpie kept none of {args.n} samples ({report['dropped']}); raise the token budgets")
@@ -236,7 +237,8 @@ def add_commands(sub) -> None:
     b.add_argument("--on-bad-row", default="error", choices=("error", "skip"))
     b.add_argument("--judge", help="judge for builders that need one (prefalign.judges registry name)")
     b.add_argument("--judge-arg", action="append", metavar="K=V", help="judge constructor argument (repeatable)")
-    b.add_argument("--encoder", help="sentence encoder: minilm or a local folder")
+    b.add_argument("--encoder", help="sentence encoder: minilm, a local folder or a Hub id")
+    b.add_argument("--encoder-revision", help="Hub branch, tag or commit that pins --encoder")
     b.add_argument("--generator-model", help="local HF model folder or Hub id for builders that generate (magpie, "
                                              "urial)")
     b.add_argument("--generator-revision", help="Hub branch, tag or commit that pins --generator-model")
@@ -252,7 +254,8 @@ def add_commands(sub) -> None:
     i.add_argument("--out-dir", default=".", help="where FILE.inspect.png and FILE.inspect.json go")
     i.set_defaults(fn=cmd_inspect)
     m = actions.add_parser("magpie", help="synthesise instruction/response rows from a local chat model (Magpie)")
-    m.add_argument("--model", required=True, help="local chat model folder (with a chat template)")
+    m.add_argument("--model", required=True, help="chat model (with a chat template): a local folder or Hub id")
+    m.add_argument("--model-revision", help="Hub branch, tag or commit that pins --model")
     m.add_argument("-n", type=int, default=100, help="instructions to sample")
     m.add_argument("--out", required=True, help="output .jsonl or .parquet (SFT rows: prompt, completion)")
     m.add_argument("--max-instruction-tokens", type=int, default=96)

@@ -33,12 +33,13 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SentenceEncoder:
     """encode(texts) -> [N, H] unit vectors; batched, no gradients."""
 
-    def __init__(self, path: str | None = None, max_length: int = 256, batch_size: int = 32, device: str = "cpu"):
+    def __init__(self, path: str | None = None, max_length: int = 256, batch_size: int = 32, device: str = "cpu",
+                 revision: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         from prefalign.models.hub import resolve_model
 
-        path = resolve_model(path)[0] if path else minilm_path()  # a local folder or a Hub id
+        path = resolve_model(path, revision)[0] if path else minilm_path()  # a local folder or a Hub id
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         self.model = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                use_safetensors=True).to(device).eval()

@@ -151,7 +151,8 @@ def builder_context(cfg: TrainConfig) -> BuildContext:
     if cfg.data.builder_encoder:
         from prefalign.models.encoders import SentenceEncoder
 
-        context.encoder = SentenceEncoder(None if cfg.data.builder_encoder == "minilm" else cfg.data.builder_encoder)
+        context.encoder = SentenceEncoder(None if cfg.data.builder_encoder == "minilm" else cfg.data.builder_encoder,
+                                          revision=cfg.data.builder_encoder_revision)
     if cfg.data.builder_generator:
         from prefalign.data.builders.synth import LocalModel
 
