@@ -133,7 +133,9 @@ def test_every_generation_path_goes_through_generate_batch():
 
     root = Path(prefalign.__file__).parent
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if ".generate(" in p.read_text())
-    assert callers == ["models/generation.py"], callers
+    # the vLLM sampler calls its engine's generate(), not a model's, after cutting prompts with fit_prompts
+    assert callers == ["models/generation.py", "online/vllm_sampler.py"], callers
+    assert "fit_prompts(" in (root / "online/vllm_sampler.py").read_text()
 
 
 def test_sample_kl_reports_prompts_cut_to_fit(tmp_path, tokenizer):
