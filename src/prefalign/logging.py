@@ -55,7 +55,21 @@ class TensorBoardSink:
         self.writer.close()
 
 
-class WandbSink:
+class RunSink:
+    """A tracker run (wandb, Trackio): finite numbers logged at their step, the run finished on close."""
+
+    run = None
+
+    def log(self, step: int, metrics: dict) -> None:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if numbers:
+            self.run.log(numbers, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class WandbSink(RunSink):
     """A Weights & Biases run named after the run folder, with the resolved config. It follows wandb's
     own settings (WANDB_MODE=offline, WANDB_PROJECT, login); its local files go in folder/wandb."""
 
@@ -67,16 +81,9 @@ class WandbSink:
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "prefalign"), name=name, config=config,
                               dir=str(folder))
 
-    def log(self, step: int, metrics: dict) -> None:
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if numbers:
-            self.run.log(numbers, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
-class TrackioSink:
+class TrackioSink(RunSink):
     """A Trackio run named after the run folder, with the resolved config. It follows Trackio's own settings:
     local by default (a SQLite file under TRACKIO_DIR, default HF_HOME/trackio), TRACKIO_PROJECT for the
     project (default prefalign), and TRACKIO_SPACE_ID to log to a Hugging Face Space instead."""
@@ -88,13 +95,6 @@ class TrackioSink:
 
         self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", "prefalign"), name=name, config=config)
 
-    def log(self, step: int, metrics: dict) -> None:
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if numbers:
-            self.run.log(numbers, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class Progress:

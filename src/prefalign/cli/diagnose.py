@@ -186,7 +186,8 @@ def cmd_diagnose(args) -> int:
     settings = GenerateSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
                                 max_prompt_tokens=inputs["max_prompt_length"])
     report = Report(f"prefalign diagnostics: {inputs['model']}", inputs["output_dir"])
-    try:
+
+    def fill() -> None:
         diagnose(DiagnoseInputs(policy, reference, tokenizer, examples, beta, p, p_source, settings, judge,
                                 judge_name, tuple(DEFAULT_FACTORS) + tuple(args.factor), args.prompts,
                                 inputs["max_length"], inputs["max_prompt_length"], args.tie_band, args.bootstrap,
@@ -200,6 +201,14 @@ def cmd_diagnose(args) -> int:
             from prefalign.diagnostics.online_sections import online_section
 
             online_section(report, run, args.bootstrap, args.seed)
+
+    return write_report(report, fill)
+
+
+def write_report(report, fill) -> int:
+    """Fill the report's sections, then write it; a failure leaves no half-written report folder."""
+    try:
+        fill()
     except BaseException:
         report.discard()
         raise
@@ -235,14 +244,11 @@ def diagnose_online_run(args, run: Path) -> int:
         notes.append(f"--judge `{args.judge}` not used: the rounds were judged by the run's own judge; the judge "
                      "sections need --model")
     report = Report(f"prefalign diagnostics: {run}", out_dir)
-    try:
+
+    def fill() -> None:
         report.add("Inputs", "\n".join(f"- {n}" for n in notes), data={"online": config.get("online")})
         online_section(report, run, args.bootstrap, args.seed)
         if (run / "metrics.jsonl").is_file():
             curves_section(report, run / "metrics.jsonl", summary)
-    except BaseException:
-        report.discard()
-        raise
-    out = report.write()
-    print(f"report: {out / 'report.html'} (also report.md, report.json)")
-    return 0
+
+    return write_report(report, fill)

@@ -58,14 +58,18 @@ def topk_stats(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 def position_stats(model, ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                    k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k entropy and mass [M] at every position that predicts a response token, and the row [M] of each."""
-    fwd = response_forward(model, ids, attention_mask, response_mask, "lean")
+    return forward_stats(response_forward(model, ids, attention_mask, response_mask, "lean"), ids.shape[1], k)
+
+
+def forward_stats(fwd, width: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """position_stats from a response forward already computed (its log-probs can be used too)."""
     entropy, mass = [], []
     chunk = chunk_rows(fwd.rows.shape[-1] if fwd.head is None else fwd.head.shape[0])
     for s in range(0, fwd.rows.shape[0], chunk):
         e, m = topk_stats(row_logits(fwd.rows[s:s + chunk], fwd.head, torch.float32), k)
         entropy.append(e)
         mass.append(m)
-    rows = torch.div(fwd.index, ids.shape[1], rounding_mode="floor")
+    rows = torch.div(fwd.index, width, rounding_mode="floor")
     return torch.cat(entropy).cpu(), torch.cat(mass).cpu(), rows.cpu()
 
 

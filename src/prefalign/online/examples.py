@@ -128,19 +128,24 @@ def response_logps(model, samples: list[Sample], pad_id: int, batch_size: int = 
 
 
 @torch.no_grad()
-def topk_indicators(model, samples: list[Sample], pad_id: int, k: int, batch_size: int = 8) -> tuple[list, list]:
-    """Per sample, the mean over its response positions of the policy's top-k entropy and top-k mass
-    (the likelihood over-optimisation indicators of arXiv 2410.11677)."""
-    from prefalign.diagnostics.overoptimization import per_row_mean, position_stats
+def policy_sample_stats(model, samples: list[Sample], pad_id: int, k: int, batch_size: int = 8
+                        ) -> tuple[list, list, list]:
+    """Per sample, from one forward: the response's summed log-prob, and the mean over its response
+    positions of the top-k entropy and top-k mass (the likelihood over-optimisation indicators of
+    arXiv 2410.11677)."""
+    from prefalign.diagnostics.overoptimization import forward_stats, per_row_mean
+    from prefalign.logps import response_forward
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    entropy, mass = [], []
+    logps, entropy, mass = [], [], []
     for start in range(0, len(samples), batch_size):
         ids, mask, response = padded_rows(samples[start:start + batch_size], pad_id)
-        e, m, rows = position_stats(model, ids.to(device), mask.to(device), response.to(device), k)
+        fwd = response_forward(model, ids.to(device), mask.to(device), response.to(device), "lean")
+        logps.extend(fwd.token_logps.float().sum(1).cpu().tolist())
+        e, m, rows = forward_stats(fwd, ids.shape[1], k)
         entropy.extend(per_row_mean(e, rows, ids.shape[0]).tolist())
         mass.extend(per_row_mean(m, rows, ids.shape[0]).tolist())
     model.train(was_training)
-    return entropy, mass
+    return logps, entropy, mass

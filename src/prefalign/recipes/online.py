@@ -350,14 +350,14 @@ def finish(run: Run, initial: dict | None, commit: str | None, started: float) -
                                                           last["per_prompt"]["judge_score"], cfg.online.bootstrap,
                                                           cfg.seed)
     final = run.out / "final"
-    write_atomic(final, lambda tmp: load_weights_copy(run, tmp))
+    write_atomic(final, lambda tmp: save_policy(run, tmp))
     summary["final_model"] = str(final)
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     run.acc.end_training()
     return summary
 
 
-def load_weights_copy(run: Run, folder: Path) -> None:
+def save_policy(run: Run, folder: Path) -> None:
     """final/ holds the last round's policy (already in memory)."""
     PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer).save(folder)
 

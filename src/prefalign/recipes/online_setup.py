@@ -16,7 +16,7 @@ from pathlib import Path
 from prefalign.config import OnlineConfig, prompt_length
 from prefalign.data.formats.readers import iter_rows, load_examples, seeded_split
 from prefalign.models.generation import GenerateSettings, encode_prompt, prompt_ids
-from prefalign.online.examples import RoundPrompt, read_prompt_rows, response_logps, topk_indicators, unique_prompts
+from prefalign.online.examples import RoundPrompt, read_prompt_rows, policy_sample_stats, response_logps, unique_prompts
 from prefalign.online.samplers import HFSampler, sample_seed
 from prefalign.online.store import (CachedJudge, VerdictCache, load_samples, read_json, save_samples,
                                     write_json_atomic)
@@ -262,9 +262,9 @@ def measure(run, r: int, samples: list, baseline: list | None, cache: VerdictCac
                                                             run.cfg.online.judge_batch_size, run.cfg.progress,
                                                             "evaluating")
     candidates = [(response_text(run.tokenizer, s), [s.prompt_ids, s.response_ids]) for s in samples]
-    policy = response_logps(run.model, samples, pad, run.cfg.eval_batch_size)
+    # one policy forward gives the sample log-probs and the top-k indicators
+    policy, entropy, mass = policy_sample_stats(run.model, samples, pad, run.cfg.overopt_k, run.cfg.eval_batch_size)
     reference = response_logps(run.reference_model, samples, pad, run.cfg.eval_batch_size)
-    entropy, mass = topk_indicators(run.model, samples, pad, run.cfg.overopt_k, run.cfg.eval_batch_size)
     per_prompt = {"kl": [a - b for a, b in zip(policy, reference)], "topk_entropy": entropy, "topk_mass": mass,
                   "response_tokens": [float(len(s.response_ids)) for s in samples],
                   "finished": [float(s.finished) for s in samples]}
