@@ -44,6 +44,8 @@ LAYERS = {
     "prefalign.train": 3,
     "prefalign.diagnostics": 3,
     "prefalign.online": 4,
+    "prefalign.families": 4,  # model families build on the trainee protocol (train/)
+    "prefalign.reproduce": 5,  # reproductions run recipes
     "prefalign.config": 5,
     "prefalign.config_trl": 5,
     "prefalign.recipes": 5,
