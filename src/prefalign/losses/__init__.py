@@ -21,6 +21,7 @@ from prefalign.losses import (  # noqa: F401  (registration side effect)
     reference_free,
     sft,
     token_level,
+    trajectory,
     triples,
     trl_family,
     unpaired,
