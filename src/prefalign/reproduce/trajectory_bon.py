@@ -28,7 +28,7 @@ N_CANDIDATES = 16  # DeformPAM's num_of_grasp_points
 
 def settings(quick: bool) -> dict:
     if quick:
-        return {"pairs": 256, "steps": 60, "batch_size": 16, "lr": 0.05, "rounds": 200, "horizon": 40,
+        return {"pairs": 256, "steps": 60, "batch_size": 16, "lr": 0.05, "rounds": 100, "horizon": 40,
                 "temperature": 3.0}
     return {"pairs": 2048, "steps": 400, "batch_size": 16, "lr": 0.05, "rounds": 1000, "horizon": 40,
             "temperature": 3.0}
