@@ -182,3 +182,14 @@ def test_save_load_round_trip_and_mlp_reward(cliff, tmp_path):
     assert torch.equal(other.table(), model.table()) and other.table()[-1].abs().sum() == 0
     with pytest.raises(ValueError, match="score must be one of"):
         TrajectoryFamily(cliff, "return")
+
+
+def test_bad_segments_and_samplers_are_refused_with_the_comparison_named(cliff):
+    fam = TrajectoryFamily(cliff, "partial_return")
+    good, bad = make_pair([([36], [0]), ([24], [1])]), make_pair([([36], [0]), ([24], [7])])
+    with pytest.raises(ValueError, match=r"train comparison 1: actions must lie in \[0, 4\)"):
+        fam.make_batch([good, bad], [0, 1], "train")
+    with pytest.raises(ValueError, match="only a policy samples"):
+        fam.sample(TabularReward(cliff), 2, seed=0)
+    episodes = fam.sample(TabularPolicy(torch.zeros(cliff.n_states, cliff.n_actions)), 3, seed=0)
+    assert len(episodes) == 3 and all(states[0] == cliff.start and len(states) <= fam.horizon for states, _ in episodes)

@@ -212,9 +212,10 @@ class MLPReward(torch.nn.Module):
 
     def __init__(self, mdp: TabularMDP, hidden: int = 32, seed: int = 0):
         super().__init__()
-        torch.manual_seed(seed)
         n, a = mdp.n_states - 1, mdp.n_actions
-        self.net = torch.nn.Sequential(torch.nn.Linear(n + a, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        with torch.random.fork_rng():  # a seeded initialisation that leaves the caller's generator alone
+            torch.manual_seed(seed)
+            self.net = torch.nn.Sequential(torch.nn.Linear(n + a, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
         self.net.double()
         self.register_buffer("inputs", torch.cat([torch.eye(n).repeat_interleave(a, 0), torch.eye(a).repeat(n, 1)], 1)
                              .double(), persistent=False)
@@ -277,6 +278,11 @@ class TrajectoryFamily:
 
     def make_batch(self, examples: list, indices: list[int], split: str) -> dict:
         pairs = [examples[i] for i in indices]
+        for i, p in zip(indices, pairs):  # an index out of the table would fail deep inside the scorer
+            for field, value, size in (("states", p.states, self.mdp.n_states), ("actions", p.actions, self.mdp.n_actions)):
+                if value.numel() and (value.min() < 0 or value.max() >= size):
+                    raise ValueError(f"{split} comparison {i}: {field} must lie in [0, {size}) for "
+                                     f"{self.mdp.name}, got {value.tolist()}")
         length = max(p.states.shape[1] for p in pairs)
         pad = lambda t: torch.nn.functional.pad(t, (0, length - t.shape[1]))  # noqa: E731
         return {"states": torch.stack([pad(p.states) for p in pairs]),
@@ -308,6 +314,8 @@ class TrajectoryFamily:
 
     def sample(self, module: torch.nn.Module, n: int, seed: int) -> list:
         """n episodes (states, actions) of the policy (a TabularPolicy) from the start state."""
+        if not isinstance(module, TabularPolicy):
+            raise ValueError(f"only a policy samples episodes; got a {type(module).__name__}")
         g = torch.Generator().manual_seed(seed)
         return [rollout(self.mdp, module.logits, self.horizon, g) for _ in range(n)]
 
