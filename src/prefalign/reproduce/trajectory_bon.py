@@ -12,6 +12,7 @@ beta * (log pi(tau) - log pi_ref(tau)), against one taken at random. The claim: 
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -41,10 +42,10 @@ def reference_logits(mdp, temperature: float) -> torch.Tensor:
 
 def preference_pairs(mdp, logits: torch.Tensor, n: int, horizon: int, seed: int) -> tuple[list, int]:
     """n pairs of reference episodes, the higher true return first; ties are dropped and counted."""
-    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
     pairs, ties = [], 0
     while len(pairs) < n:
-        a, b = rollout(mdp, logits, horizon, g), rollout(mdp, logits, horizon, g)
+        a, b = rollout(mdp, logits, horizon, rng), rollout(mdp, logits, horizon, rng)
         ra, rb = true_return(mdp, *a), true_return(mdp, *b)
         if math.isclose(ra, rb):
             ties += 1
@@ -85,21 +86,21 @@ def best_vs_random(mdp, fam: TrajectoryFamily, policy: TabularPolicy, reference:
                    seed: int) -> dict:
     """Per round: 16 episodes of the trained policy; the true return of the one with the highest
     implicit reward, of a random one, and of the mean candidate."""
-    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
     lp, lr = policy.table().detach(), reference.table().detach()
     best, rand = [], []
     for _ in range(cfg["rounds"]):
-        cands = [rollout(mdp, policy.logits, cfg["horizon"], g) for _ in range(N_CANDIDATES)]
+        cands = [rollout(mdp, policy.logits, cfg["horizon"], rng) for _ in range(N_CANDIDATES)]
         implicit = [BETA * (episode_logp(lp, c) - episode_logp(lr, c)) for c in cands]
         returns = [true_return(mdp, *c) for c in cands]
         best.append(returns[max(range(N_CANDIDATES), key=implicit.__getitem__)])
-        rand.append(returns[int(torch.randint(N_CANDIDATES, (1,), generator=g))])
+        rand.append(returns[rng.randrange(N_CANDIDATES)])
     return {"best": best, "random": rand}
 
 
 def mean_return(mdp, logits: torch.Tensor, n: int, horizon: int, seed: int) -> list[float]:
-    g = torch.Generator().manual_seed(seed)
-    return [true_return(mdp, *rollout(mdp, logits, horizon, g)) for _ in range(n)]
+    rng = random.Random(seed)
+    return [true_return(mdp, *rollout(mdp, logits, horizon, rng)) for _ in range(n)]
 
 
 def verdict(best: list[float], rand: list[float]) -> tuple[Verdict, str]:
