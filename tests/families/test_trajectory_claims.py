@@ -36,9 +36,13 @@ def test_trajectory_bon_quick(tmp_path):
     assert mean["DPO policy"] > mean["reference"]  # GRAPE's direction: the trained policy does better
     assert result.numbers["eval_end"]["eval/rewards/accuracy"] > 0.9
     assert result.verdict is Verdict.PASS and mean["best-of-16"] > mean["random-of-16"]
+    assert mean["reference best-of-16"] > mean["reference"]  # the implicit reward also reranks base samples
 
 
 def test_trajectory_bon_rule_fails_and_hedges():
-    assert trajectory_bon.verdict([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])[0] is Verdict.FAIL
-    assert trajectory_bon.verdict([1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.5])[0] is Verdict.INCONCLUSIVE
-    assert trajectory_bon.verdict([2.0, 2.1, 1.9, 2.0], [1.0, 1.0, 1.1, 0.9])[0] is Verdict.PASS
+    optimum = 10.0
+    assert trajectory_bon.verdict([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], optimum)[0] is Verdict.FAIL
+    assert trajectory_bon.verdict([1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.5], optimum)[0] is Verdict.INCONCLUSIVE
+    assert trajectory_bon.verdict([2.0, 2.1, 1.9, 2.0], [1.0, 1.0, 1.1, 0.9], optimum)[0] is Verdict.PASS
+    # random picks already at the optimum: no room to select, whatever the difference says
+    assert trajectory_bon.verdict([10.0, 10.0, 9.9], [9.9, 9.9, 9.9], optimum)[0] is Verdict.INCONCLUSIVE
