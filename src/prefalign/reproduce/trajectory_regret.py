@@ -43,8 +43,9 @@ def verdict(curves: dict[str, dict[int, float]]) -> tuple[Verdict, str]:
     partial return. FAIL: regret never gets there, or partial return gets there with fewer labels."""
     n_regret, n_pr = labels_to_near_optimal(curves["regret"]), labels_to_near_optimal(curves["partial_return"])
     largest = max(curves["regret"])
-    said = (f"labels to near-optimal (mean scaled return > {NEAR_OPTIMAL} from there on): regret {n_regret}, "
-            f"partial return {n_pr}; at {largest} labels regret {curves['regret'][largest]:.3f}, "
+    said = (f"labels to near-optimal (mean scaled return > {NEAR_OPTIMAL} from there on): regret "
+            f"{n_regret or 'never'}, partial return {n_pr or 'never'}; at {largest} labels regret "
+            f"{curves['regret'][largest]:.3f}, "
             f"partial return {curves['partial_return'][largest]:.3f}")
     if n_regret is None:
         return Verdict.FAIL, "the regret model never reaches near-optimal; " + said
