@@ -125,7 +125,7 @@ def verdict(best: list[float], rand: list[float], optimum: float) -> tuple[Verdi
     return Verdict.PASS, "ahead by more than two standard errors: " + said
 
 
-def plot(groups: dict[str, list[float]], path: Path) -> None:
+def plot(groups: dict[str, list[float]], optimum: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +136,9 @@ def plot(groups: dict[str, list[float]], path: Path) -> None:
     means = [sum(v) / len(v) for v in groups.values()]
     errs = [math.sqrt(sum((x - m) ** 2 for x in v) / max(1, len(v) - 1) / len(v)) for v, m in zip(groups.values(), means)]
     ax.bar(range(len(names)), means, yerr=errs, color=["#999", "#bbb", "#69c", "#c96", "#6a6"][:len(names)], capsize=3)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.axhline(optimum, color="k", lw=0.8, ls=":", label=f"optimal return ({optimum:.2f})")
+    ax.set_xticks(range(len(names)), [n.replace(" ", "\n") for n in names], fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_ylabel("true discounted return")
     ax.set_title("CliffWalking: trajectory DPO and best-of-16 by implicit reward", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
@@ -168,7 +170,7 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
     result, reason = verdict(picks["best"], picks["random"], optimum)
     groups = {"reference": reference_returns, "reference best-of-16": reranked["best"], "DPO policy": policy_returns,
               "random-of-16": picks["random"], "best-of-16": picks["best"]}
-    plot(groups, out_dir / "trajectory_bon.png")
+    plot(groups, optimum, out_dir / "trajectory_bon.png")
     mean = {k: sum(v) / len(v) for k, v in groups.items()}
     acc_start = history["eval_start"].get("eval/rewards/accuracy")
     acc_end = history["eval_end"].get("eval/rewards/accuracy")
