@@ -78,7 +78,7 @@ def plot(curves: dict, per_seed: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("regret-labelled preferences")
     ax.set_ylabel("scaled return of greedy policy")
-    ax.set_title("CliffWalking: reward learned by each preference model")
+    ax.set_title("CliffWalking: reward learned by each preference model", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
