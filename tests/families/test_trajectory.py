@@ -11,8 +11,8 @@ import torch
 from prefalign.families import get_family
 from prefalign.families.base import FamilyTrainee
 from prefalign.families.trajectory import (GaussianReward, MLPReward, NoAccelerator, RewardTrainee, TabularPolicy,
-                                           TabularReward, TrajectoryFamily, from_gymnasium, label_segments,
-                                           make_pair, optimal_q, scaled_return, true_advantages)
+                                           TabularReward, TrajectoryFamily, fit_reward, from_gymnasium,
+                                           label_segments, make_pair, optimal_q, scaled_return, true_advantages)
 from prefalign.losses import get_objective
 from prefalign.types import SeqLogps
 
@@ -193,3 +193,19 @@ def test_bad_segments_and_samplers_are_refused_with_the_comparison_named(cliff):
         fam.sample(TabularReward(cliff), 2, seed=0)
     episodes = fam.sample(TabularPolicy(torch.zeros(cliff.n_states, cliff.n_actions)), 3, seed=0)
     assert len(episodes) == 3 and all(states[0] == cliff.start and len(states) <= fam.horizon for states, _ in episodes)
+
+
+def test_pearl_reward_learns_that_the_cliff_is_bad(cliff):
+    """End to end: PEARL's Gaussian reward fitted on partial-return labels puts the steps into the
+    cliff (-100) far below the ordinary steps (-1), and its uncertainty stays finite."""
+    pairs = label_segments(cliff, 300, 3, seed=0, model="partial_return")
+    model = GaussianReward(cliff)
+    fit_reward(TrajectoryFamily(cliff, "partial_return"), model, pairs, get_objective("bradley_terry"),
+               steps=150, lr=0.1, kl_weight=0.01)
+    into_cliff = cliff.R[:-1] < -50
+    seen = torch.zeros_like(into_cliff)
+    for p in pairs:
+        seen[p.states[p.mask], p.actions[p.mask]] = True
+    mu = model.mu.detach()
+    assert mu[into_cliff & seen].mean() < mu[~into_cliff & seen].mean() - 1.5  # measured gap: 3.1
+    assert torch.isfinite(model.log_sigma).all()
