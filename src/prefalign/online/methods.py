@@ -75,7 +75,10 @@ METHODS = {m.name: m for m in [
            "pi_(t+1) ~ pi_t (pi_t / pi_(t-1))^alpha, in weight space (default) or logit space.",
            {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", apo_alpha=0.3)},
            "weight space vs logit space and the value of alpha are not confirmed from the abstract; 3 rounds "
-           "are reported."),
+           "are reported. In logit space (online.apo_space: logits) the extrapolated policy has no weights: from "
+           "round 1 on the round's samples are drawn token by token from softmax((1 + alpha) log pi_t - alpha "
+           "log pi_(t-1)), while the reference log-probs, the weights saved and the per-round evaluation are "
+           "those of the trained iterate pi_t."),
     Method("irepo", "2405.15230",
            "iREPO: two samples per prompt, M = 5 seeded judge draws give p_hat (the share preferring the chosen), "
            "objective irepo regresses beta * (h_w - h_l) on logit(p_hat); reference the round-start policy.",

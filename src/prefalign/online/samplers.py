@@ -98,6 +98,12 @@ class HFSampler:
         return samples
 
 
+def extrapolation_weights(alpha: float) -> list[float]:
+    """APO in logit space (arXiv 2410.06293): pi_(t+1) ~ pi_hat_(t+1) (pi_hat_(t+1) / pi_t)^alpha is the
+    mixture of (the trained iterate, the one before it) with weights (1 + alpha, -alpha)."""
+    return [1.0 + float(alpha), -float(alpha)]
+
+
 def mixture_logprobs(logits: list[torch.Tensor], weights: list[float], temperature: float) -> torch.Tensor:
     """log softmax(sum_i w_i * log_softmax(logits_i / T)) over the last dimension, in float32."""
     total = sum(w * torch.log_softmax(x.float() / temperature, -1) for w, x in zip(weights, logits))

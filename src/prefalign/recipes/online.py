@@ -10,6 +10,7 @@ re-seeded RNGs and a fresh optimizer: a resumed run ends bitwise equal to an uni
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -30,14 +31,14 @@ from prefalign.models.generation import GenerateSettings
 from prefalign.models.hub import resolve_model
 from prefalign.online.examples import RoundPrompt, build_examples
 from prefalign.online.pairing import RULE_KINDS, RULE_SOURCES, Candidate, label_round, produced_features
-from prefalign.online.samplers import HFSampler, MixtureSampler, sample_seed
+from prefalign.online.samplers import HFSampler, MixtureSampler, extrapolation_weights, sample_seed
 from prefalign.online.store import CachedJudge, VerdictCache, load_samples, read_json, save_samples, write_json_atomic
 from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_round_prompts,
                                             make_judge_for, response_text, round_evaluation)
 from prefalign.recipes.policy import ACCEPTS, compute_reference_logps, objective_params, setup_policy
 from prefalign.recipes.run_folders import RUN_OUTPUTS, claim_run_dir
 from prefalign.recipes.setup import loop_settings, metric_sinks, open_run_folder, optimizer_and_scheduler
-from prefalign.train.checkpoint import write_atomic
+from prefalign.train.checkpoint import load_weights, write_atomic
 from prefalign.train.loop import LoopParts, train_loop
 from prefalign.train.trainee import PolicyTrainee
 
@@ -68,6 +69,7 @@ class Run:
     data_report: dict
     vllm: object = None  # the vLLM sampler, built on first use (online.sampler: vllm)
     eval_judge: object = None  # the judge of the per-round evaluation (without SCIR's consistency filter)
+    initial_model: object = None  # APO in logit space: the starting policy, frozen (the first "previous iterate")
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -136,6 +138,8 @@ def online(cfg: OnlineConfig) -> dict:
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
               metric_sinks(acc, out, cfg), data_report)
     run.judge, run.eval_judge = make_judge_for(run)
+    if apo_in_logits(cfg):  # copied before resume_point loads a later round's weights into the policy
+        run.initial_model = copy.deepcopy(run.model).eval().requires_grad_(False)
     try:
         initial = initial_evaluation(run)  # before any round's weights are loaded: the starting policy
         first = resume_point(run)
@@ -191,9 +195,30 @@ def round_slice(run: Run, r: int) -> list[RoundPrompt]:
     return [run.prompts[order[(r * k + j) % n]] for j in range(k)]
 
 
-def settings_for(run: Run, source: str, n: int) -> GenerateSettings:
+def apo_in_logits(cfg) -> bool:
+    return cfg.online.method == "apo" and cfg.online.apo_space == "logits"
+
+
+def mixed(run: Run, source: str, r: int) -> bool:
+    """Whether `source` is drawn token by token from a mixture: Nash-MD's / IPO-MD's pi^(1-b) mu^b, or
+    APO's extrapolation in logit space from round 1 on (round 0 has no earlier iterate)."""
     o = run.cfg.online
-    mixture = source == "mixture" or (source == "main" and o.sampler == "mixture")
+    main = source == "main" and (o.sampler == "mixture" or (apo_in_logits(run.cfg) and r >= 1))
+    return source == "mixture" or main
+
+
+def previous_iterate(run: Run, r: int):
+    """The policy at the start of round r - 1, frozen: the starting model for r = 1, else the policy
+    round r - 2 ended with (in logit space no round extrapolates its weights, so that is pi_(r-1))."""
+    model = copy.deepcopy(run.initial_model)
+    if r >= 2:
+        load_weights(model, run.round_dir(r - 2) / "policy")
+    return model.eval().requires_grad_(False)
+
+
+def settings_for(run: Run, source: str, n: int, r: int = 0) -> GenerateSettings:
+    o = run.cfg.online
+    mixture = mixed(run, source, r)
     greedy = source == "greedy" or (source[:1] == "c" and source[1:].isdigit())  # SELM's and SAMI's samples
     return GenerateSettings(max_new_tokens=o.max_new_tokens, do_sample=not greedy, temperature=o.temperature,
                             top_p=1.0 if mixture else o.top_p, top_k=0 if mixture else o.top_k,
@@ -201,11 +226,16 @@ def settings_for(run: Run, source: str, n: int) -> GenerateSettings:
                             max_prompt_tokens=prompt_length(run.cfg))
 
 
-def sampler_for(run: Run, source: str):
+def sampler_for(run: Run, source: str, r: int = 0):
     o = run.cfg.online
     if source == "reference":
         return HFSampler(run.reference_model, run.tokenizer)
-    if source == "mixture" or (source == "main" and o.sampler == "mixture"):
+    if source == "main" and apo_in_logits(run.cfg) and r >= 1:
+        # APO in logit space: the next iterate pi_hat (pi_hat / pi_prev)^alpha is only a distribution
+        # (no weights give it), so rounds after the first sample it token by token
+        return MixtureSampler([run.model, previous_iterate(run, r)], extrapolation_weights(o.apo_alpha),
+                              run.tokenizer)
+    if mixed(run, source, r):
         b = o.mixture_weight
         return MixtureSampler([run.model, run.reference_model], [1.0 - b, b], run.tokenizer)
     if o.sampler == "vllm" and source in ("main", "policy", "greedy"):
@@ -227,7 +257,7 @@ def sample_round(run: Run, r: int, prompts: list[RoundPrompt]) -> tuple[dict, di
         else RULE_SOURCES[o.pairing]
     for source, count in sources:
         n = o.samples_per_prompt if count == "n" else count
-        sampler, settings = sampler_for(run, source), settings_for(run, source, n)
+        sampler, settings = sampler_for(run, source, r), settings_for(run, source, n, r)
         per_prompt: list[list] = [[] for _ in prompts]
         starts = list(enumerate(range(0, len(prompts), o.shard_size)))
         for shard, start in progress_iter(starts, f"round {r}: sampling ({source})", enabled=run.cfg.progress):
@@ -306,7 +336,8 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     seed = sample_seed(cfg.seed, r, 400_000) % 2**31
     set_seed(seed)  # every round's training starts from the same RNG state, resumed or not
     trainable = [p for p in run.policy.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in trainable] if cfg.online.method == "apo" else None
+    weight_space = cfg.online.method == "apo" and cfg.online.apo_space == "weights"
+    before = [p.detach().clone() for p in trainable] if weight_space else None
     optimizer, scheduler = optimizer_and_scheduler(trainable, cfg)
     optimizer = run.acc.prepare_optimizer(optimizer)
     sinks = [OffsetSink(s, r * cfg.max_steps, r) for s in run.sinks]
