@@ -92,14 +92,16 @@ METHODS = {m.name: m for m in [
            "one direction per run: the paper draws v = (cos t, sin t) with t in [-45, 45] degrees per prompt; "
            "the instruction's wording is a template (online.direction_template)."),
     Method("self_rewarding", "2401.10020",
-           "Self-rewarding with SCIR's consistency filter (2502.08922): 4 samples per prompt, the policy grades them "
-           "as its own LLM judge (rubric, bound to the current policy), best vs worst, kept only when its implicit "
-           "reward agrees; DPO; reference the previous iterate.",
-           {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", judge="rubric",
+           "Self-rewarding with SCIR (2502.08922): 4 samples per prompt, the policy grades them as its own LLM "
+           "judge (rubric, bound to the current policy), best vs worst, kept only when its implicit reward "
+           "agrees; objective scir: DPO plus the consistency term KL(judge's P || the implicit reward's P) "
+           "(objective_args consistency, 1.0); reference the previous iterate.",
+           {**pairs("scir", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", judge="rubric",
                     judge_on_policy=True, consistency_judge="implicit_reward")},
-           "SCIR's consistency loss term (training the two reward views to agree) is not implemented: only its "
-           "consistent-pair filter is; the implicit reward is measured against the starting model (or "
-           "reference_model), so a run that starts from it keeps no pair until the policy has moved."),
+           "SCIR's divergence and its weight are not confirmed (see the scir objective); its term trains both "
+           "reward views, here only the implicit one (the judge's verdicts are cached numbers); the implicit "
+           "reward is measured against the starting model (or reference_model), so a run that starts from it "
+           "keeps no pair until the policy has moved."),
     Method("sami", "2404.14313",
            "SAMI: per query one greedy response under each constitution (online.constitutions, e.g. a principle and "
            "its antithesis); objective sami, the symmetric InfoNCE over the C x C matrix of mean-token log pi(y_j | "
