@@ -158,3 +158,22 @@ def scir(batch: SeqLogps, *, beta: float = 0.1, consistency: float = 1.0) -> Los
     losses = -log_q + consistency * kl
     agrees = ((m > 0) == (p > 0.5)).to(m.dtype)
     return LossOut(losses, (beta * h).detach(), {"consistency_kl": kl.detach().mean(), "implicit_agrees": agrees.mean()})
+
+
+def chase_regulariser(fast: SeqLogps, slow: SeqLogps, beta: float) -> torch.Tensor:
+    """OFS-DPO's regulariser between the fast and the slow module (arXiv 2406.05534), per pair [B].
+
+    With m = beta * ((log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)) for each module,
+        R = -log sigmoid(m_fast - sg(m_slow)),
+    which is DPO of the fast module with the slow one as its reference (pi_ref cancels): it pulls
+    the fast module's preference log-odds above the slow module's, and its gradient does not fade
+    as the fast module's own DPO term saturates while the slow one trails it. The slow module gets
+    no gradient from it (sg: stop-gradient). Not confirmed from the paper's text (only its abstract
+    and summaries could be read): the exact form of "the regulariser on the gap of the two modules'
+    preference probabilities", and whether the slow module is also moved by it.
+
+    Shapes: fast, slow SeqLogps with policy and reference [B, 2] (chosen, rejected).
+    """
+    m_fast = beta * (fast.logratio()[:, 0] - fast.logratio()[:, 1])
+    m_slow = beta * (slow.logratio()[:, 0] - slow.logratio()[:, 1])
+    return -torch.nn.functional.logsigmoid(m_fast - m_slow.detach())

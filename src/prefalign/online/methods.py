@@ -108,6 +108,23 @@ METHODS = {m.name: m for m in [
            "c_i, x); no judge, no reference, no KL term.",
            {**pairs("sami", pairing="constitutions", samples_per_prompt=1)},
            "the authors train with RMSprop at lr 5e-7; prefalign's loop uses AdamW (set learning_rate)."),
+    Method("ofs_dpo", "2406.05534",
+           "Online fast-slow chasing DPO: two LoRA modules on one base (lora: true), the fast one (the policy) at "
+           "learning_rate, the slow one online.ofs_lr_ratio (4) times slower, both trained by the objective (dpo) on "
+           "each round's pairs plus online.ofs_chase (1.0) * -log sigmoid(m_fast - sg(m_slow)), m the DPO margin; "
+           "pairs as online_dpo (two samples, the judge picks); reference fixed.",
+           {**pairs("dpo", pairing="two_samples", samples_per_prompt=2, reference="fixed"), "lora": True},
+           "only the abstract and summaries could be read: the regulariser's exact form (here DPO of the fast "
+           "module against the slow one, the slow one not moved by it), the learning-rate ratio and the rule by "
+           "which the two modules swap roles (not implemented: the roles are fixed). The paper trains on a given "
+           "stream of preference pairs; here each round's pairs are sampled and judged."),
+    Method("cofs_dpo", "2406.05534",
+           "Cross-domain OFS-DPO: OFS-DPO over a stream of domains (data.train, then each online.domains file, the "
+           "rounds split evenly); after each domain its fast module is kept, and from the second domain on the fast "
+           "module becomes the combination sum_d w_d fast_d (online.cofs_weights, uniform by default).",
+           {**pairs("dpo", pairing="two_samples", samples_per_prompt=2, reference="fixed"), "lora": True},
+           "as ofs_dpo; also how the paper picks the combination weights (given or uniform here), and whether the "
+           "combined module or the last domain's continues training (the combination does here)."),
     Method("custom", "", "No preset: only the keys you give (objective, online.pairing, online.reference, ...).",
            {}),
 ]}

@@ -30,11 +30,13 @@ from prefalign.models.causal_lm import PolicyLogps, load_model, load_tokenizer, 
 from prefalign.models.generation import GenerateSettings
 from prefalign.models.hub import resolve_model
 from prefalign.online.examples import RoundPrompt, build_examples
+from prefalign.online.fast_slow import (FastSlowTrainee, add_slow_module, combine_fast_modules, param_groups,
+                                        save_fast_module)
 from prefalign.online.pairing import RULE_KINDS, RULE_SOURCES, Candidate, label_round, produced_features
 from prefalign.online.samplers import HFSampler, MixtureSampler, extrapolation_weights, sample_seed
 from prefalign.online.store import CachedJudge, VerdictCache, load_samples, read_json, save_samples, write_json_atomic
-from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_round_prompts,
-                                            make_judge_for, response_text, round_evaluation)
+from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_domain_prompts,
+                                            load_round_prompts, make_judge_for, response_text, round_evaluation)
 from prefalign.recipes.policy import ACCEPTS, compute_reference_logps, objective_params, setup_policy
 from prefalign.recipes.run_folders import RUN_OUTPUTS, claim_run_dir
 from prefalign.recipes.setup import loop_settings, metric_sinks, open_run_folder, optimizer_and_scheduler
@@ -70,6 +72,7 @@ class Run:
     vllm: object = None  # the vLLM sampler, built on first use (online.sampler: vllm)
     eval_judge: object = None  # the judge of the per-round evaluation (without SCIR's consistency filter)
     initial_model: object = None  # APO in logit space: the starting policy, frozen (the first "previous iterate")
+    domains: list = None  # the prompts of each domain after data.train's (online.domains)
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -132,12 +135,16 @@ def online(cfg: OnlineConfig) -> dict:
     reference_model = load_model(cfg.reference_model or cfg.model, cfg.dtype, revision=cfg.reference_model_revision
                                  if cfg.reference_model else cfg.model_revision,
                                  trust_remote_code=trust).eval().requires_grad_(False)
-    policy = acc.prepare(setup_policy(cfg, obj, model))
+    trained = setup_policy(cfg, obj, model)
+    if fast_slow(cfg):  # OFS/COFS-DPO: the slow LoRA module beside the policy's (fast) one
+        add_slow_module(trained.model)
+    policy = acc.prepare(trained)
     out.mkdir(parents=True, exist_ok=True)
     open_run_folder(acc, cfg, out, earlier, {"model_revision": commit, "reference_model_revision": reference_commit})
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
               metric_sinks(acc, out, cfg), data_report)
     run.judge, run.eval_judge = make_judge_for(run)
+    run.domains = load_domain_prompts(cfg, tokenizer, data_report)
     if apo_in_logits(cfg):  # copied before resume_point loads a later round's weights into the policy
         run.initial_model = copy.deepcopy(run.model).eval().requires_grad_(False)
     try:
@@ -157,16 +164,23 @@ def resume_point(run: Run) -> int:
     while (run.round_dir(r) / "eval.json").exists() and r < run.cfg.online.rounds:
         r += 1
     if r > 0:
-        PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer).load(
-            run.round_dir(r - 1) / "policy")
+        make_trainee(run).load(run.round_dir(r - 1) / "policy")
         run.acc.print(f"resumed online run at round {r}")
     return r
 
 
+def fast_slow(cfg) -> bool:
+    return cfg.online.method in ("ofs_dpo", "cofs_dpo")
+
+
+def make_trainee(run: Run) -> PolicyTrainee:
+    args = (run.acc, run.policy, run.objective, run.params, None, run.tokenizer, run.cfg.pad_to_multiple_of or 1)
+    return FastSlowTrainee(*args, chase=run.cfg.online.ofs_chase) if fast_slow(run.cfg) else PolicyTrainee(*args)
+
+
 def run_round(run: Run, r: int) -> None:
     cfg, rdir = run.cfg, run.round_dir(r)
-    trainee = PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer,
-                            cfg.pad_to_multiple_of or 1)
+    trainee = make_trainee(run)
     if (rdir / "policy").exists():  # trained before the kill; only the evaluation is missing
         trainee.load(rdir / "policy")
     else:
@@ -181,6 +195,7 @@ def run_round(run: Run, r: int) -> None:
             train_phase(run, r, trainee, examples)
         else:  # every pair tied or its judges disagreed (judges bound to the policy, before it moved)
             run.acc.print(f"round {r}: no pair was labeled ({counts_text(run, r)}); no training this round")
+            domain_end(run, r)
             write_atomic(rdir / "policy", trainee.save)
         if sampling["tokens"]:  # this process drew samples: their throughput goes into eval.json
             write_json_atomic(rdir / "sampling.json", sampling)
@@ -190,9 +205,30 @@ def run_round(run: Run, r: int) -> None:
 
 def round_slice(run: Run, r: int) -> list[RoundPrompt]:
     """Round r's prompts: the next prompts_per_round of a seeded permutation, wrapping around."""
-    n, k = len(run.prompts), run.cfg.online.prompts_per_round
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(run.cfg.seed, -1, 0))).tolist()
-    return [run.prompts[order[(r * k + j) % n]] for j in range(k)]
+    d = domain_of(run.cfg, r)
+    pool = run.prompts if d == 0 else run.domains[d - 1]
+    n, k = len(pool), run.cfg.online.prompts_per_round
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(run.cfg.seed, -1, d))).tolist()
+    return [pool[order[(r * k + j) % n]] for j in range(k)]
+
+
+def domain_of(cfg, r: int) -> int:
+    """Which domain round r trains on: the rounds are split evenly, data.train's first."""
+    return r // (cfg.online.rounds // (1 + len(cfg.online.domains)))
+
+
+def domain_end(run: Run, r: int) -> None:
+    """COFS-DPO, after the last round of each domain: that domain's fast module is kept on disk, and
+    from the second domain on the fast module becomes the weighted combination of all kept so far."""
+    cfg = run.cfg
+    if cfg.online.method != "cofs_dpo" or (r + 1 < cfg.online.rounds and domain_of(cfg, r + 1) == domain_of(cfg, r)):
+        return
+    save_fast_module(run.model, run.round_dir(r) / "domain_fast.safetensors")
+    ends = [q for q in range(r + 1) if q + 1 == cfg.online.rounds or domain_of(cfg, q + 1) != domain_of(cfg, q)]
+    if len(ends) > 1:
+        weights = [float(w) for w in cfg.online.cofs_weights[:len(ends)]] or [1.0] * len(ends)
+        modules = [load_file(str(run.round_dir(q) / "domain_fast.safetensors")) for q in ends]
+        combine_fast_modules(run.model, modules, weights)
 
 
 def apo_in_logits(cfg) -> bool:
@@ -336,9 +372,10 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     seed = sample_seed(cfg.seed, r, 400_000) % 2**31
     set_seed(seed)  # every round's training starts from the same RNG state, resumed or not
     trainable = [p for p in run.policy.parameters() if p.requires_grad]
+    groups = param_groups(run.model, cfg.learning_rate, cfg.online.ofs_lr_ratio) if fast_slow(cfg) else trainable
     weight_space = cfg.online.method == "apo" and cfg.online.apo_space == "weights"
     before = [p.detach().clone() for p in trainable] if weight_space else None
-    optimizer, scheduler = optimizer_and_scheduler(trainable, cfg)
+    optimizer, scheduler = optimizer_and_scheduler(groups, cfg)
     optimizer = run.acc.prepare_optimizer(optimizer)
     sinks = [OffsetSink(s, r * cfg.max_steps, r) for s in run.sinks]
     settings = replace(loop_settings(cfg, rdir / "train", False), seed=seed, eval_steps=0)
@@ -346,6 +383,7 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     train_loop(LoopParts(run.acc, trainee, optimizer, scheduler, examples, [], sinks), settings)
     if before is not None:
         extrapolate(trainable, before, cfg.online.apo_alpha)
+    domain_end(run, r)
     write_atomic(rdir / "policy", trainee.save)
 
 
@@ -390,5 +428,5 @@ def finish(run: Run, initial: dict | None, commit: str | None, started: float) -
 
 def save_policy(run: Run, folder: Path) -> None:
     """final/ holds the last round's policy (already in memory)."""
-    PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer).save(folder)
+    make_trainee(run).save(folder)
 
