@@ -132,3 +132,26 @@ def combine_fast_modules(model, modules: list[dict[str, torch.Tensor]], weights:
                          f"modules, weights {weights}")
     for name, p in adapter_params(model, FAST).items():
         p.copy_(sum((float(w) / total) * m[name].to(p.device, p.dtype) for w, m in zip(weights, modules)))
+
+
+def domain_of(cfg, r: int) -> int:
+    """Which domain round r trains on: the rounds are split evenly, data.train's first."""
+    return r // (cfg.online.rounds // (1 + len(cfg.online.domains)))
+
+
+def domain_end(cfg, model, round_dir, r: int) -> None:
+    """COFS-DPO, after the last round of each domain: that domain's fast module is kept on disk
+    (round_dir(r)/domain_fast.safetensors), and from the second domain on the fast module becomes the
+    weighted combination of all kept so far (online.cofs_weights, the first ones; uniform if unset)."""
+    o = cfg.online
+
+    def last_of_domain(q: int) -> bool:
+        return q + 1 == o.rounds or domain_of(cfg, q + 1) != domain_of(cfg, q)
+
+    if o.method != "cofs_dpo" or not last_of_domain(r):
+        return
+    save_fast_module(model, round_dir(r) / "domain_fast.safetensors")
+    ends = [q for q in range(r + 1) if last_of_domain(q)]
+    if len(ends) > 1:
+        weights = [float(w) for w in o.cofs_weights[:len(ends)]] or [1.0] * len(ends)
+        combine_fast_modules(model, [load_file(str(round_dir(q) / "domain_fast.safetensors")) for q in ends], weights)

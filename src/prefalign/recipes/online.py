@@ -30,17 +30,16 @@ from prefalign.models.causal_lm import PolicyLogps, load_model, load_tokenizer, 
 from prefalign.models.generation import GenerateSettings
 from prefalign.models.hub import resolve_model
 from prefalign.online.examples import RoundPrompt, build_examples
-from prefalign.online.fast_slow import (FastSlowTrainee, add_slow_module, combine_fast_modules, param_groups,
-                                        save_fast_module)
+from prefalign.online.fast_slow import FastSlowTrainee, add_slow_module, domain_end, domain_of, param_groups
 from prefalign.online.pairing import RULE_KINDS, RULE_SOURCES, Candidate, label_round, produced_features
-from prefalign.online.samplers import HFSampler, MixtureSampler, extrapolation_weights, sample_seed
+from prefalign.online.samplers import HFSampler, MixtureSampler, extrapolation_weights, previous_iterate, sample_seed
 from prefalign.online.store import CachedJudge, VerdictCache, load_samples, read_json, save_samples, write_json_atomic
 from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_domain_prompts,
                                             load_round_prompts, make_judge_for, response_text, round_evaluation)
 from prefalign.recipes.policy import ACCEPTS, compute_reference_logps, objective_params, setup_policy
 from prefalign.recipes.run_folders import RUN_OUTPUTS, claim_run_dir
 from prefalign.recipes.setup import loop_settings, metric_sinks, open_run_folder, optimizer_and_scheduler
-from prefalign.train.checkpoint import load_weights, write_atomic
+from prefalign.train.checkpoint import write_atomic
 from prefalign.train.loop import LoopParts, train_loop
 from prefalign.train.trainee import PolicyTrainee
 
@@ -195,7 +194,7 @@ def run_round(run: Run, r: int) -> None:
             train_phase(run, r, trainee, examples)
         else:  # every pair tied or its judges disagreed (judges bound to the policy, before it moved)
             run.acc.print(f"round {r}: no pair was labeled ({counts_text(run, r)}); no training this round")
-            domain_end(run, r)
+            domain_end(cfg, run.model, run.round_dir, r)
             write_atomic(rdir / "policy", trainee.save)
         if sampling["tokens"]:  # this process drew samples: their throughput goes into eval.json
             write_json_atomic(rdir / "sampling.json", sampling)
@@ -212,25 +211,6 @@ def round_slice(run: Run, r: int) -> list[RoundPrompt]:
     return [pool[order[(r * k + j) % n]] for j in range(k)]
 
 
-def domain_of(cfg, r: int) -> int:
-    """Which domain round r trains on: the rounds are split evenly, data.train's first."""
-    return r // (cfg.online.rounds // (1 + len(cfg.online.domains)))
-
-
-def domain_end(run: Run, r: int) -> None:
-    """COFS-DPO, after the last round of each domain: that domain's fast module is kept on disk, and
-    from the second domain on the fast module becomes the weighted combination of all kept so far."""
-    cfg = run.cfg
-    if cfg.online.method != "cofs_dpo" or (r + 1 < cfg.online.rounds and domain_of(cfg, r + 1) == domain_of(cfg, r)):
-        return
-    save_fast_module(run.model, run.round_dir(r) / "domain_fast.safetensors")
-    ends = [q for q in range(r + 1) if q + 1 == cfg.online.rounds or domain_of(cfg, q + 1) != domain_of(cfg, q)]
-    if len(ends) > 1:
-        weights = [float(w) for w in cfg.online.cofs_weights[:len(ends)]] or [1.0] * len(ends)
-        modules = [load_file(str(run.round_dir(q) / "domain_fast.safetensors")) for q in ends]
-        combine_fast_modules(run.model, modules, weights)
-
-
 def apo_in_logits(cfg) -> bool:
     return cfg.online.method == "apo" and cfg.online.apo_space == "logits"
 
@@ -241,15 +221,6 @@ def mixed(run: Run, source: str, r: int) -> bool:
     o = run.cfg.online
     main = source == "main" and (o.sampler == "mixture" or (apo_in_logits(run.cfg) and r >= 1))
     return source == "mixture" or main
-
-
-def previous_iterate(run: Run, r: int):
-    """The policy at the start of round r - 1, frozen: the starting model for r = 1, else the policy
-    round r - 2 ended with (in logit space no round extrapolates its weights, so that is pi_(r-1))."""
-    model = copy.deepcopy(run.initial_model)
-    if r >= 2:
-        load_weights(model, run.round_dir(r - 2) / "policy")
-    return model.eval().requires_grad_(False)
 
 
 def settings_for(run: Run, source: str, n: int, r: int = 0) -> GenerateSettings:
@@ -269,7 +240,7 @@ def sampler_for(run: Run, source: str, r: int = 0):
     if source == "main" and apo_in_logits(run.cfg) and r >= 1:
         # APO in logit space: the next iterate pi_hat (pi_hat / pi_prev)^alpha is only a distribution
         # (no weights give it), so rounds after the first sample it token by token
-        return MixtureSampler([run.model, previous_iterate(run, r)], extrapolation_weights(o.apo_alpha),
+        return MixtureSampler([run.model, previous_iterate(run.initial_model, run.round_dir, r)], extrapolation_weights(o.apo_alpha),
                               run.tokenizer)
     if mixed(run, source, r):
         b = o.mixture_weight
@@ -383,7 +354,7 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     train_loop(LoopParts(run.acc, trainee, optimizer, scheduler, examples, [], sinks), settings)
     if before is not None:
         extrapolate(trainable, before, cfg.online.apo_alpha)
-    domain_end(run, r)
+    domain_end(cfg, run.model, run.round_dir, r)
     write_atomic(rdir / "policy", trainee.save)
 
 
