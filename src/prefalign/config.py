@@ -399,7 +399,7 @@ class OnlineOptions:
 
     method: str = opt("online_dpo", "a method preset (`prefalign online --methods`): online_dpo | iterative_dpo | xpo | "
                                     "selm | sppo | nash_md | ipo_md | apo | irepo | dpa_rft | self_rewarding | sami | "
-                                    "custom (only your keys)")
+                                    "ofs_dpo | cofs_dpo | custom (only your keys)")
     rounds: int = opt(2, "rounds of sample -> label -> train; each trains max_steps optimizer steps on its own "
                          "examples with a fresh optimizer")
     prompts_per_round: int = opt(64, "prompts sampled per round: consecutive slices of a seeded permutation of "
@@ -460,6 +460,15 @@ class OnlineOptions:
     eval_temperature: float = opt(1.0, "sampling temperature of the held-out evaluation (0: greedy); at 1 the "
                                        "reported KL is an unbiased Monte-Carlo estimate of KL(pi || pi_ref)")
     bootstrap: int = opt(2000, "bootstrap resamples for the per-round intervals")
+    domains: list = opt([], "prompt files of the domains that follow data.train's, in the order they arrive: the "
+                            "rounds are split evenly among data.train and these (a preference stream across "
+                            "domains, OFS/COFS-DPO)")
+    ofs_chase: float = opt(1.0, "ofs_dpo / cofs_dpo: weight of the regulariser -log sigmoid(m_fast - m_slow) that "
+                                "keeps the fast LoRA module's preference log-odds ahead of the slow one's")
+    ofs_lr_ratio: float = opt(4.0, "ofs_dpo / cofs_dpo: the fast module's learning rate over the slow module's "
+                                   "(the fast one trains at learning_rate)")
+    cofs_weights: list = opt([], "cofs_dpo: weights of the domains' fast modules in the combination made at the end "
+                                 "of each domain (one per domain, the first ones renormalised); empty: uniform")
 
 
 @dataclass
@@ -526,6 +535,23 @@ def validate_online(cfg: OnlineConfig) -> None:
         raise ConfigError("online.direction_template must contain {weighted}")
     if o.temperature <= 0:
         raise ConfigError("online.temperature must be > 0 (online methods sample)")
+    validate_domains(cfg)
+
+
+def validate_domains(cfg: OnlineConfig) -> None:
+    o, n = cfg.online, 1 + len(cfg.online.domains)
+    if o.rounds % n:
+        raise ConfigError(f"online.rounds ({o.rounds}) must split evenly among the {n} domains (data.train and "
+                          "online.domains)")
+    if o.method in ("ofs_dpo", "cofs_dpo"):
+        if not cfg.lora:
+            raise ConfigError(f"online.method {o.method} trains a fast and a slow LoRA module: set lora=true")
+        if o.ofs_lr_ratio <= 0 or o.ofs_chase < 0:
+            raise ConfigError("online.ofs_lr_ratio must be > 0 and online.ofs_chase >= 0")
+    if o.cofs_weights and (len(o.cofs_weights) != n or min(float(w) for w in o.cofs_weights) < 0
+                           or sum(float(w) for w in o.cofs_weights) <= 0):
+        raise ConfigError(f"online.cofs_weights needs {n} non-negative weights (one per domain), not all 0; got "
+                          f"{o.cofs_weights}")
 
 
 def needs_reference(objective: str) -> bool:

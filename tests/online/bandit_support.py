@@ -50,9 +50,23 @@ def build_bandit(folder: Path, seed: int = 0, sharpen: float = 2.0) -> Path:
     return folder
 
 
-def write_prompts(path: Path) -> Path:
-    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+def write_prompts(path: Path, prompts: list[str] = PROMPTS) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return path
+
+
+# two domains for the cross-domain checks: q0, q1 prefer later arms, q2, q3 earlier ones
+DOMAIN_A, DOMAIN_B = ["q0", "q1"], ["q2", "q3"]
+
+
+def domain_reward(prompt: str, text: str) -> float:
+    r = reward(text)
+    return REWARD[ARMS[-1]] - r if prompt.strip() in DOMAIN_B and text.strip() in REWARD else r
+
+
+def compare_domains(prompt, a, b) -> float:
+    """The two-domain judge: Bradley-Terry on domain_reward."""
+    return 1.0 / (1.0 + math.exp(-(domain_reward(prompt, a) - domain_reward(prompt, b))))
 
 
 @torch.no_grad()
@@ -66,9 +80,11 @@ def distributions(model, tokenizer) -> torch.Tensor:
     return torch.stack(out)
 
 
-def token_rewards(tokenizer) -> torch.Tensor:
-    return torch.tensor([reward(tokenizer.decode([i], skip_special_tokens=True))
-                         for i in range(len(tokenizer))], dtype=torch.float64)
+def token_rewards(tokenizer, prompt: str | None = None) -> torch.Tensor:
+    """R of every token; with a prompt, that prompt's domain_reward."""
+    texts = [tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))]
+    values = [reward(x) if prompt is None else domain_reward(prompt, x) for x in texts]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def kl(p: torch.Tensor, q: torch.Tensor) -> float:

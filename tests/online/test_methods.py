@@ -116,3 +116,19 @@ def test_sami_scores_every_response_under_every_constitution(tiny_model_dir, tmp
     for spec in specs_of(out):
         assert spec["rows"] == [["c0", 0, "c0"], ["c1", 0, "c0"], ["c0", 0, "c1"], ["c1", 0, "c1"]]
     assert summary["rounds"][0]["trained"] and "judge_score" not in summary["rounds"][0]["eval"]
+
+
+def test_self_rewarding_trains_scir_on_the_pairs_both_judges_agree_on(tiny_model_dir, tmp_path):
+    """The preset's objective is scir (DPO + SCIR's consistency term); a length judge stands in for the
+    policy's rubric, and the implicit reward (against another reference, so it is not all ties) filters."""
+    other = tmp_path / "other"
+    build_tiny_llama(other, load_tokenizer(str(tiny_model_dir)), seed=1)
+    out = tmp_path / "scir"
+    summary = run(tiny_model_dir, out, "online.method=self_rewarding", *JUDGE, "online.judge_on_policy=false",
+                  f"reference_model={other}", "online.prompts_per_round=8")
+    assert summary["objective"] == "scir" and summary["objective_params"] == {"beta": 0.1, "consistency": 1.0}
+    labels = summary["rounds"][0]["labels"]
+    assert labels["examples"] >= 1 and labels["examples"] + labels["dropped"] == 8
+    assert all(0.5 < spec["soft_label"] <= 1.0 for spec in specs_of(out))  # the judge's P of the kept side
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("consistency_kl" in line for line in lines)

@@ -107,8 +107,10 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor, min_expected: float 
     order = expected.argsort(descending=True)
     head = order[expected[order] >= min_expected]
     tail = order[expected[order] < min_expected]
-    obs = torch.cat([counts[head].double(), counts[tail].double().sum().view(1)])
-    exp = torch.cat([expected[head], expected[tail].sum().view(1)])
+    obs, exp = counts[head].double(), expected[head]
+    if len(tail):  # no tail bucket when every token is expected often enough (a 0 / 0 term otherwise)
+        obs = torch.cat([obs, counts[tail].double().sum().view(1)])
+        exp = torch.cat([exp, expected[tail].sum().view(1)])
     stat = ((obs - exp) ** 2 / exp).sum()
     df = len(obs) - 1
     # chi-square survival function: the regularized upper incomplete gamma Q(df / 2, stat / 2)

@@ -122,3 +122,58 @@ def sami(batch: SeqLogps) -> LossOut:
     extras = {"mi_lower_bound": (math.log(c) - losses).detach().mean(),
               "accuracy": hits.to(logits.dtype).mean()}
     return LossOut(losses, per_token.detach(), extras)
+
+
+@objective("scir", kind="pairwise", paper="2502.08922", reference=True, features=("soft_label",))
+def scir(batch: SeqLogps, *, beta: float = 0.1, consistency: float = 1.0) -> LossOut:
+    """Self-rewarding DPO with SCIR's consistency term: DPO plus a penalty on the gap between the
+    implicit reward's preference and the LLM judge's.
+
+    Zhou et al., "Self-Consistency of the Internal Reward Models Improves Self-Rewarding Language
+    Models", arXiv:2502.08922 (self-rewarding: Yuan et al., arXiv:2401.10020). Two internal reward
+    models judge each pair: the generative judge (the policy as LLM judge) gives p = P(chosen
+    preferred), feature "soft_label"; the implicit DPO reward gives q = sigmoid(m) with
+    m = beta * ((log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)). Per pair
+        loss = -log sigmoid(m) + consistency * KL(Bern(p) || Bern(q))
+             = -log q + consistency * (p log(p / q) + (1 - p) log((1 - p) / (1 - q))),
+    so d loss / d m = -(1 - q) + consistency * (q - p): the DPO push, pulled back toward the
+    judge's confidence. The pairs reach it already filtered to those where both judges agree
+    (online.consistency_judge), SCIR's other half.
+
+    Not confirmed (only the abstract and summaries could be read): the divergence (KL of the
+    judge's Bernoulli to the implicit one here), its weight (1.0 here), and whether a confidence
+    term is added. Departure: in SCIR both reward models are the trained LLM and the term moves
+    both; here the judge's verdict is a cached number, so only the implicit reward moves.
+
+    Shapes: policy, reference [B, 2] (chosen, rejected); features["soft_label"] [B] in [0, 1].
+    rewards: beta * (policy - reference) [B, 2]. extras: "consistency_kl" = mean KL term,
+    "implicit_agrees" = share of pairs with q on the judge's side of 1/2.
+    """
+    h = batch.logratio()
+    m = beta * (h[:, 0] - h[:, 1])
+    p = batch.feature("soft_label").to(m.dtype)
+    log_q, log_1q = torch.nn.functional.logsigmoid(m), torch.nn.functional.logsigmoid(-m)
+    # xlogy: a hard judge label (p = 0 or 1) contributes 0 * log 0 = 0
+    kl = torch.xlogy(p, p) - p * log_q + torch.xlogy(1 - p, 1 - p) - (1 - p) * log_1q
+    losses = -log_q + consistency * kl
+    agrees = ((m > 0) == (p > 0.5)).to(m.dtype)
+    return LossOut(losses, (beta * h).detach(), {"consistency_kl": kl.detach().mean(), "implicit_agrees": agrees.mean()})
+
+
+def chase_regulariser(fast: SeqLogps, slow: SeqLogps, beta: float) -> torch.Tensor:
+    """OFS-DPO's regulariser between the fast and the slow module (arXiv 2406.05534), per pair [B].
+
+    With m = beta * ((log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)) for each module,
+        R = -log sigmoid(m_fast - sg(m_slow)),
+    which is DPO of the fast module with the slow one as its reference (pi_ref cancels): it pulls
+    the fast module's preference log-odds above the slow module's, and its gradient does not fade
+    as the fast module's own DPO term saturates while the slow one trails it. The slow module gets
+    no gradient from it (sg: stop-gradient). Not confirmed from the paper's text (only its abstract
+    and summaries could be read): the exact form of "the regulariser on the gap of the two modules'
+    preference probabilities", and whether the slow module is also moved by it.
+
+    Shapes: fast, slow SeqLogps with policy and reference [B, 2] (chosen, rejected).
+    """
+    m_fast = beta * (fast.logratio()[:, 0] - fast.logratio()[:, 1])
+    m_slow = beta * (slow.logratio()[:, 0] - slow.logratio()[:, 1])
+    return -torch.nn.functional.logsigmoid(m_fast - m_slow.detach())

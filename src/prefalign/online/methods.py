@@ -75,7 +75,10 @@ METHODS = {m.name: m for m in [
            "pi_(t+1) ~ pi_t (pi_t / pi_(t-1))^alpha, in weight space (default) or logit space.",
            {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", apo_alpha=0.3)},
            "weight space vs logit space and the value of alpha are not confirmed from the abstract; 3 rounds "
-           "are reported."),
+           "are reported. In logit space (online.apo_space: logits) the extrapolated policy has no weights: from "
+           "round 1 on the round's samples are drawn token by token from softmax((1 + alpha) log pi_t - alpha "
+           "log pi_(t-1)), while the reference log-probs, the weights saved and the per-round evaluation are "
+           "those of the trained iterate pi_t."),
     Method("irepo", "2405.15230",
            "iREPO: two samples per prompt, M = 5 seeded judge draws give p_hat (the share preferring the chosen), "
            "objective irepo regresses beta * (h_w - h_l) on logit(p_hat); reference the round-start policy.",
@@ -89,20 +92,39 @@ METHODS = {m.name: m for m in [
            "one direction per run: the paper draws v = (cos t, sin t) with t in [-45, 45] degrees per prompt; "
            "the instruction's wording is a template (online.direction_template)."),
     Method("self_rewarding", "2401.10020",
-           "Self-rewarding with SCIR's consistency filter (2502.08922): 4 samples per prompt, the policy grades them "
-           "as its own LLM judge (rubric, bound to the current policy), best vs worst, kept only when its implicit "
-           "reward agrees; DPO; reference the previous iterate.",
-           {**pairs("dpo", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", judge="rubric",
+           "Self-rewarding with SCIR (2502.08922): 4 samples per prompt, the policy grades them as its own LLM "
+           "judge (rubric, bound to the current policy), best vs worst, kept only when its implicit reward "
+           "agrees; objective scir: DPO plus the consistency term KL(judge's P || the implicit reward's P) "
+           "(objective_args consistency, 1.0); reference the previous iterate.",
+           {**pairs("scir", pairing="best_vs_worst", samples_per_prompt=4, reference="previous", judge="rubric",
                     judge_on_policy=True, consistency_judge="implicit_reward")},
-           "SCIR's consistency loss term (training the two reward views to agree) is not implemented: only its "
-           "consistent-pair filter is; the implicit reward is measured against the starting model (or "
-           "reference_model), so a run that starts from it keeps no pair until the policy has moved."),
+           "SCIR's divergence and its weight are not confirmed (see the scir objective); its term trains both "
+           "reward views, here only the implicit one (the judge's verdicts are cached numbers); the implicit "
+           "reward is measured against the starting model (or reference_model), so a run that starts from it "
+           "keeps no pair until the policy has moved."),
     Method("sami", "2404.14313",
            "SAMI: per query one greedy response under each constitution (online.constitutions, e.g. a principle and "
            "its antithesis); objective sami, the symmetric InfoNCE over the C x C matrix of mean-token log pi(y_j | "
            "c_i, x); no judge, no reference, no KL term.",
            {**pairs("sami", pairing="constitutions", samples_per_prompt=1)},
            "the authors train with RMSprop at lr 5e-7; prefalign's loop uses AdamW (set learning_rate)."),
+    Method("ofs_dpo", "2406.05534",
+           "Online fast-slow chasing DPO: two LoRA modules on one base (lora: true), the fast one (the policy) at "
+           "learning_rate, the slow one online.ofs_lr_ratio (4) times slower, both trained by the objective (dpo) on "
+           "each round's pairs plus online.ofs_chase (1.0) * -log sigmoid(m_fast - sg(m_slow)), m the DPO margin; "
+           "pairs as online_dpo (two samples, the judge picks); reference fixed.",
+           {**pairs("dpo", pairing="two_samples", samples_per_prompt=2, reference="fixed"), "lora": True},
+           "only the abstract and summaries could be read: the regulariser's exact form (here DPO of the fast "
+           "module against the slow one, the slow one not moved by it), the learning-rate ratio and the rule by "
+           "which the two modules swap roles (not implemented: the roles are fixed). The paper trains on a given "
+           "stream of preference pairs; here each round's pairs are sampled and judged."),
+    Method("cofs_dpo", "2406.05534",
+           "Cross-domain OFS-DPO: OFS-DPO over a stream of domains (data.train, then each online.domains file, the "
+           "rounds split evenly); after each domain its fast module is kept, and from the second domain on the fast "
+           "module becomes the combination sum_d w_d fast_d (online.cofs_weights, uniform by default).",
+           {**pairs("dpo", pairing="two_samples", samples_per_prompt=2, reference="fixed"), "lora": True},
+           "as ofs_dpo; also how the paper picks the combination weights (given or uniform here), and whether the "
+           "combined module or the last domain's continues training (the combination does here)."),
     Method("custom", "", "No preset: only the keys you give (objective, online.pairing, online.reference, ...).",
            {}),
 ]}

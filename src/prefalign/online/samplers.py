@@ -98,6 +98,26 @@ class HFSampler:
         return samples
 
 
+def extrapolation_weights(alpha: float) -> list[float]:
+    """APO in logit space (arXiv 2410.06293): pi_(t+1) ~ pi_hat_(t+1) (pi_hat_(t+1) / pi_t)^alpha is the
+    mixture of (the trained iterate, the one before it) with weights (1 + alpha, -alpha)."""
+    return [1.0 + float(alpha), -float(alpha)]
+
+
+def previous_iterate(initial_model, round_dir, r: int):
+    """APO in logit space: the policy at the start of round r - 1, frozen. The starting model for
+    r = 1, else the policy round r - 2 ended with (round_dir(r - 2)/policy; in logit space no round
+    extrapolates its weights, so that is pi_(r-1))."""
+    import copy
+
+    from prefalign.train.checkpoint import load_weights
+
+    model = copy.deepcopy(initial_model)
+    if r >= 2:
+        load_weights(model, round_dir(r - 2) / "policy")
+    return model.eval().requires_grad_(False)
+
+
 def mixture_logprobs(logits: list[torch.Tensor], weights: list[float], temperature: float) -> torch.Tensor:
     """log softmax(sum_i w_i * log_softmax(logits_i / T)) over the last dimension, in float32."""
     total = sum(w * torch.log_softmax(x.float() / temperature, -1) for w, x in zip(weights, logits))

@@ -10,6 +10,7 @@ re-seeded RNGs and a fresh optimizer: a resumed run ends bitwise equal to an uni
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -29,11 +30,12 @@ from prefalign.models.causal_lm import PolicyLogps, load_model, load_tokenizer, 
 from prefalign.models.generation import GenerateSettings
 from prefalign.models.hub import resolve_model
 from prefalign.online.examples import RoundPrompt, build_examples
+from prefalign.online.fast_slow import FastSlowTrainee, add_slow_module, domain_end, domain_of, param_groups
 from prefalign.online.pairing import RULE_KINDS, RULE_SOURCES, Candidate, label_round, produced_features
-from prefalign.online.samplers import HFSampler, MixtureSampler, sample_seed
+from prefalign.online.samplers import HFSampler, MixtureSampler, extrapolation_weights, previous_iterate, sample_seed
 from prefalign.online.store import CachedJudge, VerdictCache, load_samples, read_json, save_samples, write_json_atomic
-from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_round_prompts,
-                                            make_judge_for, response_text, round_evaluation)
+from prefalign.recipes.online_setup import (OffsetSink, initial_evaluation, judge_key, load_domain_prompts,
+                                            load_round_prompts, make_judge_for, response_text, round_evaluation)
 from prefalign.recipes.policy import ACCEPTS, compute_reference_logps, objective_params, setup_policy
 from prefalign.recipes.run_folders import RUN_OUTPUTS, claim_run_dir
 from prefalign.recipes.setup import loop_settings, metric_sinks, open_run_folder, optimizer_and_scheduler
@@ -68,6 +70,8 @@ class Run:
     data_report: dict
     vllm: object = None  # the vLLM sampler, built on first use (online.sampler: vllm)
     eval_judge: object = None  # the judge of the per-round evaluation (without SCIR's consistency filter)
+    initial_model: object = None  # APO in logit space: the starting policy, frozen (the first "previous iterate")
+    domains: list = None  # the prompts of each domain after data.train's (online.domains)
 
     @property
     def model(self):  # the HF model inside the trained policy (what samplers generate with)
@@ -130,12 +134,18 @@ def online(cfg: OnlineConfig) -> dict:
     reference_model = load_model(cfg.reference_model or cfg.model, cfg.dtype, revision=cfg.reference_model_revision
                                  if cfg.reference_model else cfg.model_revision,
                                  trust_remote_code=trust).eval().requires_grad_(False)
-    policy = acc.prepare(setup_policy(cfg, obj, model))
+    trained = setup_policy(cfg, obj, model)
+    if fast_slow(cfg):  # OFS/COFS-DPO: the slow LoRA module beside the policy's (fast) one
+        add_slow_module(trained.model)
+    policy = acc.prepare(trained)
     out.mkdir(parents=True, exist_ok=True)
     open_run_folder(acc, cfg, out, earlier, {"model_revision": commit, "reference_model_revision": reference_commit})
     run = Run(cfg, acc, out, obj, params, tokenizer, policy, reference_model, None, prompts, eval_prompts,
               metric_sinks(acc, out, cfg), data_report)
     run.judge, run.eval_judge = make_judge_for(run)
+    run.domains = load_domain_prompts(cfg, tokenizer, data_report)
+    if apo_in_logits(cfg):  # copied before resume_point loads a later round's weights into the policy
+        run.initial_model = copy.deepcopy(run.model).eval().requires_grad_(False)
     try:
         initial = initial_evaluation(run)  # before any round's weights are loaded: the starting policy
         first = resume_point(run)
@@ -153,16 +163,23 @@ def resume_point(run: Run) -> int:
     while (run.round_dir(r) / "eval.json").exists() and r < run.cfg.online.rounds:
         r += 1
     if r > 0:
-        PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer).load(
-            run.round_dir(r - 1) / "policy")
+        make_trainee(run).load(run.round_dir(r - 1) / "policy")
         run.acc.print(f"resumed online run at round {r}")
     return r
 
 
+def fast_slow(cfg) -> bool:
+    return cfg.online.method in ("ofs_dpo", "cofs_dpo")
+
+
+def make_trainee(run: Run) -> PolicyTrainee:
+    args = (run.acc, run.policy, run.objective, run.params, None, run.tokenizer, run.cfg.pad_to_multiple_of or 1)
+    return FastSlowTrainee(*args, chase=run.cfg.online.ofs_chase) if fast_slow(run.cfg) else PolicyTrainee(*args)
+
+
 def run_round(run: Run, r: int) -> None:
     cfg, rdir = run.cfg, run.round_dir(r)
-    trainee = PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer,
-                            cfg.pad_to_multiple_of or 1)
+    trainee = make_trainee(run)
     if (rdir / "policy").exists():  # trained before the kill; only the evaluation is missing
         trainee.load(rdir / "policy")
     else:
@@ -177,6 +194,7 @@ def run_round(run: Run, r: int) -> None:
             train_phase(run, r, trainee, examples)
         else:  # every pair tied or its judges disagreed (judges bound to the policy, before it moved)
             run.acc.print(f"round {r}: no pair was labeled ({counts_text(run, r)}); no training this round")
+            domain_end(cfg, run.model, run.round_dir, r)
             write_atomic(rdir / "policy", trainee.save)
         if sampling["tokens"]:  # this process drew samples: their throughput goes into eval.json
             write_json_atomic(rdir / "sampling.json", sampling)
@@ -186,14 +204,28 @@ def run_round(run: Run, r: int) -> None:
 
 def round_slice(run: Run, r: int) -> list[RoundPrompt]:
     """Round r's prompts: the next prompts_per_round of a seeded permutation, wrapping around."""
-    n, k = len(run.prompts), run.cfg.online.prompts_per_round
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(run.cfg.seed, -1, 0))).tolist()
-    return [run.prompts[order[(r * k + j) % n]] for j in range(k)]
+    d = domain_of(run.cfg, r)
+    pool = run.prompts if d == 0 else run.domains[d - 1]
+    n, k = len(pool), run.cfg.online.prompts_per_round
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(run.cfg.seed, -1, d))).tolist()
+    return [pool[order[(r * k + j) % n]] for j in range(k)]
 
 
-def settings_for(run: Run, source: str, n: int) -> GenerateSettings:
+def apo_in_logits(cfg) -> bool:
+    return cfg.online.method == "apo" and cfg.online.apo_space == "logits"
+
+
+def mixed(run: Run, source: str, r: int) -> bool:
+    """Whether `source` is drawn token by token from a mixture: Nash-MD's / IPO-MD's pi^(1-b) mu^b, or
+    APO's extrapolation in logit space from round 1 on (round 0 has no earlier iterate)."""
     o = run.cfg.online
-    mixture = source == "mixture" or (source == "main" and o.sampler == "mixture")
+    main = source == "main" and (o.sampler == "mixture" or (apo_in_logits(run.cfg) and r >= 1))
+    return source == "mixture" or main
+
+
+def settings_for(run: Run, source: str, n: int, r: int = 0) -> GenerateSettings:
+    o = run.cfg.online
+    mixture = mixed(run, source, r)
     greedy = source == "greedy" or (source[:1] == "c" and source[1:].isdigit())  # SELM's and SAMI's samples
     return GenerateSettings(max_new_tokens=o.max_new_tokens, do_sample=not greedy, temperature=o.temperature,
                             top_p=1.0 if mixture else o.top_p, top_k=0 if mixture else o.top_k,
@@ -201,11 +233,16 @@ def settings_for(run: Run, source: str, n: int) -> GenerateSettings:
                             max_prompt_tokens=prompt_length(run.cfg))
 
 
-def sampler_for(run: Run, source: str):
+def sampler_for(run: Run, source: str, r: int = 0):
     o = run.cfg.online
     if source == "reference":
         return HFSampler(run.reference_model, run.tokenizer)
-    if source == "mixture" or (source == "main" and o.sampler == "mixture"):
+    if source == "main" and apo_in_logits(run.cfg) and r >= 1:
+        # APO in logit space: the next iterate pi_hat (pi_hat / pi_prev)^alpha is only a distribution
+        # (no weights give it), so rounds after the first sample it token by token
+        return MixtureSampler([run.model, previous_iterate(run.initial_model, run.round_dir, r)], extrapolation_weights(o.apo_alpha),
+                              run.tokenizer)
+    if mixed(run, source, r):
         b = o.mixture_weight
         return MixtureSampler([run.model, run.reference_model], [1.0 - b, b], run.tokenizer)
     if o.sampler == "vllm" and source in ("main", "policy", "greedy"):
@@ -227,7 +264,7 @@ def sample_round(run: Run, r: int, prompts: list[RoundPrompt]) -> tuple[dict, di
         else RULE_SOURCES[o.pairing]
     for source, count in sources:
         n = o.samples_per_prompt if count == "n" else count
-        sampler, settings = sampler_for(run, source), settings_for(run, source, n)
+        sampler, settings = sampler_for(run, source, r), settings_for(run, source, n, r)
         per_prompt: list[list] = [[] for _ in prompts]
         starts = list(enumerate(range(0, len(prompts), o.shard_size)))
         for shard, start in progress_iter(starts, f"round {r}: sampling ({source})", enabled=run.cfg.progress):
@@ -306,8 +343,10 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     seed = sample_seed(cfg.seed, r, 400_000) % 2**31
     set_seed(seed)  # every round's training starts from the same RNG state, resumed or not
     trainable = [p for p in run.policy.parameters() if p.requires_grad]
-    before = [p.detach().clone() for p in trainable] if cfg.online.method == "apo" else None
-    optimizer, scheduler = optimizer_and_scheduler(trainable, cfg)
+    groups = param_groups(run.model, cfg.learning_rate, cfg.online.ofs_lr_ratio) if fast_slow(cfg) else trainable
+    weight_space = cfg.online.method == "apo" and cfg.online.apo_space == "weights"
+    before = [p.detach().clone() for p in trainable] if weight_space else None
+    optimizer, scheduler = optimizer_and_scheduler(groups, cfg)
     optimizer = run.acc.prepare_optimizer(optimizer)
     sinks = [OffsetSink(s, r * cfg.max_steps, r) for s in run.sinks]
     settings = replace(loop_settings(cfg, rdir / "train", False), seed=seed, eval_steps=0)
@@ -315,6 +354,7 @@ def train_phase(run: Run, r: int, trainee: PolicyTrainee, examples: list) -> Non
     train_loop(LoopParts(run.acc, trainee, optimizer, scheduler, examples, [], sinks), settings)
     if before is not None:
         extrapolate(trainable, before, cfg.online.apo_alpha)
+    domain_end(cfg, run.model, run.round_dir, r)
     write_atomic(rdir / "policy", trainee.save)
 
 
@@ -359,5 +399,5 @@ def finish(run: Run, initial: dict | None, commit: str | None, started: float) -
 
 def save_policy(run: Run, folder: Path) -> None:
     """final/ holds the last round's policy (already in memory)."""
-    PolicyTrainee(run.acc, run.policy, run.objective, run.params, None, run.tokenizer).save(folder)
+    make_trainee(run).save(folder)
 

@@ -91,24 +91,36 @@ def load_round_prompts(cfg: OnlineConfig, tokenizer, report: dict) -> tuple[list
     if not train:
         raise ValueError(f"{cfg.data.train}: no prompts to sample from")
 
+    return encode_prompts(cfg, tokenizer, train), encode_prompts(cfg, tokenizer, held[:cfg.online.eval_prompts])
+
+
+def encode_prompts(cfg: OnlineConfig, tokenizer, items: list) -> list[RoundPrompt]:
     if cfg.online.chat_template and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("online.chat_template=true needs a tokenizer with a chat template")
+    out = []
+    for p, src, responses in items:
+        if cfg.online.chat_template and isinstance(p, str):
+            p = [{"role": "user", "content": p}]  # data rows (SELM) then render the same way
+        if cfg.online.direction:
+            p, ids = with_instruction(tokenizer, p, direction_instruction(cfg.online), prompt_length(cfg), src)
+        else:
+            ids = encode_prompt(tokenizer, p, prompt_length(cfg))
+        conditioned = [with_instruction(tokenizer, p, c, prompt_length(cfg), src)[1]
+                       for c in cfg.online.constitutions]
+        out.append(RoundPrompt(p, ids, src, responses, conditioned))
+    return out
 
-    def encode(items):
-        out = []
-        for p, src, responses in items:
-            if cfg.online.chat_template and isinstance(p, str):
-                p = [{"role": "user", "content": p}]  # data rows (SELM) then render the same way
-            if cfg.online.direction:
-                p, ids = with_instruction(tokenizer, p, direction_instruction(cfg.online), prompt_length(cfg), src)
-            else:
-                ids = encode_prompt(tokenizer, p, prompt_length(cfg))
-            conditioned = [with_instruction(tokenizer, p, c, prompt_length(cfg), src)[1]
-                           for c in cfg.online.constitutions]
-            out.append(RoundPrompt(p, ids, src, responses, conditioned))
-        return out
 
-    return encode(train), encode(held[:cfg.online.eval_prompts])
+def load_domain_prompts(cfg: OnlineConfig, tokenizer, report: dict) -> list[list[RoundPrompt]]:
+    """The prompts of each online.domains file (the domains after data.train's), read like data.train;
+    `report` gets one entry per domain ("domain-1", ...)."""
+    out = []
+    for d, path in enumerate(cfg.online.domains, start=1):
+        items = read_prompts(cfg, str(path), cfg.data.split, report, f"domain-{d}")
+        if not items:
+            raise ValueError(f"{path} (online.domains[{d - 1}]): no prompts")
+        out.append(encode_prompts(cfg, tokenizer, items))
+    return out
 
 
 def unit(direction: list) -> list[float]:
