@@ -101,6 +101,14 @@ def test_dpo_frontier_rules_pass_fail_and_stay_open():
     sft_better = frontier_numbers()
     sft_better["cells"][2]["score"] = 0.6  # DPO's 0.4 at KL 2 is 10 SE below
     assert dpo_frontier.verdict(sft_better)[0] == "FAIL"
+    # Preferred-FT beyond DPO's KL range: a DPO cell with more reward at less KL dominates it ...
+    beyond = frontier_numbers()
+    beyond["cells"][2].update(kl=3.5, score=0.45)
+    assert dpo_frontier.verdict(beyond)[0] == "PASS"
+    # ... but with more reward than any DPO cell there, nothing can be said
+    beyond["cells"][2]["score"] = 0.55
+    state, reason = dpo_frontier.verdict(beyond)
+    assert state == "INCONCLUSIVE" and "outside DPO's KL range" in reason
     bon_falls = frontier_numbers(best_of_n=[{"n": 1, "score": 0.3}, {"n": 2, "score": 0.2}, {"n": 4, "score": 0.4}])
     assert dpo_frontier.verdict(bon_falls)[0] == "FAIL"
     assert dpo_frontier.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

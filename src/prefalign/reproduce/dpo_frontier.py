@@ -12,8 +12,9 @@ Rules (each can fail; INCONCLUSIVE when the testbed cannot tell, never PASS):
 - best-of-N: gold rises with N (each step >= -0.02) and N_max beats N = 1 (checks scorer and sampler);
 - KL falls as DPO's beta grows (Spearman <= -0.8);
 - DPO raises the gold score: its best cell's paired gain over the reference's samples, CI above 0;
-- DPO >= Preferred-FT at Preferred-FT's KL (DPO's curve interpolated there; FAIL if lower by more than
-  2 standard errors of Preferred-FT's mean; INCONCLUSIVE when Preferred-FT's KL is outside DPO's range).
+- DPO >= Preferred-FT at matched KL: PASS when a DPO cell has at least Preferred-FT's score at no more
+  KL (dominance); else DPO's curve interpolated at Preferred-FT's KL, FAIL if lower by more than 2
+  standard errors of Preferred-FT's mean; INCONCLUSIVE when Preferred-FT's KL is outside DPO's range.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from prefalign.diagnostics.sweep_report import interpolate, plot_frontier
 from prefalign.reproduce import gold_testbed as g
 from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 
-QUICK = dict(train_prompts=24, eval_prompts=12, steps=6, bon=[1, 2, 4],
+QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=3, bon=[1, 2, 4],
              methods=[("dpo", 0.1, {}), ("dpo", 1.0, {}), ("sft", None, {})])
-FULL = dict(train_prompts=256, eval_prompts=64, steps=150, bon=[1, 2, 4, 8, 16],
+FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=150, bon=[1, 2, 4, 8, 16],
             methods=[("dpo", 0.05, {}), ("dpo", 0.1, {}), ("dpo", 0.5, {}), ("ipo", 0.1, {}), ("simpo", 2.0, {}),
                      ("fdpo", 0.1, {"divergence": "js"}), ("sft", None, {})])
 
@@ -66,7 +67,13 @@ def verdict(numbers: dict) -> tuple[str, str]:
     sft = next((c for c in numbers["cells"] if c["objective"] == "sft"), None)
     if sft is not None:
         at = interpolate([(c["kl"], c["score"]) for c in dpo], sft["kl"])
-        if at is None:
+        dominating = [c for c in dpo if c["kl"] <= sft["kl"] and c["score"] >= sft["score"]]
+        if dominating:  # more reward at no more KL: dominance, wherever the curves' ranges end
+            c = max(dominating, key=lambda c: c["score"])
+            rules.append(("DPO >= Preferred-FT at matched KL", "PASS",
+                          f"DPO beta {c['beta']} {c['score']:.3f} at KL {c['kl']:.3f} >= Preferred-FT "
+                          f"{sft['score']:.3f} at KL {sft['kl']:.3f}"))
+        elif at is None:
             rules.append(("DPO >= Preferred-FT at matched KL", "INCONCLUSIVE",
                           f"Preferred-FT's KL {sft['kl']:.3f} is outside DPO's KL range"))
         else:
@@ -82,23 +89,23 @@ def verdict(numbers: dict) -> tuple[str, str]:
 def run(out_dir: Path, quick: bool) -> ClaimResult:
     s = QUICK if quick else FULL
     g.set_threads()
-    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"])
+    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"], max_new_tokens=s["max_new_tokens"])
     ok, spread = g.spread_ok(data)
     prompts = g.story_prompts(s["eval_prompts"], held_out=True)
-    reference = g.evaluate_models([(0, Path(g.tiny_base()))], prompts)[0]
+    reference = g.evaluate_models([(0, Path(g.tiny_base()))], prompts, s["max_new_tokens"])[0]
     cells = []
     for objective, beta, args in s["methods"]:
         name = f"{objective}-{beta}" + "".join(f"-{v}" for v in args.values())
         folder = g.train_run(out_dir / "runs" / name, out_dir / "data", objective, s["steps"], beta,
                              objective_args=args)
-        row = g.evaluate_models([(s["steps"], folder / "final")], prompts)[0]
+        row = g.evaluate_models([(s["steps"], folder / "final")], prompts, s["max_new_tokens"])[0]
         score = g.mean_ci(row["score"])
         cells.append({"name": name, "objective": objective, "beta": beta, "kl": sum(row["kl"]) / len(row["kl"]),
                       "score": score["mean"], "low": score["low"], "high": score["high"],
                       "se": (sum((v - score["mean"]) ** 2 for v in row["score"]) / max(len(row["score"]) - 1, 1)
                              / len(row["score"])) ** 0.5,
                       "gain": g.paired_gain(row["score"], reference["score"])})
-    bon = g.best_of_n(prompts, s["bon"])
+    bon = g.best_of_n(prompts, s["bon"], s["max_new_tokens"])
     bon_rows = [{"n": b["n"], "kl": b["kl"], "score": sum(b["score"]) / len(b["score"])} for b in bon]
     dpo = [c for c in cells if c["objective"] == "dpo"]
     numbers = {"spread_ok": ok, "spread": spread, "data": data, "cells": cells, "best_of_n": bon_rows,

@@ -56,16 +56,24 @@ def build_gold_data(out_dir: Path, train_prompts: int, eval_prompts: int, num_sa
 
     out_dir = Path(out_dir)
     report_path = out_dir / "data_report.json"
+    settings = {"train_prompts": train_prompts, "eval_prompts": eval_prompts, "num_samples": num_samples,
+                "max_new_tokens": max_new_tokens, "seed": seed, "model": model}
     if report_path.is_file():
-        return json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text())
+        if report.get("settings") == settings:
+            return report
+        raise ValueError(f"{out_dir} holds testbed data built with other settings ({report.get('settings')}); "
+                         "choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model or tiny_base()
     generator = LocalModel(load_model(model).eval(), load_tokenizer(model))
     context = BuildContext(judge=make_judge("vader_sentiment"), generator=generator, seed=seed)
     report = {}
-    for split, n, held in (("train", train_prompts, False), ("eval", eval_prompts, True)):
+    # the held-out pairs only feed the run's own held-out loss and accuracies: 16 prompts are enough
+    for split, n, held in (("train", train_prompts, False), ("eval", min(eval_prompts, 16), True)):
         prompts = [Example(p, [], [], "prompt", f"story:{i}") for i, p in enumerate(story_prompts(n, held, seed))]
-        pairs, report[split] = run_builder("gold_pairs", prompts, {"num_samples": num_samples,
+        rule = "all_pairs" if split == "train" else "best_vs_worst"  # one held-out pair per prompt
+        pairs, report[split] = run_builder("gold_pairs", prompts, {"num_samples": num_samples, "rule": rule,
                                                                    "max_new_tokens": max_new_tokens}, context)
         rows = [{"prompt": e.prompt, "chosen": e.responses[0], "rejected": e.responses[1], **e.extra} for e in pairs]
         (out_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -30,8 +30,9 @@ from prefalign.diagnostics.overoptimization import run_models
 from prefalign.reproduce import gold_testbed as g
 from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 
-QUICK = dict(train_prompts=24, eval_prompts=12, steps=8, save_steps=2, beta=0.1, learning_rate=3e-3)
-FULL = dict(train_prompts=256, eval_prompts=64, steps=240, save_steps=30, beta=0.1, learning_rate=3e-3)
+QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=4, save_steps=2, beta=0.1,
+             learning_rate=3e-3)
+FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=240, save_steps=30, beta=0.1, learning_rate=3e-3)
 ENTROPY_DROP, MASS_DROP = 0.1, 0.05
 
 
@@ -90,12 +91,12 @@ def plot(rows: list[dict], stop_step: int, out_png: Path) -> None:
 def run(out_dir: Path, quick: bool) -> ClaimResult:
     s = QUICK if quick else FULL
     g.set_threads()
-    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"])
+    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"], max_new_tokens=s["max_new_tokens"])
     ok, spread = g.spread_ok(data)
     prompts = g.story_prompts(s["eval_prompts"], held_out=True)
     folder = g.train_run(out_dir / "runs" / "dpo", out_dir / "data", "dpo", s["steps"], s["beta"],
                          save_steps=s["save_steps"], learning_rate=s["learning_rate"])
-    evals = g.evaluate_models(run_models(folder), prompts, indicators=True)
+    evals = g.evaluate_models(run_models(folder), prompts, s["max_new_tokens"], indicators=True)
     trip, stop = stop_index(evals)
     gold = [sum(r["score"]) / len(r["score"]) for r in evals]
     peak = max(range(len(evals)), key=lambda i: gold[i])

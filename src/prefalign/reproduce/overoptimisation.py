@@ -31,8 +31,9 @@ from prefalign.diagnostics.overoptimization import run_models
 from prefalign.reproduce import gold_testbed as g
 from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 
-QUICK = dict(train_prompts=24, eval_prompts=12, steps=8, save_steps=2, betas=[0.05], learning_rate=1e-3)
-FULL = dict(train_prompts=256, eval_prompts=64, steps=240, save_steps=30, betas=[0.01, 0.05], learning_rate=1e-3)
+QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=4, save_steps=2, betas=[0.05],
+             learning_rate=1e-3)
+FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=240, save_steps=30, betas=[0.01, 0.05], learning_rate=1e-3)
 
 
 def fit(d: torch.Tensor, y: torch.Tensor, form: str) -> tuple[float, float, float]:
@@ -127,14 +128,14 @@ def plot(rows: list[list[dict]], f: dict, betas: list, out_png: Path) -> None:
 def run(out_dir: Path, quick: bool) -> ClaimResult:
     s = QUICK if quick else FULL
     g.set_threads()
-    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"])
+    data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"], max_new_tokens=s["max_new_tokens"])
     ok, spread = g.spread_ok(data)
     prompts = g.story_prompts(s["eval_prompts"], held_out=True)
     rows = []
     for beta in s["betas"]:
         folder = g.train_run(out_dir / "runs" / f"dpo-{beta}", out_dir / "data", "dpo", s["steps"], beta,
                              save_steps=s["save_steps"], learning_rate=s["learning_rate"])
-        rows.append(g.evaluate_models(run_models(folder), prompts))
+        rows.append(g.evaluate_models(run_models(folder), prompts, s["max_new_tokens"]))
     f = analyse(rows)
     numbers = {"spread_ok": ok, "spread": spread, "data": data, "fit": f, "settings": s,
                "runs": [[{"step": r["step"], "kl": sum(r["kl"]) / len(r["kl"]), "gold": sum(r["score"]) / len(r["score"])}
