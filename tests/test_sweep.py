@@ -113,3 +113,29 @@ def test_sweep_trains_every_cell_skips_finished_ones_and_resumes_an_interrupted_
         sweep(tree, opts, grid)
     assert done.stat().st_mtime_ns == stamp
     assert torch.isfinite(torch.tensor([c["samples"]["kl"]["mean"] for c in again["cells"]])).all()
+
+
+def test_objective_overrides_reach_only_their_objectives_cells(tiny_model_dir, tmp_path):
+    from prefalign.recipes.sweep import plan_cells
+
+    tree, opts, grid = load_sweep(None, base(tiny_model_dir, tmp_path / "sw"), ["objective=dpo,kto"], None)
+    cells = plan_cells(tree, grid, tmp_path / "sw", {"kto": {"data.builders": [{"name": "pairs_to_unpaired"}]}})
+    assert [(c.name, c.cfg.data.builders) for c in cells] == [
+        ("objective-dpo", []), ("objective-kto", [{"name": "pairs_to_unpaired"}])]
+    assert cells[1].cfg.output_dir == str(tmp_path / "sw" / "cells" / "objective-kto")
+
+
+def test_without_a_judge_the_frontier_reads_held_out_accuracy(tmp_path):
+    from prefalign.diagnostics.sweep_report import write_sweep_report
+
+    def cell(name, objective, beta, kl, acc):
+        return {"name": name, "objective": objective, "beta": beta, "eval_end": {"eval/rewards/accuracy": acc},
+                "samples": {"kl": {"mean": kl, "low": kl, "high": kl}, "tokens": {"mean": 5.0}}}
+
+    cells = [cell("a1", "dpo", 0.1, 2.0, 0.7), cell("a2", "dpo", 1.0, 1.0, 0.6), cell("b1", "ipo", 0.1, 1.5, 0.5)]
+    report = write_sweep_report(cells, tmp_path, None)
+    assert report["frontier_value"] == "heldout_accuracy" and report["matched_kl"]["kl_star"] == 1.5
+    # dpo at KL 1.5: halfway between 0.6 (KL 1) and 0.7 (KL 2)
+    rows = {r["objective"]: r["heldout_accuracy_at_kl_star"] for r in report["matched_kl"]["rows"]}
+    assert rows == {"dpo": pytest.approx(0.65), "ipo": 0.5}
+    assert "| 1 | dpo |" in (tmp_path / "report.md").read_text() and (tmp_path / "frontier.png").is_file()
