@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from prefalign.reproduce import gold_testbed
+from prefalign.reproduce import dpo_frontier, gold_testbed, likelihood_overopt, overoptimisation  # noqa: F401 (registers)
 from prefalign.reproduce.claims import Verdict, run_claim
 from prefalign.reproduce.dpo_frontier import QUICK
 

@@ -68,7 +68,7 @@ def build_gold_data(out_dir: Path, train_prompts: int, eval_prompts: int, num_sa
     model = model or tiny_base()
     generator = LocalModel(load_model(model).eval(), load_tokenizer(model))
     context = BuildContext(judge=make_judge("vader_sentiment"), generator=generator, seed=seed)
-    report = {}
+    report: dict = {"settings": settings}
     # the held-out pairs only feed the run's own held-out loss and accuracies: 16 prompts are enough
     for split, n, held in (("train", train_prompts, False), ("eval", min(eval_prompts, 16), True)):
         prompts = [Example(p, [], [], "prompt", f"story:{i}") for i, p in enumerate(story_prompts(n, held, seed))]

@@ -15,7 +15,7 @@ early stopping keeps the checkpoint before it (the last healthy one), or the las
 
 Rules (each can fail; INCONCLUSIVE when the testbed cannot tell, never PASS):
 - precondition: VADER varies within a prompt;
-- the indicators fall: the rule trips at some checkpoint (else FAIL);
+- an indicator falls: the stopping rule trips at some checkpoint (else FAIL);
 - the run over-optimised: the gold score's peak is above the last checkpoint's (paired gain, CI above
   0), else INCONCLUSIVE (nothing to stop early from);
 - early stopping beats the end (judged only when the indicator tripped and the run over-optimised):
@@ -52,7 +52,7 @@ def verdict(numbers: dict) -> tuple[str, str]:
     rules = []
     h0, m0, hl, ml = rows[0]["entropy"], rows[0]["mass"], rows[-1]["entropy"], rows[-1]["mass"]
     tripped = numbers["trip_step"] is not None
-    rules.append(("indicators fall", "PASS" if tripped else "FAIL",
+    rules.append(("an indicator trips", "PASS" if tripped else "FAIL",
                   f"top-k entropy {h0:.3f} -> {hl:.3f}, mass {m0:.3f} -> {ml:.3f}; "
                   + (f"tripped at step {numbers['trip_step']}" if tripped else "never tripped")))
     state, why = g.gain_rule(numbers["peak_minus_last"], f"gold peak (step {numbers['peak_step']}) - last")
