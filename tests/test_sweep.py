@@ -71,6 +71,7 @@ def test_sampled_kl_of_a_policy_against_itself_is_zero_and_lengths_are_counted(t
     assert out["score"] == judge.score(["x"] * 3, out["text"])
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_cell_skips_finished_ones_and_resumes_an_interrupted_one(tiny_model_dir, tmp_path):
     out = tmp_path / "sw"
     args = ["sweep", *base(tiny_model_dir, out, "save_steps=1", "keep_last=3"),

@@ -45,6 +45,7 @@ def test_quick_data_is_labelled_by_vader(quick_data):
         gold_testbed.build_gold_data(folder, 99, 8)
 
 
+@pytest.mark.slow
 def test_likelihood_overopt_quick(tmp_path, quick_data):
     result = run_claim("likelihood-overopt", claim_dir(tmp_path, quick_data), quick=True)
     assert isinstance(result.verdict, Verdict)
@@ -57,6 +58,7 @@ def test_likelihood_overopt_quick(tmp_path, quick_data):
     assert record["verdict"] == result.verdict.value and (tmp_path / "likelihood_overopt.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_overoptimisation_quick(tmp_path, quick_data):
     result = run_claim("overoptimisation", claim_dir(tmp_path, quick_data), quick=True)
     fit = result.numbers["fit"]
@@ -68,6 +70,7 @@ def test_overoptimisation_quick(tmp_path, quick_data):
     assert result.verdict is Verdict.INCONCLUSIVE and "too little movement" in result.reason
 
 
+@pytest.mark.slow
 def test_dpo_frontier_quick(tmp_path, quick_data):
     result = run_claim("dpo-frontier", claim_dir(tmp_path, quick_data), quick=True)
     n = result.numbers
