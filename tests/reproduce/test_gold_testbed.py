@@ -137,6 +137,8 @@ def test_overoptimisation_fit_recovers_a_known_hump_and_its_peak():
     # KL barely moved: too little to fit, whatever the numbers
     still = overoptimisation.analyse([run_rows(a, b, [0.1, 0.2, 0.3, 0.4])], n_boot=50)
     assert overoptimisation.verdict({"spread_ok": True, "spread": "", "fit": still})[0] == "INCONCLUSIVE"
+    one = overoptimisation.analyse([run_rows(a, b, [1.0])], n_boot=5)  # one checkpoint: nothing to fit
+    assert overoptimisation.verdict({"spread_ok": True, "spread": "", "fit": one})[0] == "INCONCLUSIVE"
     x = torch.tensor([1.0, 2.0, 3.0])
     assert overoptimisation.fit(x, 2 * x - 0.5 * x * x, "quadratic")[:2] == pytest.approx((2.0, 0.5))
 

@@ -63,6 +63,10 @@ def points(rows: list[list[dict]], idx: torch.Tensor | None = None) -> tuple[tor
 
 def analyse(rows: list[list[dict]], n_boot: int = 500, seed: int = 0) -> dict:
     d, y = points(rows)
+    if len(d) < 2:  # nothing to fit: the verdict reads this as too little movement
+        nan = float("nan")
+        return {"a": nan, "b": nan, "b_low": nan, "b_high": nan, "d_star": None, "rmse_log": nan,
+                "rmse_quadratic": nan, "d": d.tolist(), "gain": y.tolist(), "d_p10": 0.0, "d_p90": 0.0}
     a, b, rmse_log = fit(d, y, "log")
     _, _, rmse_quad = fit(d, y, "quadratic")
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +77,7 @@ def analyse(rows: list[list[dict]], n_boot: int = 500, seed: int = 0) -> dict:
         boot.append(fit(*points(rows, idx), "log")[1])
     boot_t = torch.tensor(boot)
     return {"a": a, "b": b, "b_low": float(boot_t.quantile(0.025)), "b_high": float(boot_t.quantile(0.975)),
-            "d_star": math.exp(a / b - 1) if b > 0 else None, "rmse_log": rmse_log, "rmse_quadratic": rmse_quad,
+            "d_star": math.exp(min(a / b - 1, 50.0)) if b > 0 else None, "rmse_log": rmse_log, "rmse_quadratic": rmse_quad,
             "d": d.tolist(), "gain": y.tolist(), "d_p10": float(d.quantile(0.1)) if len(d) else 0.0,
             "d_p90": float(d.quantile(0.9)) if len(d) else 0.0}
 
