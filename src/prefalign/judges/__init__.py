@@ -7,4 +7,4 @@ __all__ = ["JUDGES", "CallableJudge", "Judge", "JudgeStats", "make_judge", "regi
 # Judges defined in their own modules register on import; importing them here makes the registry
 # complete for anyone who imports prefalign.judges (the modules load models only when constructed).
 from prefalign.judges import (consensus, follow_up, preference_model, principle, relevance, rules,  # noqa: E402,F401
-                              reward_model, rubric)
+                              reward_model, rubric, vader)
