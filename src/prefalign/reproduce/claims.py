@@ -11,8 +11,10 @@ testbed cannot tell (too little spread, too few samples); a claim never turns IN
 from __future__ import annotations
 
 import html
+import importlib
 import json
 import os
+import pkgutil
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -54,6 +56,58 @@ def claim(name: str, paper: str, paper_claim: str):
         CLAIMS[name] = Claim(name, fn, paper, paper_claim)
         return fn
     return wrap
+
+
+def load_claims() -> dict[str, str]:
+    """Import every module of this package so that each registers its claims (no shared list).
+
+    Returns {module: error} for modules that failed to import: one helper's broken module must
+    not hide everyone else's claims, and the caller reports each failure (never a silent skip)."""
+    import prefalign.reproduce as package
+
+    failed = {}
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as err:  # reported by the caller with the module's name
+            failed[info.name] = f"{type(err).__name__}: {err}"
+    return failed
+
+
+def read_result(out_dir: Path) -> dict | None:
+    """The finished result.json of a claim folder, or None when the claim has not finished there."""
+    path = Path(out_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it or rerun with --force") from err
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def table_cell(text) -> str:
+    """One Markdown table cell: pipes escaped, newlines flattened."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+SUMMARY_COLUMNS = ("claim", "command", "paper's number or shape", "ours", "verdict", "time on 2 cores")
+
+
+def summary_table(records: list[dict]) -> str:
+    """The README's "Reproductions" table: one row per result.json record (a claim's finished run)."""
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for r in records:
+        quick = " --quick" if r.get("quick") else ""
+        time_cell = format_seconds(r["seconds"]) + (" (quick setting)" if r.get("quick") else "")
+        cells = [r["name"], f"`prefalign reproduce {r['name']}{quick}`", r["paper_claim"] + f" ({r['paper']})",
+                 r["measured"], f"**{r['verdict']}**", time_cell]
+        lines.append("| " + " | ".join(table_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def run_claim(name: str, out_dir: Path, quick: bool = False) -> ClaimResult:
