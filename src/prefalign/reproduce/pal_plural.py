@@ -9,7 +9,8 @@ tastes, each weighing the two attributes with their own strengths, so one Bradle
 sees every order equally often. Responses are encoded by the real all-MiniLM-L6-v2 through
 RewardBackbone, frozen; PAL (model B, prompt-dependent prototypes) and a single BT head share the
 MLP trunk and train the same way. Held-out comparisons use questions never seen in training.
-Unseen users: only their K mixture weights are fitted (`fit_user_weights`) from n comparisons.
+Unseen users: only their K mixture weights are fitted (`fit_user_weights`) from n comparisons;
+each user's accuracy at n is averaged over several independent draws of the n comparisons.
 
 Rules: INCONCLUSIVE when the single BT reward already reaches 0.65 per-user accuracy (then the
 population is not contested enough to need pluralism). PASS needs (1) seen users: PAL - BT >= 0.15
@@ -147,7 +148,7 @@ def encode():
 
 def compare_models(users: int = 40, unseen_users: int = 16, per_user: int = 40, prototypes: int = 4, dim: int = 16,
                    mlp_hidden: int = 64, steps: int = 300, lr: float = 1e-2, shots=(0, 1, 2, 4, 8, 16),
-                   seed: int = 0, query: int = 30) -> dict:
+                   seed: int = 0, query: int = 30, draws: int = 1) -> dict:
     """PAL vs one BT head on seen users (held-out questions), then PAL's few-shot curve on unseen users."""
     from prefalign.rewards.pal import PALHead, fit_user_weights, ideal_points, pal_reward
 
@@ -192,11 +193,15 @@ def compare_models(users: int = 40, unseen_users: int = 16, per_user: int = 40, 
     for n in shots:
         per_user_acc = []
         for pref in new_users:
-            support = torch.tensor(comparisons(pref, items, train_topics, max(n, 1), rng))[:n]
-            asked = torch.tensor(comparisons(pref, items, test_topics, query, rng))
-            w = fit_user_weights(pal, feats[support[:, 0]], feats[support[:, 1]], prompt_feats[support[:, 0]])
-            with torch.no_grad():
-                per_user_acc.append((pal_margin(asked, w.expand(len(asked), -1)) > 0).float().mean().item())
+            # the expected accuracy over `draws` support sets: one draw of n comparisons is a noisy estimate
+            right = []
+            for _ in range(draws):
+                support = torch.tensor(comparisons(pref, items, train_topics, max(n, 1), rng))[:n]
+                asked = torch.tensor(comparisons(pref, items, test_topics, query, rng))
+                w = fit_user_weights(pal, feats[support[:, 0]], feats[support[:, 1]], prompt_feats[support[:, 0]])
+                with torch.no_grad():
+                    right.append((pal_margin(asked, w.expand(len(asked), -1)) > 0).float().mean().item())
+            per_user_acc.append(sum(right) / draws)
         acc = torch.tensor(per_user_acc, dtype=torch.float64)
         curve[n] = float(acc.mean())
         spread[n] = float(acc.std() / math.sqrt(len(acc)))  # the users are the independent units
@@ -235,8 +240,8 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        settings = (dict(users=16, unseen_users=8, per_user=30, steps=150, shots=(0, 1, 2, 4, 8)) if quick else
-                    dict(users=40, unseen_users=16, per_user=40, steps=300, shots=(0, 1, 2, 4, 8, 16)))
+        settings = (dict(users=16, unseen_users=8, per_user=30, steps=150, shots=(0, 1, 2, 8), draws=3) if quick else
+                    dict(users=40, unseen_users=16, per_user=40, steps=300, shots=(0, 1, 2, 4, 8, 16), draws=4))
         r = compare_models(**settings)
     finally:
         torch.set_num_threads(threads)

@@ -91,7 +91,7 @@ def train_dpo(out_dir: Path, train_pairs: list, held_pairs: list, quick: bool) -
     from prefalign.config import DataConfig, TrainConfig, validate
     from prefalign.recipes.policy import train, write_pairs
 
-    steps, lr, max_len, max_prompt = (12, 1e-3, 96, 64) if quick else (250, 5e-4, 256, 160)
+    steps, lr, max_len, max_prompt = (12, 1e-3, 96, 64) if quick else (100, 5e-4, 160, 96)
     cfg = TrainConfig(data=DataConfig(train=str(write_pairs(train_pairs, out_dir / "train.jsonl")),
                                       eval=str(write_pairs(held_pairs, out_dir / "heldout.jsonl"))), objective="dpo", beta=BETA, model=str(TINY_MODEL),
                       output_dir=str(out_dir / "run"), seed=0, max_steps=steps, batch_size=8, learning_rate=lr,
@@ -109,8 +109,8 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
     from prefalign.recipes.run_folders import load_policy
 
     torch.manual_seed(0)
-    n_train, n_held = (32, 16) if quick else (1000, 300)
-    max_len, max_prompt = (96, 64) if quick else (256, 160)
+    n_train, n_held = (32, 16) if quick else (400, 200)
+    max_len, max_prompt = (96, 64) if quick else (160, 96)
     train_pairs, held_pairs, data_report = hh_split(n_train, n_held, seed=0)
     final = train_dpo(out_dir, train_pairs, held_pairs, quick)
     tokenizer = load_tokenizer(str(TINY_MODEL))
