@@ -86,7 +86,7 @@ def test_all_runs_every_claim_keeps_finished_ones_and_writes_the_readme_table(to
     assert lines[2].startswith("| toy-down | `prefalign reproduce toy-down` | x falls (Toy paper (arXiv:0000.00002)) "
                                "| x 1.0 -> 1.1 | **FAIL** | ")
     assert lines[3].startswith("| toy-up | `prefalign reproduce toy-up` | x rises \\| a lot (Toy paper")
-    assert lines[3].count(" | ") == 5 and lines[3].endswith(" s |")
+    assert lines[3].count(" | ") == 5 and lines[3].endswith(" s CPU) |")
 
 
 def test_all_reports_a_crashing_claim_and_still_runs_the_others(toy_claims, tmp_path, capsys):
@@ -104,3 +104,5 @@ def test_all_reports_a_crashing_claim_and_still_runs_the_others(toy_claims, tmp_
 def test_summary_table_formats_minutes():
     row = {"name": "c", "paper": "p", "paper_claim": "pc", "measured": "m", "verdict": "PASS", "seconds": 125.4}
     assert summary_table([row]).splitlines()[2] == "| c | `prefalign reproduce c` | pc (p) | m | **PASS** | 2 min 05 s |"
+    row["cpu_seconds"] = 61.0
+    assert summary_table([row]).splitlines()[2].endswith("| 2 min 05 s (1 min 01 s CPU) |")

@@ -103,7 +103,10 @@ def summary_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     for r in records:
         quick = " --quick" if r.get("quick") else ""
-        time_cell = format_seconds(r["seconds"]) + (" (quick setting)" if r.get("quick") else "")
+        # CPU seconds next to wall time: on a loaded machine the wall time mostly counts waiting
+        cpu = r.get("cpu_seconds", r.get("numbers", {}).get("cpu_seconds"))
+        time_cell = format_seconds(r["seconds"]) + (f" ({format_seconds(cpu)} CPU)" if cpu is not None else "")
+        time_cell += " (quick setting)" if r.get("quick") else ""
         cells = [r["name"], f"`prefalign reproduce {r['name']}{quick}`", r["paper_claim"] + f" ({r['paper']})",
                  r["measured"], f"**{r['verdict']}**", time_cell]
         lines.append("| " + " | ".join(table_cell(c) for c in cells) + " |")
