@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import pkgutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -63,8 +64,9 @@ def load_claims() -> dict[str, str]:
 
     Returns {module: error} for modules that failed to import: one helper's broken module must
     not hide everyone else's claims, and the caller reports each failure (never a silent skip)."""
-    import prefalign.reproduce as package
-
+    # the package object without an import statement: importing it here would be an import circle
+    # (its __init__ imports this module); it is always loaded before any of its submodules
+    package = sys.modules[__name__.rpartition(".")[0]]
     failed = {}
     for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
         try:
