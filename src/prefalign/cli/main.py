@@ -11,6 +11,7 @@ from prefalign.cli import rewards as cli_rewards
 from prefalign.cli import judge as cli_judge
 from prefalign.cli import online as cli_online
 from prefalign.cli import sweep as cli_sweep
+from prefalign.cli import reproduce as cli_reproduce
 from prefalign.cli.common import add_config_command
 from prefalign.logging import print_summary
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_judge.add_commands(sub)
     cli_online.add_commands(sub)
     cli_sweep.add_commands(sub)
+    cli_reproduce.add_commands(sub)
     return parser
 
 
