@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     results = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "workloads": {}}
     report = []
     for workload in args.workloads.split(","):
-        work = Path(args.work_dir) / workload
+        work = Path(args.work_dir).resolve() / workload
         work.mkdir(parents=True, exist_ok=True)
         if args.steps:
             WORK[workload]["steps"] = args.steps
