@@ -56,7 +56,7 @@ How it is timed (and why this way)
     the last timed step's update is paid after the loop, so N timed steps still hold N updates.
 
     The one-off reference precompute (mode `precomputed`, first run with a cold cache) is timed
-    separately by wrapping prefalign.recipes.policy.compute_reference_logps in the child; it covers the kept
+    separately by wrapping prefalign.recipes.policy.write_reference_cache in the child; it covers the kept
     training and evaluation pairs (511 + 7). Peak RSS and peak GPU memory
     (torch.cuda.max_memory_allocated) cover the whole child, setup and evaluation included.
 """
@@ -262,18 +262,18 @@ def run_one(spec: dict) -> dict:
             torch.cuda.synchronize()
 
     precompute = {}
-    original = run_mod.compute_reference_logps
+    original = run_mod.write_reference_cache
 
     def timed_precompute(*args, **kwargs):
         sync()
         t0 = time.perf_counter()
-        out = original(*args, **kwargs)
+        rows = original(*args, **kwargs)  # computes batch by batch while it writes
         sync()
         precompute["s"] = time.perf_counter() - t0
-        precompute["examples"] = int(out["responses"].shape[0])
-        return out
+        precompute["examples"] = rows
+        return rows
 
-    run_mod.compute_reference_logps = timed_precompute
+    run_mod.write_reference_cache = timed_precompute
     rss_start = peak_rss_mib()
     t0 = time.perf_counter()
     if spec["mode"] == "bare":

@@ -157,11 +157,11 @@ def test_precomputed_reference_equals_frozen_and_is_cached(tiny_model_dir, tmp_p
     assert s2["reference_cache_hit"] is True
     assert train_losses(tmp_path / "pre1") == pytest.approx(train_losses(tmp_path / "frozen"), abs=1e-5)
     assert train_losses(tmp_path / "pre2") == pytest.approx(train_losses(tmp_path / "pre1"), abs=1e-7)
-    cached = list((tmp_path / "refcache").glob("reflogps-*.safetensors"))
+    cached = list((tmp_path / "refcache").glob("reflogps-*.shards"))  # one folder of shards per cache
     assert len(cached) == 1
     # other tokenization settings are another key: no stale reuse
     s3 = train(config(tiny_model_dir, tmp_path / "pre3", "precompute_ref=true", "max_length=80"))
-    assert s3["reference_cache_hit"] is False and len(list((tmp_path / "refcache").glob("*.safetensors"))) == 2
+    assert s3["reference_cache_hit"] is False and len(list((tmp_path / "refcache").glob("*.shards"))) == 2
 
 
 def test_objective_data_mismatch_fails_before_training(tiny_model_dir, tmp_path):

@@ -24,8 +24,8 @@ from prefalign.losses import get_objective
 from prefalign.losses.registry import Objective, no_beta_message, unknown_params_message
 from prefalign.models.hub import resolve_model
 from prefalign.models.causal_lm import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
-                              load_or_compute_reference, load_tokenizer, reference_cache_path, sequence_sums,
-                              with_reference)
+                              load_tokenizer, reference_cache_path, sequence_sums)
+from prefalign.models.reference_cache import ReferenceCache, ReferencedExamples, complete, write_reference_cache
 from prefalign.recipes.setup import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
                               optimizer_and_scheduler, run_loop, start_run, summary_fields)
 from prefalign.recipes.model_card import model_card
@@ -116,14 +116,12 @@ def resolve_reference(cfg: TrainConfig, obj: Objective) -> str:
 
 
 @torch.no_grad()
-def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int
-                            ) -> dict[str, torch.Tensor]:
-    """Reference values of every example under the (not yet trained) policy: "responses" [N, K]
-    summed log-probs, plus [N] values under the name of each supplier whose extra rows the
-    reference scores (reference samples). A supplier may put its own rows in the list rows' place
-    for the reference (LongPO's short-context rows): those are scored then."""
-    k = max(len(e.sequences) for e in examples)
-    out = {"responses": torch.zeros(len(examples), k)}
+def reference_batches(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int):
+    """Reference values of the examples under the (not yet trained) policy, one batch at a time
+    in data order: {"responses": [b, K] summed log-probs, plus [b] values under the name of each
+    supplier whose extra rows the reference scores (reference samples)}. A supplier may put its
+    own rows in the list rows' place for the reference (LongPO's short-context rows): those are
+    scored then."""
     policy.eval()
     for s in range(0, len(examples), batch_size):
         idx = list(range(s, min(s + batch_size, len(examples))))
@@ -132,12 +130,28 @@ def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, de
         rows = next((r for sup in active if (r := sup.reference_rows(batch)) is not None), batch)
         tok = policy(*model_args(rows))
         sums, _ = sequence_sums(tok, rows)
-        out["responses"][idx, : sums.shape[1]] = sums.float().cpu()
+        out = {"responses": sums.float().cpu()}
         for sup in active:
             values = sup.reference_values(tok, batch)
             if values is not None:
-                out.setdefault(sup.name, torch.zeros(len(examples)))[idx] = values.float().cpu()
+                out[sup.name] = values.float().cpu()
+        yield out
     policy.train()
+
+
+def compute_reference_logps(policy: PolicyLogps, examples: list, pad_id: int, device, batch_size: int
+                            ) -> dict[str, torch.Tensor]:
+    """reference_batches gathered in memory: "responses" [N, K] (K the widest example), [N] per supplier."""
+    k = max(len(e.sequences) for e in examples)
+    out = {"responses": torch.zeros(len(examples), k)}
+    start = 0
+    for values in reference_batches(policy, examples, pad_id, device, batch_size):
+        b, width = values["responses"].shape
+        out["responses"][start:start + b, :width] = values["responses"]
+        for name, v in values.items():
+            if name != "responses":
+                out.setdefault(name, torch.zeros(len(examples)))[start:start + b] = v
+        start += b
     return out
 
 
@@ -272,15 +286,18 @@ def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_se
         ref_folder = resolve_model(cfg.reference_model, cfg.reference_model_revision)[0] if cfg.reference_model \
             else resolve_model(cfg.model, cfg.model_revision)[0]
         path = reference_cache_path(cfg.ref_cache_dir, ref_folder, all_examples, cfg.logps_impl, cfg.dtype)
-        if acc.is_main_process:
-            logps, cache_hit = load_or_compute_reference(
-                path, lambda: compute_reference_logps(probe, all_examples, tokenizer.pad_token_id, acc.device,
-                                                      cfg.eval_batch_size))
+        # one shard per batch, written as computed and read back row by row when the loop takes an
+        # example: memory stays flat in the data size on both sides
+        folder = path.with_name(path.stem + ".shards")
+        cache_hit = complete(folder)
+        if acc.is_main_process and not cache_hit:
+            write_reference_cache(folder, reference_batches(probe, all_examples, tokenizer.pad_token_id, acc.device,
+                                                            cfg.eval_batch_size))
         acc.wait_for_everyone()
-        if not acc.is_main_process:
-            logps, cache_hit = load_or_compute_reference(path, lambda: None)
-        # stored with the tokenized examples: collate hands them to the step as the batch's reference
-        train_set, eval_set = with_reference(train_set, logps, 0), with_reference(eval_set, logps, len(train_set))
+        cache = ReferenceCache(folder)
+        # collate hands each example's values to the step as the batch's reference
+        train_set, eval_set = (ReferencedExamples(train_set, cache, 0),
+                               ReferencedExamples(eval_set, cache, len(train_set)))
         precompute_s = round(time.time() - t_ref, 2)
     return reference, train_set, eval_set, cache_hit, precompute_s
 
