@@ -114,26 +114,35 @@ def split_unit(prefix: int, members: list[int], rows, capacity: int) -> list[tup
     return out
 
 
-def pack_rows(rows: list[tuple[list[int], int]], t_max: int, pad_id: int, options: PackOptions,
-              pad_multiple: int = 1) -> Packed:
-    """Pack (ids, response start) rows; `t_max` is the padded batch's row length T (for `where`).
-
-    A shared-prompt unit may fill up to twice `capacity` (a prompt and two full-length responses
-    share one row); a longer unit is cut, each piece with its own prompt copy. Packed rows are as
-    long as the longest piece, at least `capacity`."""
-    longest = max(len(ids) for ids, _ in rows)
-    pieces = [p for prefix, members in prompt_units(rows, options.share_prompt)
-              for p in split_unit(prefix, members, rows, max(2 * options.capacity, longest))]
-    capacity = max(options.capacity, max(p[2] for p in pieces))
-    pieces.sort(key=lambda p: -p[2])
-    bins: list[list] = []  # [fill, pieces]
-    for piece in pieces:
+def first_fit(pieces: list[tuple[int, list[int], int]], capacity: int) -> list[list]:
+    """[fill, pieces] per packed row: each piece (longest first) into the first row it fits."""
+    bins: list[list] = []
+    for piece in sorted(pieces, key=lambda p: -p[2]):
         target = next((b for b in bins if b[0] + piece[2] <= capacity), None)
         if target is None:
             target = [0, []]
             bins.append(target)
         target[0] += piece[2]
         target[1].append(piece)
+    return bins
+
+
+def pack_rows(rows: list[tuple[list[int], int]], t_max: int, pad_id: int, options: PackOptions,
+              pad_multiple: int = 1) -> Packed:
+    """Pack (ids, response start) rows; `t_max` is the padded batch's row length T (for `where`).
+
+    A shared-prompt unit may fill up to twice `capacity` (a prompt and two full-length responses
+    share one row); a longer unit is cut, each piece with its own prompt copy. Every packed row
+    has the longest row's length, so the row length is chosen among a few (from `capacity` or the
+    longest piece up to twice `capacity`) to compute the fewest positions: rows of nearly
+    max_length leave first-fit at max_length nothing to combine."""
+    longest = max(len(ids) for ids, _ in rows)
+    pieces = [p for prefix, members in prompt_units(rows, options.share_prompt)
+              for p in split_unit(prefix, members, rows, max(2 * options.capacity, longest))]
+    smallest = max(options.capacity, max(p[2] for p in pieces))
+    plans = [first_fit(pieces, c) for c in sorted({smallest, *(max(smallest, options.capacity * f // 4)
+                                                                for f in (5, 6, 8))})]
+    bins = min(plans, key=lambda b: (len(b) * max(f for f, _ in b), max(f for f, _ in b)))
     length = -(-max(b[0] for b in bins) // pad_multiple) * pad_multiple
     n_bins = len(bins)
     input_ids = torch.full((n_bins, length), pad_id, dtype=torch.long)
