@@ -191,9 +191,12 @@ def reference_forward(model, batch, impl: str, rows: bool = False, layers: bool 
     *args, target_index, packed = model_args(batch)
     recorder = ActivationRecorder(model) if activations else None
     if recorder is not None:
-        # the hooks record [N, T] maps of the padded rows: activation masks read the padded forward
         with recorder:
-            fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index)
+            fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index, packed=packed)
+        if packed is not None:  # the hooks saw [R, L] packed maps: read them back onto the [N, T] grid
+            n, t = args[0].shape
+            recorder.maps = {g: [m.reshape(-1).index_select(0, packed.where).view(n, t) for m in maps]
+                             for g, maps in recorder.maps.items()}
     else:
         fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index, packed=packed)
     states = ReferenceStates(fwd.rows if rows else None, fwd.head if rows else None, fwd.layers)
