@@ -138,6 +138,10 @@ class TrainConfig(LoopConfig):
     pad_to_multiple_of: int | None = opt(None, "pad batch lengths to a multiple of N; unset: 64 on CUDA (few "
                                                "distinct shapes for attention kernels), 1 on CPU")
     logps_impl: str = opt("lean", "lean: chunked output projection, no full-vocabulary logits; full: model logits")
+    packing: str | bool = opt("auto", "pack each micro-batch's rows without padding (position ids restart per sequence, "
+                               "attention confined to each): auto (where the model supports it) | true | false")
+    share_prompt: str | bool = opt("auto", "in packed rows, compute each prompt once for all its responses (a tree-shaped "
+                                    "mask): auto (where packing is on and supported) | true | false")
     lora: bool = opt(False, "train a LoRA adapter (needs peft); the reference is the adapter switched off")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
@@ -173,6 +177,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if type(None) in args:
             return None
         raise ConfigError(f"{key} cannot be null")
+    if bool in args and str in args and isinstance(value, (bool, str)):
+        return value  # a switch with an `auto` (packing: auto | true | false); YAML reads true as a bool
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     if base is bool:
         if isinstance(value, bool):
@@ -290,6 +296,14 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
     validate_loop(cfg)
+    for key in ("packing", "share_prompt"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool):
+            setattr(cfg, key, "true" if value else "false")
+        if getattr(cfg, key) not in ("auto", "true", "false"):
+            raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
+    if cfg.share_prompt == "true" and cfg.packing == "false":
+        raise ConfigError("share_prompt: true needs packed rows (packing: auto or true)")
     if not 0 <= cfg.overopt_stop < 1:
         raise ConfigError("overopt_stop is a relative drop in [0, 1)")
     if cfg.overopt_stop > 0 and cfg.overopt_steps < 1:

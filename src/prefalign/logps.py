@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from prefalign.data.packing import Packed, model_inputs
+
 # Config attributes that rescale or cap logits after the output projection. Models that set
 # any of them take the standard (full-logits) path, which applies them inside the model.
 LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -116,18 +118,27 @@ def place(values: torch.Tensor, fwd: "ResponseForward") -> torch.Tensor:
 
 def response_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      response_mask: torch.Tensor, impl: str = "lean", layers: bool = False,
-                     target_index: torch.Tensor | None = None) -> ResponseForward:
+                     target_index: torch.Tensor | None = None, packed: Packed | None = None) -> ResponseForward:
     """The model's forward, reduced to what response tokens need; see `token_logps` and ResponseForward.
-    `target_index` is predicting_index(target_mask) computed ahead (collate does it on the host)."""
+    `target_index` is predicting_index(target_mask) computed ahead (collate does it on the host).
+    With `packed` (data.packing) the model reads the packed rows instead of the padded ones; the
+    outputs are the same [N, T] grid and [M, ...] rows, taken from the packed positions."""
     target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
     index = target_index if target_index is not None else predicting_index(target_mask)
     targets = input_ids.reshape(-1).index_select(0, index + 1)
-    # positions count real tokens only, so left-padded rows (generation) score as they were sampled
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if packed is not None:
+        kwargs = model_inputs(model, packed)
+        # several padded positions may read one packed position (a shared prompt's last token):
+        # index_select's backward adds their gradients, as the padded copies' gradients add up
+        source = packed.where.index_select(0, index)
+    else:
+        # positions count real tokens only, so left-padded rows (generation) score as they were sampled
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        source = index
     if layers:
         kwargs["output_hidden_states"] = True
-    at = lambda h: h.reshape(-1, h.shape[-1]).index_select(0, index)  # noqa: E731  [N, T, D] -> [M, D]
+    at = lambda h: h.reshape(-1, h.shape[-1]).index_select(0, source)  # noqa: E731  [R, L, D] -> [M, D]
     if impl == "lean" and lean_path_supported(model):
         result = model.get_decoder()(**kwargs)
         rows = at(result.last_hidden_state)
@@ -154,6 +165,7 @@ def token_logps(
     response_mask: torch.Tensor,
     impl: str = "lean",
     target_index: torch.Tensor | None = None,
+    packed: Packed | None = None,
 ) -> torch.Tensor:
     """[N, T] log-prob of each response token given everything before it; 0 elsewhere.
 
@@ -162,7 +174,7 @@ def token_logps(
     projection; impl="full" the model's own logits (for models with logit transforms).
     """
     return response_forward(model, input_ids, attention_mask, response_mask, impl,
-                            target_index=target_index).token_logps
+                            target_index=target_index, packed=packed).token_logps
 
 
 def row_logits(rows: torch.Tensor, head: torch.Tensor | None, work: torch.dtype) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from prefalign.data.packing import Packed, PackOptions, pack_rows
 from prefalign.data.tokenize import TokenizedExample
 from prefalign.logps import predicting_index
 
@@ -15,7 +16,7 @@ def to_device(value, device):
     """A tensor, a batch of rows or a dict of them moved to `device`; anything else as it is."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
-    if isinstance(value, Rows):  # a Batch too
+    if isinstance(value, (Rows, Packed)):  # a Batch too
         return value.to(device)
     if isinstance(value, dict):
         return {k: to_device(v, device) for k, v in value.items()}
@@ -27,12 +28,14 @@ class Rows:
     """Right-padded token rows [N, T]: what one forward of a model reads.
 
     target_index: the scored positions as flat indices, computed on the host (logps.predicting_index).
+    packed: the same rows packed without padding (data.packing), which the model reads instead, or None.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     target_index: torch.Tensor | None = None
+    packed: Packed | None = None
 
     def to(self, device):
         return replace(self, **{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
@@ -41,6 +44,12 @@ class Rows:
         """[n, T - 1] True where token t + 1 of a row is a scored response token (first n rows)."""
         n = self.input_ids.shape[0] if n is None else n
         return self.response_mask[:n, 1:] & self.attention_mask[:n, 1:].bool()
+
+    def computed_positions(self) -> tuple[int, int]:
+        """(positions the model computes, those that hold a token): padded or packed rows."""
+        if self.packed is not None:
+            return self.packed.slots, self.packed.tokens
+        return self.attention_mask.numel(), int(self.attention_mask.sum())
 
 
 @dataclass
@@ -71,9 +80,11 @@ class Batch(Rows):
         return tuple(self.valid.shape)
 
 
-def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1) -> Rows:
+def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int = 1,
+             pack: PackOptions | None = None) -> Rows:
     """(ids, response start) rows -> right-padded input_ids, attention_mask, response_mask [N, T],
-    and target_index: the scored positions as flat indices, computed here on the host."""
+    and target_index: the scored positions as flat indices, computed here on the host. With `pack`,
+    also the rows packed without padding (the model's input; the padded tensors stay the index)."""
     t_max = max(len(seq) for seq, _ in rows)
     t_max = -(-t_max // pad_multiple) * pad_multiple  # few distinct shapes keep GPU kernels' plans cached
     input_ids = torch.full((len(rows), t_max), pad_id, dtype=torch.long)
@@ -84,7 +95,8 @@ def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int =
         attention_mask[r, : len(seq)] = 1
         response_mask[r, start: len(seq)] = True
     target_index = predicting_index(response_mask[:, 1:] & attention_mask[:, 1:].bool())
-    return Rows(input_ids, attention_mask, response_mask, target_index)
+    packed = pack_rows(rows, t_max, pad_id, pack, pad_multiple) if pack is not None else None
+    return Rows(input_ids, attention_mask, response_mask, target_index, packed)
 
 
 def all_or_none(examples: list[TokenizedExample], attr: str, name: str) -> bool:
@@ -94,16 +106,19 @@ def all_or_none(examples: list[TokenizedExample], attr: str, name: str) -> bool:
     return all(present)
 
 
-def side_batch(examples: list[TokenizedExample], name: str, pad_id: int, pad_multiple: int = 1) -> Rows:
+def side_batch(examples: list[TokenizedExample], name: str, pad_id: int, pad_multiple: int = 1,
+               pack: PackOptions | None = None) -> Rows:
     """One batch of every example's side rows for `name`: a list per example is taken example by
     example; a dict of lists group by group (all examples' first group, then the second, ...)."""
     first = examples[0].side_rows[name]
     groups = list(first) if isinstance(first, dict) else [None]
     return pad_rows([row for g in groups for e in examples
-                     for row in (e.side_rows[name] if g is None else e.side_rows[name][g])], pad_id, pad_multiple)
+                     for row in (e.side_rows[name] if g is None else e.side_rows[name][g])], pad_id, pad_multiple,
+                    pack)
 
 
-def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1) -> Batch:
+def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1,
+            pack: PackOptions | None = None) -> Batch:
     """Flatten B examples x K_b responses into one [N, T] batch padded to the longest row.
 
     Only real responses become rows (ragged lists waste no compute); `row_index` maps each row
@@ -111,7 +126,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1
     under the feature's name: policy rows after the N list rows in the same tensors, as their row
     indices [B]; side rows as a separate Rows batch (side_batch). Numeric row fields the reader
     kept (extra["features"]) become [B] or [B, M] tensors in extras. Precomputed reference
-    log-probs on the examples become reference_logps [B, K].
+    log-probs on the examples become reference_logps [B, K]. `pack`: also pack every row batch.
     """
     k_max = max(len(e.sequences) for e in examples)
     slots = [(b, k) for b, e in enumerate(examples) for k in range(len(e.sequences))]
@@ -123,7 +138,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1
             rows += [e.policy_rows[name] for e in examples]
     for name in examples[0].side_rows:
         if all_or_none(examples, "side_rows", name):
-            extras[name] = side_batch(examples, name, pad_id, pad_multiple)
+            extras[name] = side_batch(examples, name, pad_id, pad_multiple, pack)
     for name in examples[0].extra.get("features", {}):
         extras[name] = torch.tensor([e.extra["features"][name] for e in examples])
     valid = torch.zeros(len(examples), k_max, dtype=torch.bool)
@@ -139,7 +154,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, pad_multiple: int = 1
                 raise ValueError("a batch mixes examples with and without precomputed reference log-probs")
             reference[b, : len(e.sequences)] = torch.tensor(e.reference["responses"])
     row_index = torch.tensor([b * k_max + k for b, k in slots], dtype=torch.long)
-    return Batch(**vars(pad_rows(rows, pad_id, pad_multiple)), row_index=row_index, valid=valid, target=target,
+    return Batch(**vars(pad_rows(rows, pad_id, pad_multiple, pack)), row_index=row_index, valid=valid, target=target,
                  reference_logps=reference, extras=extras)
 
 

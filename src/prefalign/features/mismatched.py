@@ -17,8 +17,8 @@ class KLLogratio(FeatureSupplier):
                    "log-probs of mismatched pairs (prompt x_i, completion y_(i+1 mod B)) of the same batch")
     live_reference = "its KL reference point from mismatched pairs of each batch"
 
-    def collate(self, examples, batch, pad_id, pad_multiple):
-        batch.extras[self.name] = collate(mismatched(examples), pad_id, pad_multiple)
+    def collate(self, examples, batch, pad_id, pad_multiple, pack=None):
+        batch.extras[self.name] = collate(mismatched(examples), pad_id, pad_multiple, pack)
 
     def compute(self, step):
         return {self.name: mismatched_logratio(step.policy, step.reference, step.batch.extras[self.name])}

@@ -31,7 +31,7 @@ class RefSample(FeatureSupplier):
             raise with_row(example.source, err) from None
         tokenized.policy_rows[self.name] = (ids, start)
 
-    def collate(self, examples, batch, pad_id, pad_multiple):
+    def collate(self, examples, batch, pad_id, pad_multiple, pack=None):
         if examples[0].reference is not None:
             batch.extras["ref_sample/reference"] = torch.tensor([e.reference[self.name] for e in examples])
 

@@ -129,15 +129,16 @@ class PolicyLogps(torch.nn.Module):
         self.impl = impl
         self.mask_head = mask_head
 
-    def forward(self, input_ids, attention_mask, response_mask, target_index=None,
+    def forward(self, input_ids, attention_mask, response_mask, target_index=None, packed=None,
                 reference: ReferenceStates | None = None):
         """[N, T] response token log-probs; with `reference`, a dict of them ("token_logps") and of
         the features computed against it: "token_kl" [N, T] when it has rows, "mask_logits"
-        [N, T] (common mask) or [N, T, 2] (independent masks) when it has layers."""
+        [N, T] (common mask) or [N, T, 2] (independent masks) when it has layers. `packed`: the
+        rows packed without padding (data.packing), which the model then reads instead."""
         if reference is None:
-            return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl, target_index)
+            return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl, target_index, packed)
         fwd = response_forward(self.model, input_ids, attention_mask, response_mask, self.impl,
-                               target_index=target_index)
+                               target_index=target_index, packed=packed)
         out = {"token_logps": fwd.token_logps}
         if reference.rows is not None:
             out["token_kl"] = token_kl(fwd, reference.rows, reference.head)
@@ -152,7 +153,7 @@ class PolicyLogps(torch.nn.Module):
 
 def model_args(rows) -> tuple:
     """The positional arguments of PolicyLogps.forward from a batch of rows (data.collate.Rows)."""
-    return rows.input_ids, rows.attention_mask, rows.response_mask, rows.target_index
+    return rows.input_ids, rows.attention_mask, rows.response_mask, rows.target_index, rows.packed
 
 
 def to_slots(values: torch.Tensor, row_index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -187,13 +188,17 @@ def reference_forward(model, batch, impl: str, rows: bool = False, layers: bool 
                       activations: bool = False) -> ReferenceOut:
     """One no-grad forward of the reference `model` giving token log-probs and the requested extras:
     rows/head for the token KL, layer outputs for the mask head, activation masks from hooks."""
-    *args, target_index = model_args(batch)
+    *args, target_index, packed = model_args(batch)
     recorder = ActivationRecorder(model) if activations else None
     if recorder is not None:
         with recorder:
-            fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index)
+            fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index, packed=packed)
+        if packed is not None:  # the hooks saw [R, L] packed maps: read them back onto the [N, T] grid
+            n, t = args[0].shape
+            recorder.maps = {g: [m.reshape(-1).index_select(0, packed.where).view(n, t) for m in maps]
+                             for g, maps in recorder.maps.items()}
     else:
-        fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index)
+        fwd = response_forward(model, *args, impl, layers=layers, target_index=target_index, packed=packed)
     states = ReferenceStates(fwd.rows if rows else None, fwd.head if rows else None, fwd.layers)
     return ReferenceOut(fwd.token_logps, states, recorder.mask(fwd.target_mask) if recorder else None)
 

@@ -18,6 +18,7 @@ from prefalign.data.formats.readers import load_examples, seeded_split
 from prefalign.data.builders.pairs import pairs_from_lists
 from prefalign.data.builders.pipeline import BuildContext, run_builder, run_builders
 from prefalign.data.collate import to_device
+from prefalign.data.packing import choose_packing
 from prefalign.data.tokenize import TokenizeStats
 from prefalign.features import SUPPLIERS, for_features, get_supplier, tokenize, unsupplied
 from prefalign.losses import get_objective
@@ -346,7 +347,10 @@ def train(cfg: TrainConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler([p for p in policy.parameters() if p.requires_grad], cfg)
     policy, optimizer = acc.prepare(policy, optimizer)
     pad_multiple = cfg.pad_to_multiple_of or (64 if acc.device.type == "cuda" else 1)
-    trainee = PolicyTrainee(acc, policy, obj, params, reference, tokenizer, pad_multiple)
+    # every model that reads the batches must honour packed rows: the policy and a frozen reference
+    readers = [model] + ([reference.model.model] if isinstance(reference, FrozenReference) else [])
+    pack = choose_packing(readers, cfg.packing, cfg.share_prompt, cfg.max_length)
+    trainee = PolicyTrainee(acc, policy, obj, params, reference, tokenizer, pad_multiple, pack=pack)
     open_run_folder(acc, cfg, out_dir, earlier, {"model_revision": commits["model_commit"],
                                                  "reference_model_revision": commits["reference_model_commit"]})
     sinks = metric_sinks(acc, out_dir, cfg)
@@ -358,7 +362,8 @@ def train(cfg: TrainConfig) -> dict:
     summary = {"objective": obj.name, "objective_params": params, "reference": mode,
                "reference_cache_hit": cache_hit, "reference_precompute_s": precompute_s, "data": data_report,
                **summary_fields(history, best), "wall_time_s": round(time.time() - started, 2),
-               "num_processes": acc.num_processes, **commits, "config": to_dict(cfg)}
+               "num_processes": acc.num_processes, "packing": "off" if pack is None else
+               "shared prompts" if pack.share_prompt else "packed", **commits, "config": to_dict(cfg)}
     if overopt is not None:
         summary["overopt"] = overopt.monitor.summary(overopt_best_dir(cfg, bool(best)))
     if acc.is_main_process:

@@ -87,9 +87,9 @@ class LoopSettings:
     progress: bool
 
 
-def make_batch(examples: list, indices: list[int], pad_id: int, features=(), pad_multiple: int = 1):
-    """The examples at `indices` collated with what the suppliers of `features` add."""
-    return collate([examples[i] for i in indices], pad_id, features, pad_multiple)
+def make_batch(examples: list, indices: list[int], pad_id: int, features=(), pad_multiple: int = 1, pack=None):
+    """The examples at `indices` collated with what the suppliers of `features` add (packed with `pack`)."""
+    return collate([examples[i] for i in indices], pad_id, features, pad_multiple, pack)
 
 
 
@@ -143,7 +143,7 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
         history["eval_start"] = last_eval[0]
     stop = first_reason([stop] + [cb.on_train_start(state["step"]) for cb in p.callbacks])
     progress = Progress(s.max_steps, state["step"], s.progress and acc.is_main_process)
-    window, tokens, padded, t0, last_good = MetricAccumulator(), 0, 0, time.perf_counter(), None
+    window, counts, t0, last_good = MetricAccumulator(), [0, 0, 0], time.perf_counter(), None
     window_steps = 0
     trainee.module.train()
     while state["step"] < s.max_steps and stop is None:
@@ -153,8 +153,8 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
                              f"{examples_per_step * world} examples; lower batch_size or accumulation")
         while state["batch_in_epoch"] + s.accumulation <= len(batches) and state["step"] < s.max_steps:
             step_batches = batches[state["batch_in_epoch"]: state["batch_in_epoch"] + s.accumulation]
-            step_loss, step_tokens, step_padded = accumulate_gradients(p, s, step_batches, window)
-            tokens, padded = tokens + step_tokens, padded + step_padded
+            step_loss, *step_counts = accumulate_gradients(p, s, step_batches, window)
+            counts = [a + b for a, b in zip(counts, step_counts)]
             # one host sync per step: a non-finite loss is caught before the update reaches the weights
             check_finite(acc, step_loss, state["step"] + 1, s.out_dir, last_good)
             grad_norm = clip_and_norm(acc, trainee.module, s.max_grad_norm)
@@ -166,12 +166,12 @@ def train_loop(p: LoopParts, s: LoopSettings) -> dict:
             step = state["step"]
             window_steps += 1
             if step % s.logging_steps == 0 or step == s.max_steps:
-                stats = window_stats(p, window, tokens, padded, time.perf_counter() - t0, window_steps)
+                stats = window_stats(p, window, counts, time.perf_counter() - t0, window_steps)
                 stats.update({"grad_norm": grad_norm, "epoch": state["epoch"]})
                 log(p, step, stats)
                 progress.update(0, loss=stats["loss"], acc=stats.get("rewards/accuracy", float("nan")),
                                 tok_s=stats["tokens_per_s"])
-                window, tokens, padded, t0, window_steps = MetricAccumulator(), 0, 0, time.perf_counter(), 0
+                window, counts, t0, window_steps = MetricAccumulator(), [0, 0, 0], time.perf_counter(), 0
             if s.eval_steps and step % s.eval_steps == 0 and p.eval_set and step != s.max_steps:
                 stop = run_eval(step)
             if s.save_steps and step % s.save_steps == 0:
@@ -215,17 +215,21 @@ def resume_state(p: LoopParts, s: LoopSettings) -> dict:
 
 def accumulate_gradients(p: LoopParts, s: LoopSettings, step_batches: list, window: MetricAccumulator):
     """Forward and backward over one optimizer step's micro-batches (this process's slice of each).
-    Returns the step's loss (on the device, unsynced), and its real and padded token counts."""
+    Returns the step's loss (on the device, unsynced), its real token count, the positions the model
+    computed, and how many of those were padding."""
     acc, trainee = p.accelerator, p.trainee
     rank, examples_per_step = acc.process_index, s.batch_size * s.accumulation
-    step_loss, tokens, padded = torch.zeros((), device=acc.device), 0, 0
+    step_loss, tokens, padded, padding = torch.zeros((), device=acc.device), 0, 0, 0
     for i, global_idx in enumerate(step_batches):
         idx = global_idx[rank * s.batch_size:(rank + 1) * s.batch_size]
         batch = trainee.make_batch(p.train_set, idx, "train")
         # a policy's Batch or a reward model's dict batch
         mask = batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
         tokens += int(mask.sum())  # counted on the host, before the copy
-        padded += mask.numel()
+        # positions the model computes (padded or packed rows) and how many of them hold no token
+        computed, placed = batch.computed_positions() if hasattr(batch, "computed_positions") else \
+            (mask.numel(), int(mask.sum()))
+        padded, padding = padded + computed, padding + computed - placed
         batch = to_device(batch, acc.device)
         sync = i == s.accumulation - 1
         with (contextlib.nullcontext() if sync else acc.no_sync(trainee.module)), acc.autocast():
@@ -234,19 +238,19 @@ def accumulate_gradients(p: LoopParts, s: LoopSettings, step_batches: list, wind
         acc.backward(loss)
         step_loss = step_loss + loss.detach()
         window.add(metrics)
-    return step_loss, tokens, padded
+    return step_loss, tokens, padded, padding
 
 
-def window_stats(p: LoopParts, window: MetricAccumulator, tokens: int, padded: int, elapsed: float,
-                 steps: int) -> dict:
-    """The logging window's metrics reduced over processes, with throughput and learning rate."""
+def window_stats(p: LoopParts, window: MetricAccumulator, counts: list[int], elapsed: float, steps: int) -> dict:
+    """The logging window's metrics reduced over processes, with throughput and learning rate.
+    counts: real tokens, positions computed (padded or packed rows), padding among those."""
     acc = p.accelerator
     stats = window.reduce(acc)
-    counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device, dtype=torch.float64),
-                        reduction="sum").tolist() if acc.num_processes > 1 else [tokens, padded]
+    counts = acc.reduce(torch.tensor(counts, device=acc.device, dtype=torch.float64),
+                        reduction="sum").tolist() if acc.num_processes > 1 else counts
     stats.update({"learning_rate": p.scheduler.get_last_lr()[0], "tokens_per_s": counts[0] / elapsed,
                   "padded_tokens_per_s": counts[1] / elapsed, "tokens": counts[0], "padded_tokens": counts[1],
-                  "step_time_s": elapsed / steps})
+                  "tokens/padding_share": counts[2] / max(counts[1], 1), "step_time_s": elapsed / steps})
     return stats
 
 

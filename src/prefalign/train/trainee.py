@@ -40,14 +40,16 @@ class PolicyTrainee:
     """A causal LM policy trained by a registered objective against a reference."""
 
     def __init__(self, accelerator, module: torch.nn.Module, objective: Objective, objective_params: dict,
-                 reference, tokenizer, pad_multiple: int = 1, features: tuple[str, ...] | None = None):
+                 reference, tokenizer, pad_multiple: int = 1, features: tuple[str, ...] | None = None,
+                 pack=None):
         self.accelerator, self.module, self.objective, self.params = accelerator, module, objective, objective_params
         self.reference, self.tokenizer, self.pad_multiple = reference, tokenizer, pad_multiple
+        self.pack = pack  # data.packing.PackOptions: batches packed without padding, or None
         # the features whose suppliers add to each batch (precomputed reference values travel with the examples)
         self.features = tuple(objective.features if features is None else features)
 
     def make_batch(self, examples: list, indices: list[int], split: str):
-        return make_batch(examples, indices, self.tokenizer.pad_token_id, self.features, self.pad_multiple)
+        return make_batch(examples, indices, self.tokenizer.pad_token_id, self.features, self.pad_multiple, self.pack)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         seq = forward_batch(self.module, batch, self.reference, self.objective)
