@@ -515,6 +515,8 @@ def load_online_config(path: str | None, overrides: list[str] = ()) -> OnlineCon
 
 def validate_online(cfg: OnlineConfig) -> None:
     o = cfg.online
+    if cfg.family != "causal_lm":
+        raise ConfigError(f"prefalign online samples and trains causal LMs only (family: causal_lm), got {cfg.family!r}")
     if not cfg.model:
         raise ConfigError("model is required: a local folder or Hugging Face Hub id of a causal LM")
     if not cfg.data.train:

@@ -21,7 +21,8 @@ A family may also list the objective features it supplies (`supplies`, default n
 `prefalign train` with `family: NAME` builds the family as `cls(**family_args)` and, for any family
 but causal_lm (which keeps its own recipe, recipes/policy.py), also calls
   init_model(path) -> module: the starting weights from a folder (the config's `model`);
-  load_examples(train, eval, eval_fraction, seed) -> (train, eval, report): the config's data.
+  load_examples(train, eval, eval_fraction, seed) -> (train, eval, report): the config's data;
+      report["train"] holds "rows", "skipped" and "skipped_by_reason" (summary.json and the console read them).
 
 Families register with @family in their own module of this package; `get_family` imports every
 module of prefalign.families first, so a new family needs no entry in a shared list.
@@ -110,6 +111,9 @@ def families_for(objective: Objective) -> list[str]:
     return [name for name, cls in sorted(load_families().items()) if cannot_train(cls, objective) is None]
 
 
+EVAL_SEED = 12345
+
+
 class FamilyTrainee:
     """A Trainee (train/trainee.py) for any family: both models score the batch with one seed per
     micro-batch (drawn from the loop's seeded torch generator, so resume replays it), and the
@@ -127,7 +131,9 @@ class FamilyTrainee:
         return self.family.make_batch(examples, indices, split)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        # evaluation (module in eval mode) uses one fixed seed: held-out metrics are then a function of the
+        # weights alone, comparable across evaluations, and evaluating leaves the training draws untouched
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if self.module.training else EVAL_SEED
         policy = self.family.score(self.module, batch, seed)
         reference = None
         if self.reference is not None and self.objective.needs_reference:
