@@ -74,10 +74,9 @@ def family(name: str):
 
 def load_families() -> dict[str, type]:
     """Import every module of prefalign.families (each registers its families on import)."""
-    import prefalign.families as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    # the package's folder, not `import prefalign.families` (that would make base.py and the package a circle)
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__name__.rpartition('.')[0]}.{info.name}")
     return FAMILIES
 
 
