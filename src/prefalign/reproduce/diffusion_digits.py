@@ -255,7 +255,7 @@ def verdict(rows: list[dict], s: Setting, pair_stats: dict, quick: bool) -> Clai
                "pairs": pair_stats, "share_gain": gain, "share_gain_se": se, "winner_mse_ratio": mse_ratio,
                "checks": checks, "rows": rows}
     measured = (f"share of fresh samples that are a {DIGIT}: reference {ref['share']:.3f} -> Diffusion-DPO "
-                f"(beta {s.betas[0]:g}) {small['share']:.3f} (+{gain:.3f}, 2 SE {2 * se:.3f}); winners' denoising "
+                f"(beta {s.betas[0]:g}) {small['share']:.3f} ({gain:+.3f}, 2 SE {2 * se:.3f}); winners' denoising "
                 f"error x{mse_ratio:.2f} of the reference's; samples changed at the same seed: beta {s.betas[0]:g} "
                 f"{moved_small:.2f}, beta {s.betas[1]:g} {moved_large:.2f}")
     if gain < 0 or mse_ratio >= 1.5 or (checks["share_rises"] and not checks["larger_beta_moves_less"]):
