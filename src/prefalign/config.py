@@ -114,8 +114,12 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig(LoopConfig):
+    family: str = opt("causal_lm", "model family (`prefalign objectives` says which objectives each trains): "
+                                   "causal_lm | diffusion | any family registered in prefalign.families")
+    family_args: dict = opt({}, "the family's own options, e.g. diffusion: {inference_steps: 100}")
     model: str = opt("", "local folder or Hugging Face Hub id (owner/name) of a causal LM; a Hub id resolves "
-                         "through the standard HF cache and honours HF_HUB_OFFLINE")
+                         "through the standard HF cache and honours HF_HUB_OFFLINE (other families: the "
+                         "folder their own format reads, e.g. a diffusers UNet2DModel folder)")
     model_revision: str | None = opt(None, "Hub branch, tag or commit that pins `model` (Hub ids only); unset: main")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data options (data.*)"})
     objective: str = opt("dpo", "objective name from the registry (`prefalign objectives`)")
@@ -324,6 +328,30 @@ def validate(cfg: TrainConfig) -> None:
         error = template_error(getattr(cfg.data, key))
         if error:
             raise ConfigError(f"data.{key} {error}")
+    check_family(cfg)
+
+
+# Options only the causal-LM recipe reads, with the value that means "off": another family refuses them
+LM_ONLY = {"lora": False, "precompute_ref": False, "reference_model": None, "overopt_steps": 0,
+           "gradient_checkpointing": False, "trust_remote_code": False}
+
+
+def check_family(cfg: TrainConfig) -> None:
+    from prefalign.families.base import get_family
+
+    try:
+        get_family(cfg.family)
+    except ValueError as err:
+        raise ConfigError(f"family: {err}") from None
+    if cfg.family == "causal_lm":
+        return
+    used = [key for key, off in LM_ONLY.items() if getattr(cfg, key) != off]
+    used += [f"data.{key}" for key in ("builders", "curriculum_stages") if getattr(cfg.data, key)]
+    if used:
+        raise ConfigError(f"family {cfg.family!r} is not a causal LM; {', '.join(used)} apply to family: causal_lm only")
+    if cfg.reference not in ("auto", "frozen", "none"):
+        raise ConfigError(f"family {cfg.family!r}: reference must be auto, frozen (a copy of the starting model) "
+                          f"or none, got {cfg.reference!r}")
 
 
 def validate_loop(cfg: LoopConfig) -> None:
@@ -510,6 +538,8 @@ def load_online_config(path: str | None, overrides: list[str] = ()) -> OnlineCon
 
 def validate_online(cfg: OnlineConfig) -> None:
     o = cfg.online
+    if cfg.family != "causal_lm":
+        raise ConfigError(f"prefalign online samples and trains causal LMs only (family: causal_lm), got {cfg.family!r}")
     if not cfg.model:
         raise ConfigError("model is required: a local folder or Hugging Face Hub id of a causal LM")
     if not cfg.data.train:

@@ -41,7 +41,12 @@ def cmd_train(args) -> int:
         print(render(mapping, args.from_trl), flush=True)
     else:
         cfg = load_config(config, overrides)
-    summary = (train_curriculum if cfg.data.curriculum_stages else train)(cfg)
+    if cfg.family != "causal_lm":  # any other family: the shared family recipe (families/base.py)
+        from prefalign.recipes.family import train_family
+
+        summary = train_family(cfg)
+    else:
+        summary = (train_curriculum if cfg.data.curriculum_stages else train)(cfg)
     print_summary(summary)
     return 0
 
@@ -59,6 +64,7 @@ def yaml_value(value) -> str:
 
 def objective_rows() -> list[dict]:
     """One row per registered objective: the CLI table and the README table."""
+    from prefalign.families.base import families_for
     from prefalign.features import SUPPLIERS
     from prefalign.losses import OBJECTIVES
     from prefalign.recipes.policy import ONLINE_ONLY, SUPPLIED
@@ -75,6 +81,7 @@ def objective_rows() -> list[dict]:
         if params:
             example += ", objective_args: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in params.items()) + "}"
         rows.append({"name": o.name, "paper": f"arXiv:{o.paper}" if o.paper else "-", "kind": o.kind,
+                     "families": ", ".join(families_for(o)) or "-",
                      "reference": "yes" if o.needs_reference else "no", "data": data,
                      "trainer": "online only" if o.kind in ONLINE_ONLY else
                                 "yes" if not pending else "loss only: needs " + ", ".join(pending),
@@ -85,19 +92,20 @@ def objective_rows() -> list[dict]:
 def cmd_objectives(args) -> int:
     rows = objective_rows()
     if args.markdown:
-        print("| objective | paper | reference | data | trains end to end | config |\n|---|---|---|---|---|---|")
+        print("| objective | paper | reference | data | trains end to end | families | config |\n"
+              "|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| `{r['name']}` | {r['paper']} | {r['reference']} | {r['data']} | {r['trainer']} | "
-                  f"`{r['example']}` |")
+                  f"{r['families']} | `{r['example']}` |")
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} objectives")
-    for col in ("objective", "paper", "reference", "data", "trains", "summary"):
+    for col in ("objective", "paper", "reference", "data", "trains", "families", "summary"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["paper"], r["reference"], r["data"], r["trainer"], r["summary"])
+        table.add_row(r["name"], r["paper"], r["reference"], r["data"], r["trainer"], r["families"], r["summary"])
     Console(width=220, markup=False).print(table)
     return 0
 

@@ -16,10 +16,22 @@ A family provides:
   sample(module, n, seed) -> n samples (the family's own type), for evaluation and online rounds;
   save(module, folder) / load(module, folder): safetensors weights in place.
 Examples handed to the loop need a `max_len` attribute (used for length-grouped batching).
+A family may also list the objective features it supplies (`supplies`, default none).
+
+`prefalign train` with `family: NAME` builds the family as `cls(**family_args)` and, for any family
+but causal_lm (which keeps its own recipe, recipes/policy.py), also calls
+  init_model(path) -> module: the starting weights from a folder (the config's `model`);
+  load_examples(train, eval, eval_fraction, seed) -> (train, eval, report): the config's data;
+      report["train"] holds "rows", "skipped" and "skipped_by_reason" (summary.json and the console read them).
+
+Families register with @family in their own module of this package; `get_family` imports every
+module of prefalign.families first, so a new family needs no entry in a shared list.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Protocol
 
@@ -60,20 +72,45 @@ def family(name: str):
     return wrap
 
 
+def load_families() -> dict[str, type]:
+    """Import every module of prefalign.families (each registers its families on import)."""
+    # the package's folder, not `import prefalign.families` (that would make base.py and the package a circle)
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__name__.rpartition('.')[0]}.{info.name}")
+    return FAMILIES
+
+
 def get_family(name: str) -> type:
+    load_families()
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; known: {sorted(FAMILIES)}")
     return FAMILIES[name]
 
 
+def cannot_train(fam, objective: Objective) -> str | None:
+    """Why the family (class or instance) cannot feed the objective, or None when it can."""
+    if objective.kind not in fam.kinds:
+        return (f"family {fam.name!r} trains objectives of kinds {list(fam.kinds)}; "
+                f"{objective.name!r} is {objective.kind!r}")
+    missing = [f for f in objective.features if f not in getattr(fam, "supplies", ())]
+    if missing:
+        return f"objective {objective.name!r} needs features {missing}, which family {fam.name!r} does not supply"
+    return None
+
+
 def check_trainable(fam: ModelFamily, objective: Objective) -> None:
     """Fail before step 0 when the family cannot produce what the objective reads."""
-    if objective.kind not in fam.kinds:
-        raise ValueError(f"family {fam.name!r} trains objectives of kinds {list(fam.kinds)}; "
-                         f"{objective.name!r} is {objective.kind!r}")
-    if objective.features:
-        raise ValueError(f"objective {objective.name!r} needs features {list(objective.features)}, "
-                         f"which family {fam.name!r} does not supply")
+    reason = cannot_train(fam, objective)
+    if reason:
+        raise ValueError(reason)
+
+
+def families_for(objective: Objective) -> list[str]:
+    """The registered families that can train `objective` (the `prefalign objectives` column)."""
+    return [name for name, cls in sorted(load_families().items()) if cannot_train(cls, objective) is None]
+
+
+EVAL_SEED = 12345
 
 
 class FamilyTrainee:
@@ -93,7 +130,9 @@ class FamilyTrainee:
         return self.family.make_batch(examples, indices, split)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        # evaluation (module in eval mode) uses one fixed seed: held-out metrics are then a function of the
+        # weights alone, comparable across evaluations, and evaluating leaves the training draws untouched
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if self.module.training else EVAL_SEED
         policy = self.family.score(self.module, batch, seed)
         reference = None
         if self.reference is not None and self.objective.needs_reference:

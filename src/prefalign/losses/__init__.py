@@ -13,6 +13,7 @@ from prefalign.types import LossOut, SeqLogps
 
 # Family modules: importing them registers their objectives.
 from prefalign.losses import (  # noqa: F401  (registration side effect)
+    diffusion,
     listwise,
     multi_objective,
     negatives,
