@@ -158,7 +158,9 @@ def test_nested_row_batches_move_to_the_device():
     from prefalign.data.collate import Batch, Rows, to_device
 
     rows = Rows(*(torch.ones(4, 5) for _ in range(4)))
-    batch = Batch(*(torch.ones(2, 3) for _ in range(8)), extras={"contrast": rows, "note": "kept",
+    grid = {name: torch.ones(2, 3) for name in ("input_ids", "attention_mask", "response_mask", "target_index",
+                                                 "row_index", "valid", "target", "reference_logps")}
+    batch = Batch(**grid, extras={"contrast": rows, "note": "kept",
                                                               "nested": {"x": torch.ones(1)}})
     moved = batch.to("meta")
     assert moved.input_ids.is_meta and moved.extras["contrast"].input_ids.is_meta and moved.extras["note"] == "kept"
