@@ -64,9 +64,10 @@ def masked_logps(model, ids: torch.Tensor, mask: torch.Tensor, last_only: bool =
 
 
 def token_logps(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, T-1]: log-prob of token t+1 under the restricted distribution at t; 0 where t+1 is padding."""
+    """[N, T-1]: log-prob of token t+1 under the restricted distribution at t; 0 where t or t+1 is padding
+    (BOS, the first real token, is predicted from padding: no item to score there)."""
     logps = masked_logps(model, ids, mask)[:, :-1].gather(2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    real = mask[:, 1:].bool()
+    real = mask[:, 1:].bool() & mask[:, :-1].bool()
     return torch.where(real, logps, torch.zeros_like(logps))
 
 
@@ -111,11 +112,13 @@ def beam_search(model, histories: list[list[int]], beams: int, length: int) -> t
         logps = masked_logps(model, ids.reshape(-1, width), mask.reshape(-1, width), last_only=True)
         vocab = logps.shape[-1]
         total = (scores.unsqueeze(-1) + logps.view(n_users, b, vocab)).view(n_users, -1)
-        scores, flat = total.topk(beams, dim=1)
+        scores, flat = total.topk(min(beams, total.shape[1]), dim=1)
         parent, token = flat // vocab, flat % vocab
         pick = parent.unsqueeze(-1).expand(-1, -1, width)
         ids = torch.cat([ids.gather(1, pick), token.unsqueeze(-1)], 2)
         mask = torch.cat([mask.gather(1, pick), torch.ones_like(token).unsqueeze(-1)], 2)
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"{beams} beams exceed the distinct sessions of {length} unseen items some history allows")
     return (ids[:, :, -length:] - OFFSET).cpu(), scores.cpu()
 
 
@@ -174,7 +177,7 @@ class NextItemTrainee:
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         logps = token_logps(self.module, batch["ids"], batch["attention_mask"])
-        per_example = -logps.sum(1) / batch["attention_mask"][:, 1:].sum(1)
+        per_example = -logps.sum(1) / (batch["attention_mask"].sum(1) - 1)  # items per row (BOS is no item)
         return per_example, {"loss": (per_example.detach().sum(), float(len(per_example)))}
 
     def save(self, folder: Path) -> None:
