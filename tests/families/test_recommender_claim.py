@@ -32,7 +32,8 @@ def arms(utility_ipa: list, utility_next: list, hits_start: float, hits_end: flo
     ipa = [{"utility": u + spread, "hits": hits(hits_start)} for u in utility_ipa]
     ipa[-1]["hits"] = hits(hits_end)
     baseline = [{"utility": u - spread, "hits": hits(hits_start)} for u in utility_next]
-    return {"rounds": {"ipa": ipa, "next_item": baseline}, "rm_spearman": 0.8, "random_recall": 0.05}
+    return {"rounds": {"ipa": ipa, "next_item": baseline}, "rm_spearman": 0.8,
+            "recall_of": {"popularity": 0.1, "true_utility": 0.5}}
 
 
 def test_the_rule_fails_when_utility_stalls_or_recall_drops_and_cannot_tell_with_a_bad_simulator():
@@ -43,5 +44,5 @@ def test_the_rule_fails_when_utility_stalls_or_recall_drops_and_cannot_tell_with
     bad = arms([1.0, 1.3, 1.6], [1.0, 1.0, 1.0], 0.3, 0.3)
     bad["rm_spearman"] = 0.1
     assert verdict(bad)[0] == Verdict.INCONCLUSIVE
-    untrained = arms([1.0, 1.3, 1.6], [1.0, 1.0, 1.0], 0.06, 0.06)
+    untrained = arms([1.0, 1.3, 1.6], [1.0, 1.0, 1.0], 0.08, 0.08)  # popularity alone ranks better (0.1)
     assert verdict(untrained)[0] == Verdict.INCONCLUSIVE
