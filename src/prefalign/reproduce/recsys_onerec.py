@@ -118,6 +118,9 @@ def run_arms(s: Setting, out_dir: Path) -> dict:
     counts = torch.bincount(torch.tensor(train).flatten(), minlength=log.n_items).float()
     reference_recall = {"popularity": recall_of_ranking(counts.expand(log.n_users, -1), train, held),
                         "true_utility": recall_of_ranking(log.utility(users, items), train, held)}
+    seen = torch.zeros(log.n_users, log.n_items, dtype=torch.bool)
+    seen[users[:, None], torch.tensor(train)] = True
+    best_session = log.utility(users, items).masked_fill(seen, float("-inf")).topk(s.session_len, 1).values.mean()
     history_examples = [HistoryExample(h) for h in train]
     policy = tiny_llama(log.n_items, max_len=s.history_len + s.session_len + 2, seed=s.seed)
     train_steps(acc, NextItemTrainee(policy), history_examples, s.pretrain_steps, out_dir / "pretrain", s.lr,
@@ -138,7 +141,8 @@ def run_arms(s: Setting, out_dir: Path) -> dict:
                     s.dpo_lr, s.batch_size, s.seed + r)
         rounds["ipa"].append(evaluate(policy, reference, log, reward_model, train, held, s))
         rounds["next_item"].append(evaluate(baseline, None, log, reward_model, train, held, s))
-    return {"rounds": rounds, "rm_spearman": rm_spearman, "recall_of": reference_recall, "pairs": pair_counts}
+    return {"rounds": rounds, "rm_spearman": rm_spearman, "recall_of": reference_recall, "pairs": pair_counts,
+            "best_session_utility": float(best_session)}
 
 
 def verdict(res: dict) -> tuple[Verdict, str, dict]:
@@ -150,6 +154,7 @@ def verdict(res: dict) -> tuple[Verdict, str, dict]:
     numbers = {"utility_gap_vs_next_item": round(gap, 4), "utility_gap_se": round(gap_se, 4),
                "recall_drop": round(drop, 4), "recall_drop_se": round(drop_se, 4),
                "rm_spearman": round(res["rm_spearman"], 3),
+               "best_session_utility": round(res["best_session_utility"], 4),
                **{f"recall_of_{k}_ranking": round(v, 4) for k, v in res["recall_of"].items()}}
     pre_recall = float(ipa[0]["hits"].mean())
     if res["rm_spearman"] < 0.3:
@@ -181,11 +186,16 @@ def plot(res: dict, path: Path) -> None:
             mean = [float(e[key].mean()) for e in evals]
             se = [float(e[key].std() / math.sqrt(len(e[key]))) for e in evals]
             ax.errorbar(x, mean, yerr=se, fmt=style, capsize=3, label=label)
+    axes[0].axhline(res["best_session_utility"], color="grey", ls=":", label="best possible session")
+    axes[2].axhline(res["recall_of"]["popularity"], color="grey", ls=":", label="ranking by popularity")
+    axes[2].axhline(res["recall_of"]["true_utility"], color="black", ls=":", label="ranking by true utility")
     for ax, title in zip(axes, ("true utility of sampled sessions", "reward model's score", "held-out recall@10")):
         ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(res["rounds"]["ipa"])))
         ax.set_xlabel("round (0 = pretrained)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
