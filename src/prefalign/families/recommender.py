@@ -42,9 +42,9 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = 1 + max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) - 1:] = torch.tensor([BOS] + [i + OFFSET for i in r], dtype=torch.long)
-        mask[i, width - len(r) - 1:] = 1
+    for n, row in enumerate(rows):
+        ids[n, width - len(row) - 1:] = torch.tensor([BOS] + [item + OFFSET for item in row], dtype=torch.long)
+        mask[n, width - len(row) - 1:] = 1
     return ids, mask
 
 
