@@ -33,7 +33,7 @@ def arms(utility_ipa: list, utility_next: list, hits_start: float, hits_end: flo
     ipa[-1]["hits"] = hits(hits_end)
     baseline = [{"utility": u - spread, "hits": hits(hits_start)} for u in utility_next]
     return {"rounds": {"ipa": ipa, "next_item": baseline}, "rm_spearman": 0.8,
-            "recall_of": {"popularity": 0.1, "true_utility": 0.5}}
+            "recall_of": {"popularity": 0.1, "true_utility": 0.5}, "best_session_utility": 3.0}
 
 
 def test_the_rule_fails_when_utility_stalls_or_recall_drops_and_cannot_tell_with_a_bad_simulator():
