@@ -340,11 +340,18 @@ def check_family(cfg: TrainConfig) -> None:
     from prefalign.families.base import get_family
 
     try:
-        get_family(cfg.family)
+        cls = get_family(cfg.family)
     except ValueError as err:
         raise ConfigError(f"family: {err}") from None
     if cfg.family == "causal_lm":
         return
+    # trajectory and recommender families are driven from Python and their reproductions: they
+    # build their models and data in code, so a config file has nothing to point them at yet
+    missing = [name for name in ("init_model", "load_examples") if not hasattr(cls, name)]
+    if missing:
+        raise ConfigError(f"family {cfg.family!r} does not train from a config file (it has no {' / '.join(missing)}); "
+                          f"use it from Python (prefalign.families.{cls.__module__.rsplit('.', 1)[-1]}) "
+                          f"or through `prefalign reproduce`")
     used = [key for key, off in LM_ONLY.items() if getattr(cfg, key) != off]
     used += [f"data.{key}" for key in ("builders", "curriculum_stages") if getattr(cfg.data, key)]
     if used:

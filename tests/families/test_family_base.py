@@ -67,3 +67,10 @@ def test_a_family_refuses_objectives_it_cannot_feed():
             check_trainable(ToyFamily(), get_objective("sparsepo"))
         finally:
             ToyFamily.kinds = ("pairwise",)
+
+
+def test_a_family_without_config_training_is_refused_with_the_way_to_use_it():
+    from prefalign.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="does not train from a config file.*prefalign reproduce"):
+        load_config(None, ["family=trajectory", "model=x", "data.train=x.jsonl"])
