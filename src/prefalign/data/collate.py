@@ -35,7 +35,8 @@ class Rows:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     target_index: torch.Tensor | None = None
-    packed: Packed | None = None
+    # keyword-only: Batch's own fields keep their positions after the four row tensors
+    packed: Packed | None = field(default=None, kw_only=True)
 
     def to(self, device):
         return replace(self, **{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
@@ -96,7 +97,7 @@ def pad_rows(rows: list[tuple[list[int], int]], pad_id: int, pad_multiple: int =
         response_mask[r, start: len(seq)] = True
     target_index = predicting_index(response_mask[:, 1:] & attention_mask[:, 1:].bool())
     packed = pack_rows(rows, t_max, pad_id, pack, pad_multiple) if pack is not None else None
-    return Rows(input_ids, attention_mask, response_mask, target_index, packed)
+    return Rows(input_ids, attention_mask, response_mask, target_index, packed=packed)
 
 
 def all_or_none(examples: list[TokenizedExample], attr: str, name: str) -> bool:
