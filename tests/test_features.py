@@ -47,7 +47,7 @@ def fake_feature():
         def tokenize(self, example, tokenized, builder):
             tokenized.policy_rows[self.name] = (tokenized.sequences[0], tokenized.response_starts[0])
 
-        def collate(self, examples, batch, pad_id, pad_multiple):
+        def collate(self, examples, batch, pad_id, pad_multiple, pack=None):
             batch.extras["test_nll_weight"] = torch.full((len(examples),), 0.5)
 
         def compute(self, step):
