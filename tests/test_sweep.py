@@ -32,6 +32,14 @@ def test_parse_grid_splits_commas_and_reads_yaml_values():
         parse_grid(["beta"])
 
 
+def test_sweep_options_written_after_the_grid_are_options_not_axes(tiny_model_dir, tmp_path):
+    # argparse hands every word after --grid to the grid: a sweep.KEY=value among them is still an option
+    tree, opts, grid = load_sweep(None, base(tiny_model_dir, tmp_path / "sw"),
+                                  ["objective=dpo,ipo", "sweep.eval_prompts=8", "max_steps=3"], None)
+    assert opts.eval_prompts == 8 and "sweep" not in tree
+    assert grid == {"objective": ["dpo", "ipo"], "max_steps": [3]}
+
+
 def test_a_cell_whose_objective_has_no_beta_fails_before_any_cell_runs(tiny_model_dir, tmp_path):
     out = tmp_path / "sw"
     tree, opts, grid = load_sweep(None, base(tiny_model_dir, out), ["objective=dpo,orpo", "beta=0.1,0.3"], None)

@@ -256,6 +256,10 @@ def evaluate_cell(cell: Cell, opts: SweepOptions, judge, prompts: list) -> dict:
 def load_sweep(path: str | None, overrides: list[str], grid_items: list[str], workers: int | None
                ) -> tuple[dict, SweepOptions, dict]:
     """(train-config tree, sweep options, grid): the YAML's `sweep:` section is the options, the rest the config."""
+    # `--grid` takes every word after it, so `sweep.KEY=value` written after the grid is a sweep
+    # option, not an axis (an axis would hand the key to every cell's training config)
+    overrides = list(overrides) + [item for item in grid_items if item.startswith("sweep.")]
+    grid_items = [item for item in grid_items if not item.startswith("sweep.")]
     tree = read_tree(path, overrides)
     opts = build(SweepOptions, tree.pop("sweep", {}) or {}, "sweep.")
     grid = {k: list(v) if isinstance(v, list) else [v] for k, v in opts.grid.items()}
