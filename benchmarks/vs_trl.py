@@ -135,7 +135,8 @@ def prepare(workload: str, model: Path, work: Path) -> dict:
               "max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1, "warmup_ratio": 0.0,
               "lr_scheduler": "linear", "seed": 42, "logging_steps": 1, "progress": False,
               "reference": "frozen", "overwrite": True}
-    (work / "prefalign.json").write_text(json.dumps(config))
+    # not prefalign.json: that name is the prefalign run's result file, which each run deletes first
+    (work / "prefalign_config.json").write_text(json.dumps(config))
     return {"model": str(model), **{k: str(v) for k, v in files.items()}, "steps": steps, "batch": batch}
 
 
@@ -148,7 +149,7 @@ def command(trainer: str, spec: dict, work: Path, trl_python: str) -> tuple[list
     if trainer.startswith("floor_"):
         return [sys.executable, str(HERE / "dpo_floor.py"), *common, "--layout", trainer[6:]], out
     yaml = work / "prefalign.yaml"  # JSON is YAML
-    yaml.write_text((work / "prefalign.json").read_text())
+    yaml.write_text((work / "prefalign_config.json").read_text())
     return [sys.executable, "-m", "prefalign.cli", "train", str(yaml), f"output_dir={work / 'run'}"], out
 
 
