@@ -146,7 +146,10 @@ EXPECTED: dict[str, dict] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_trajectory_is_unchanged(case, tiny_model_dir, tmp_path):
+def test_trajectory_is_unchanged(case, tiny_model_dir, tmp_path, monkeypatch):
+    # recorded with torch's per-tensor AdamW; the fused kernel the loop now picks applies the same
+    # rule with other rounding (1e-6 apart after 3 T-REG steps), which is not what these pins guard
+    monkeypatch.setattr("prefalign.recipes.setup.fused_adamw_supported", lambda groups: False)
     got = trajectory(case, tiny_model_dir, tmp_path)
     want = EXPECTED[case]
     assert len(got["steps"]) == len(want["steps"]) == 4
