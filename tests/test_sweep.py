@@ -96,6 +96,16 @@ def test_sweep_trains_every_cell_skips_finished_ones_and_resumes_an_interrupted_
         per = c["per_prompt"]
         assert len(per["kl"]) == 4 and c["samples"]["kl"]["mean"] == pytest.approx(sum(per["kl"]) / 4)
         assert c["samples"]["score"]["low"] <= c["samples"]["score"]["mean"] <= c["samples"]["score"]["high"]
+    # the untouched model sampled the same prompts once: KL 0, and each cell's win rate is counted from it
+    (untouched,) = json.loads((out / "untouched_eval.json").read_text())
+    assert untouched["per_prompt"]["kl"] == pytest.approx([0.0] * 4, abs=1e-5)
+    for c in report["cells"]:
+        pairs = list(zip(c["per_prompt"]["score"], untouched["per_prompt"]["score"]))
+        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / 4
+        assert c["vs_untouched"]["win_rate"]["mean"] == pytest.approx(wins)
+        assert c["pairs"][0]["untouched"] == untouched["per_prompt"]["text"][0]
+        assert c["pairs"][0]["aligned"] == c["examples"][0]["response"]
+    assert "win rate vs untouched" in (out / "report.md").read_text()
     for name in ("report.md", "report.html", "frontier.png"):
         assert (out / name).stat().st_size > 0
     assert "Ranked by score at matched KL" in (out / "report.md").read_text()
@@ -132,6 +142,24 @@ def test_objective_overrides_reach_only_their_objectives_cells(tiny_model_dir, t
     assert [(c.name, c.cfg.data.builders) for c in cells] == [
         ("objective-dpo", []), ("objective-kto", [{"name": "pairs_to_unpaired"}])]
     assert cells[1].cfg.output_dir == str(tmp_path / "sw" / "cells" / "objective-kto")
+
+
+def test_against_untouched_counts_wins_ties_and_length_change_per_prompt():
+    from prefalign.diagnostics.sweep_report import against_untouched
+
+    cell = {"name": "c", "per_prompt": {"score": [0.9, 0.1, 0.5, 0.3], "tokens": [10, 12, 8, 20]}}
+    base = {"per_prompt": {"score": [0.2, 0.4, 0.5, 0.1], "tokens": [14, 12, 10, 20]}}
+    out = against_untouched(cell, base, bootstrap=200)
+    # wins on prompts 1 and 4, a tie on 3, a loss on 2: (1 + 0 + 0.5 + 1) / 4
+    assert out["win_rate"]["mean"] == pytest.approx(0.625)
+    assert out["score_change"]["mean"] == pytest.approx((0.7 - 0.3 + 0.0 + 0.2) / 4)
+    assert out["token_change"]["mean"] == pytest.approx((-4 + 0 - 2 + 0) / 4)
+    assert out["win_rate"]["low"] <= 0.625 <= out["win_rate"]["high"]
+    no_judge = against_untouched({"name": "c", "per_prompt": {"score": [None] * 4, "tokens": [1] * 4}},
+                                 {"per_prompt": {"score": [None] * 4, "tokens": [1] * 4}})
+    assert set(no_judge) == {"token_change"}
+    with pytest.raises(ValueError, match="different prompts"):
+        against_untouched(cell, {"per_prompt": {"score": [0.1], "tokens": [1]}})
 
 
 def test_without_a_judge_the_frontier_reads_held_out_accuracy(tmp_path):

@@ -66,6 +66,21 @@ def summarize_samples(per_prompt: dict[str, list], bootstrap: int = 2000, seed: 
     return out
 
 
+def against_untouched(cell: dict, base: dict, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """The cell's samples against the untouched model's on the same prompts and random stream, per
+    prompt: win rate by the judge's score (a tie counts one half), score change and length change
+    in tokens, each a mean with its bootstrap interval over prompts."""
+    mine, theirs = cell["per_prompt"], base["per_prompt"]
+    if len(mine["tokens"]) != len(theirs["tokens"]):
+        raise ValueError(f"cell {cell['name']} and the untouched model were sampled on different prompts")
+    out = {"token_change": summarize([float(a - b) for a, b in zip(mine["tokens"], theirs["tokens"])], bootstrap, seed)}
+    if None not in mine["score"] and None not in theirs["score"]:
+        pairs = list(zip(mine["score"], theirs["score"]))
+        out["win_rate"] = summarize([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs], bootstrap, seed)
+        out["score_change"] = summarize([float(a - b) for a, b in pairs], bootstrap, seed)
+    return out
+
+
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     """Piecewise-linear value at x of points sorted by their first coordinate; None outside their range."""
     points = sorted(points)
@@ -145,8 +160,25 @@ def cell_rows(cells: list[dict]) -> list[dict]:
         row.update({label: fmt(held.get(key)) for key, label in HELD_OUT.items()})
         row.update({"sampled KL": interval(c["samples"].get("kl")), "score": interval(c["samples"].get("score")),
                     "tokens": fmt(c["samples"]["tokens"]["mean"], 1)})
+        versus = c.get("vs_untouched") or {}
+        if versus:
+            row.update({"win rate vs untouched": interval(versus.get("win_rate")),
+                        "tokens vs untouched": interval(versus.get("token_change"))})
         rows.append(row)
     return rows
+
+
+def sample_pairs_markdown(cells: list[dict], per_cell: int = 2, chars: int = 300) -> list[str]:
+    """A few held-out prompts with the untouched model's and each cell's response (cut to `chars`)."""
+    cut = lambda t: " ".join(str(t).split())[:chars]  # noqa: E731  one line, bounded
+    lines = []
+    for c in cells:
+        for pair in (c.get("pairs") or [])[:per_cell]:
+            prompt = pair["prompt"] if isinstance(pair["prompt"], str) else pair["prompt"][-1].get("content", "")
+            lines += [f"**{c['name']}**, prompt: {cut(prompt)}", "",
+                      f"- untouched ({fmt(pair.get('untouched_score'))}): {cut(pair['untouched'])}",
+                      f"- aligned ({fmt(pair.get('aligned_score'))}): {cut(pair['aligned'])}", ""]
+    return lines
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
@@ -197,9 +229,16 @@ def write_sweep_report(cells: list[dict], out_dir: Path, judge: str | None, extr
           "Means over held-out prompts with 95% bootstrap intervals; KL is sampled, in nats.", "",
           "## Cells", "", *markdown_table(rows), "", "## Ranked by score at matched KL", "", kl_line, "",
           *markdown_table(ranked), "", "![frontier](frontier.png)", ""]
+    pairs = sample_pairs_markdown(cells)
+    if pairs:
+        md += ["## Sample pairs: the untouched model and the aligned cell on the same held-out prompt", "",
+               "Both sampled with the same seed; the judge's score in brackets. \"win rate vs untouched\" counts "
+               "prompts where the cell's sample scores higher (a tie counts one half).", "", *pairs]
     page = (f"<html><body><h1>Sweep report</h1><p>{len(cells)} cells; score: {html.escape(str(judge))}</p>"
             f"<h2>Cells</h2>{html_table(rows)}<h2>Ranked by score at matched KL</h2><p>{html.escape(kl_line)}</p>"
-            f"{html_table(ranked)}<img src=\"frontier.png\" alt=\"frontier\"></body></html>\n")
+            f"{html_table(ranked)}<img src=\"frontier.png\" alt=\"frontier\">"
+            + (f"<h2>Sample pairs</h2><p>{'<br>'.join(html.escape(x) for x in pairs)}</p>" if pairs else "")
+            + "</body></html>\n")
     for name, text in (("report.json", json.dumps(report, indent=1, default=str)), ("report.md", "\n".join(md)),
                        ("report.html", page)):
         tmp = out_dir / f".{name}.tmp"

@@ -10,7 +10,9 @@ objective without beta, an unknown key, ...) before any cell trains, and a bad o
 After training, each cell's final policy samples one response per held-out prompt and is scored
 (diagnostics/sweep_report.py): sampled KL to the reference, the judge's score (sweep.judge, e.g.
 the vader_sentiment gold reward), length; the held-out reward and ranking accuracy come from the
-run's own summary. The measurements are cached in the cell folder (sweep_eval.json), keyed by the
+run's own summary. The untouched model (the config's `model`) samples the same prompts with the
+same seed once: each cell's win rate against it (by the judge's score), its length change and a
+few sample pairs go into the report. The measurements are cached in the cell folder (sweep_eval.json), keyed by the
 settings that produced them.
 """
 
@@ -253,6 +255,44 @@ def evaluate_cell(cell: Cell, opts: SweepOptions, judge, prompts: list) -> dict:
     return result
 
 
+def evaluate_untouched(model: str, dtype: str, opts: SweepOptions, judge, prompts: list, output_dir: Path) -> dict:
+    """The untouched model sampled on the same prompts with the same seed as every cell (its sampled
+    KL is 0), cached in OUTPUT_DIR/untouched_eval.json per model and the settings that made it."""
+    from prefalign.diagnostics.sweep_report import sample_and_score, summarize_samples
+    from prefalign.models.causal_lm import load_model, load_tokenizer
+
+    settings = {"model": model, "judge": opts.judge, "judge_args": opts.judge_args, "prompts": len(prompts),
+                "max_new_tokens": opts.max_new_tokens, "eval_seed": opts.eval_seed, "bootstrap": opts.bootstrap}
+    cache = output_dir / "untouched_eval.json"
+    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else []
+    for entry in saved:
+        if entry.get("settings") == settings:
+            return entry
+    untouched = load_model(model, dtype)
+    per_prompt = sample_and_score(untouched, untouched, load_tokenizer(model), judge, prompts,
+                                  opts.max_new_tokens, opts.eval_seed)
+    entry = {"settings": settings, "samples": summarize_samples(per_prompt, opts.bootstrap),
+             "per_prompt": per_prompt}
+    saved = [e for e in saved if e.get("settings", {}).get("model") != model] + [entry]
+    tmp = cache.with_name(".untouched_eval.json.tmp")
+    tmp.write_text(json.dumps(saved, indent=1, default=str), encoding="utf-8")
+    tmp.replace(cache)
+    return entry
+
+
+def compare_with_untouched(result: dict, base: dict, prompts: list, bootstrap: int, n_pairs: int = 3) -> dict:
+    """The cell's result with its win rate / score / length change against the untouched model and a
+    few sample pairs (prompt, the untouched model's response, the cell's)."""
+    from prefalign.diagnostics.sweep_report import against_untouched
+
+    theirs, mine = base["per_prompt"], result["per_prompt"]
+    result["vs_untouched"] = against_untouched(result, base, bootstrap)
+    result["pairs"] = [{"prompt": prompts[i], "untouched": theirs["text"][i], "untouched_score": theirs["score"][i],
+                        "aligned": result["examples"][i]["response"], "aligned_score": mine["score"][i]}
+                       for i in range(min(n_pairs, len(result["examples"])))]
+    return result
+
+
 def load_sweep(path: str | None, overrides: list[str], grid_items: list[str], workers: int | None
                ) -> tuple[dict, SweepOptions, dict]:
     """(train-config tree, sweep options, grid): the YAML's `sweep:` section is the options, the rest the config."""
@@ -287,7 +327,10 @@ def sweep(tree: dict, opts: SweepOptions, grid: dict[str, list]) -> dict:
                                                           sort_keys=False), encoding="utf-8")
     states = run_cells(cells, opts.workers)
     prompts = heldout_prompts(cells[0].cfg, opts.eval_prompts)
-    results = [evaluate_cell(c, opts, judge, prompts) for c in cells]
+    results = []
+    for c in cells:
+        base = evaluate_untouched(c.cfg.model, c.cfg.dtype, opts, judge, prompts, output_dir)
+        results.append(compare_with_untouched(evaluate_cell(c, opts, judge, prompts), base, prompts, opts.bootstrap))
     report = write_sweep_report(results, output_dir, opts.judge or None,
                                 {"grid": grid, "states_before": states, "eval_prompts": len(prompts)})
     report["output_dir"] = str(output_dir)
