@@ -6,6 +6,7 @@ number in the report is the one its definition gives."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -66,6 +67,10 @@ def test_overoptimisation_quick(tmp_path, quick_data):
     runs = result.numbers["runs"][0]
     assert [r["step"] for r in runs] == [0, 2, 4] and runs[0]["kl"] == 0.0
     assert fit["gain"] == pytest.approx([r["gold"] - runs[0]["gold"] for r in runs[1:]], abs=1e-5)
+    # the verdict reads the quality-gated gold; plain VADER's fit is reported beside it
+    assert math.isfinite(result.numbers["gate"]["nll_per_token_threshold"])
+    assert "fit_plain_vader" in result.numbers
+    assert "Plain VADER" in result.reason
     # two points cannot show a hump: the quick setting must not claim one
     assert result.verdict is Verdict.INCONCLUSIVE and "too little movement" in result.reason
 

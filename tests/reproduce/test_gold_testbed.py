@@ -13,7 +13,7 @@ from prefalign.data.builders.registry import BuildContext
 from prefalign.data.records import Example
 from prefalign.judges import make_judge
 from prefalign.reproduce import dpo_frontier, likelihood_overopt, overoptimisation
-from prefalign.reproduce.gold_testbed import story_prompts
+from prefalign.reproduce.gold_testbed import distinct_2, gated_gold, quality_threshold, story_prompts
 
 vader = pytest.importorskip("vaderSentiment.vaderSentiment")
 
@@ -165,3 +165,19 @@ def test_likelihood_overopt_stops_at_the_last_healthy_checkpoint_and_judges_the_
     assert likelihood_overopt.verdict(numbers(20, gain(-0.2, -0.3, -0.1), gain(0.4, 0.3, 0.5)))[0] == "FAIL"
     # the gold score never fell: nothing to stop early from, the testbed cannot tell
     assert likelihood_overopt.verdict(numbers(20, gain(0.0, -0.1, 0.1), gain(0.0, 0.0, 0.0)))[0] == "INCONCLUSIVE"
+
+
+def test_quality_gated_gold_scores_repetition_and_unlikely_samples_minus_one():
+    # 5 words, 4 bigrams, 2 distinct ("good good" and "good great" ... counted by hand)
+    assert distinct_2("good good good good great") == pytest.approx(2 / 4)
+    assert distinct_2("the cat sat on the mat") == 1.0 and distinct_2("hi there") == 1.0
+    # the reference's own samples: per-token NLL = -ref_logp / tokens = 1, 2, ..., 100
+    reference = {"ref_logp": [-float(k) for k in range(1, 101)], "tokens": [1] * 100}
+    threshold = quality_threshold(reference)
+    assert threshold == pytest.approx(float(torch.tensor([float(k) for k in range(1, 101)]).quantile(0.99)))
+    row = {"text": ["a fine happy day out", "love love love love love", "a fine happy day out", "ok"],
+           "score": [0.6, 0.9, 0.7, 0.1],
+           "ref_logp": [-2.0 * 5, -1.0 * 5, -(threshold + 0.5) * 5, -3.0],
+           "tokens": [5, 5, 5, 1]}
+    # kept, repetition (distinct-2 = 1/4), too unlikely under the reference, kept
+    assert gated_gold(row, threshold) == [0.6, -1.0, -1.0, 0.1]

@@ -19,9 +19,9 @@ def device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def sampled_logratios(policy, reference, tokenizer, prompts: list,
-                      settings: GenerateSettings) -> tuple[GeneratedBatch, torch.Tensor]:
-    """One batch of the policy's samples and their summed log pi(y|x) - log ref(y|x) [N] (on the CPU)."""
+def sampled_logprobs(policy, reference, tokenizer, prompts: list,
+                     settings: GenerateSettings) -> tuple[GeneratedBatch, torch.Tensor, torch.Tensor]:
+    """One batch of the policy's samples with their summed log pi(y|x) and log ref(y|x) [N] (on the CPU)."""
     b = generate_batch(policy, tokenizer, prompts, settings)
     # generate_batch returns CPU tensors; score them where each model lives
     sums = []
@@ -29,7 +29,14 @@ def sampled_logratios(policy, reference, tokenizer, prompts: list,
         d = device_of(model)
         sums.append(token_logps(model, b.ids.to(d), b.attention_mask.to(d), b.response_mask.to(d), "full")
                     .sum(1).float().cpu())
-    return b, sums[0] - sums[1]
+    return b, sums[0], sums[1]
+
+
+def sampled_logratios(policy, reference, tokenizer, prompts: list,
+                      settings: GenerateSettings) -> tuple[GeneratedBatch, torch.Tensor]:
+    """One batch of the policy's samples and their summed log pi(y|x) - log ref(y|x) [N] (on the CPU)."""
+    b, policy_sums, ref_sums = sampled_logprobs(policy, reference, tokenizer, prompts, settings)
+    return b, policy_sums - ref_sums
 
 
 @torch.no_grad()

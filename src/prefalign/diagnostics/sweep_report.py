@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from prefalign.diagnostics.kl import sampled_logratios
+from prefalign.diagnostics.kl import sampled_logprobs
 from prefalign.diagnostics.online import summarize
 from prefalign.models.generation import GenerateSettings, response_texts
 
@@ -36,7 +36,8 @@ HELD_OUT = {"eval/rewards/accuracy": "held-out reward acc", "eval/rewards/margin
 @torch.no_grad()
 def sample_and_score(policy, reference, tokenizer, judge, prompts: list, max_new_tokens: int = 48, seed: int = 0,
                      batch_size: int = 16, max_prompt_tokens: int = 256) -> dict[str, list]:
-    """One sample per prompt from `policy`: per-prompt lists kl, score (None without a judge), tokens, text."""
+    """One sample per prompt from `policy`: per-prompt lists kl, score (None without a judge), tokens, text,
+    and ref_logp (the sample's summed log-probability under the reference)."""
     if not prompts:
         raise ValueError("sample_and_score needs at least one prompt")
     was_training = policy.training
@@ -44,12 +45,13 @@ def sample_and_score(policy, reference, tokenizer, judge, prompts: list, max_new
     reference.eval()
     torch.manual_seed(seed)
     settings = GenerateSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
-    out = {"kl": [], "score": [], "tokens": [], "text": []}
+    out = {"kl": [], "score": [], "tokens": [], "text": [], "ref_logp": []}
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
-        b, ratios = sampled_logratios(policy, reference, tokenizer, chunk, settings)
+        b, policy_sums, ref_sums = sampled_logprobs(policy, reference, tokenizer, chunk, settings)
         texts = response_texts(tokenizer, b)
-        out["kl"] += ratios.tolist()
+        out["kl"] += (policy_sums - ref_sums).tolist()
+        out["ref_logp"] += ref_sums.tolist()
         out["tokens"] += b.response_mask.sum(1).tolist()
         out["text"] += texts
         out["score"] += judge.score(chunk, texts) if judge is not None else [None] * len(chunk)

@@ -134,6 +134,32 @@ def evaluate_models(models: list[tuple[int, Path]], prompts: list[str], max_new_
     return rows
 
 
+def distinct_2(text: str) -> float:
+    """Share of distinct word bigrams among the text's word bigrams (1.0 with fewer than two bigrams:
+    too short to repeat itself)."""
+    words = text.split()
+    bigrams = list(zip(words, words[1:]))
+    return len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 1.0
+
+
+def nll_per_token(row: dict) -> list[float]:
+    """Per prompt: the sample's mean negative log-likelihood per token under the reference."""
+    return [-lp / max(int(n), 1) for lp, n in zip(row["ref_logp"], row["tokens"])]
+
+
+def quality_threshold(reference_row: dict, quantile: float = 0.99) -> float:
+    """The `quantile` of the reference's own samples' per-token NLL (under the reference)."""
+    return float(torch.tensor(nll_per_token(reference_row)).quantile(quantile))
+
+
+def gated_gold(row: dict, threshold: float, min_distinct: float = 0.5) -> list[float]:
+    """REPRODUCE.md's quality-gated gold, pre-registered against a gamed VADER: -1 where the sample
+    repeats itself (distinct-2 < min_distinct) or is less likely under the reference than 99% of the
+    reference's own samples (per-token NLL above `threshold`), else its VADER score."""
+    return [-1.0 if distinct_2(text) < min_distinct or nll > threshold else float(score)
+            for text, nll, score in zip(row["text"], nll_per_token(row), row["score"])]
+
+
 def best_of_n(prompts: list[str], n_values: list[int], max_new_tokens: int = 32, seed: int = 1) -> list[dict]:
     """Best-of-N from the reference under VADER: per N, per-prompt gold of the best of the first N
     samples, and the analytic KL bound log N - (N - 1) / N (Stiennon et al. arXiv:2009.01325, App. G)."""

@@ -13,6 +13,12 @@ Fit: R(d) = a d - b d log d is linear in (a, b): least squares without intercept
 The quadratic alternative (the best-of-N form) is R(d) = a d - b d^2. b's interval: the fit
 repeated on prompt-bootstrap resamples (per-checkpoint means recomputed on each resample).
 
+Gold: plain VADER can be gamed (a policy that repeats positive words scores high), so the verdict
+reads REPRODUCE.md's quality-gated gold, fixed before the full run: -1 for a sample whose distinct-2
+is below 0.5 or whose per-token NLL under the frozen reference exceeds the 99th percentile of the
+reference's own samples, else VADER (gold_testbed.gated_gold). Plain VADER's fit and verdict are
+reported beside it.
+
 Rules (each can fail; INCONCLUSIVE when the testbed cannot tell, never PASS):
 - precondition: VADER varies within a prompt, >= 4 checkpoints past step 0, and KL moved (max d >= 0.5);
 - b > 0 (a hump): FAIL when b <= 0, INCONCLUSIVE when b > 0 but its interval reaches 0;
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from statistics import fmean
 
 import torch
 
@@ -34,6 +41,10 @@ from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=4, save_steps=2, betas=[0.05],
              learning_rate=1e-3)
 FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=240, save_steps=30, betas=[0.01, 0.05], learning_rate=1e-3)
+
+
+def mean(values) -> float:
+    return fmean(float(v) for v in values)
 
 
 def fit(d: torch.Tensor, y: torch.Tensor, form: str) -> tuple[float, float, float]:
@@ -117,7 +128,7 @@ def plot(rows: list[list[dict]], f: dict, betas: list, out_png: Path) -> None:
         ax.plot(grid, f["a"] * grid - f["b"] * grid * torch.log(grid), "k--", label="fit d(a - b log d)")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("d = sqrt(sampled KL)")
-    ax.set_ylabel("VADER gold gain over the starting model")
+    ax.set_ylabel("quality-gated gold gain over the starting model")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -140,15 +151,25 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
         folder = g.train_run(out_dir / "runs" / f"dpo-{beta}", out_dir / "data", "dpo", s["steps"], beta,
                              save_steps=s["save_steps"], learning_rate=s["learning_rate"])
         rows.append(g.evaluate_models(run_models(folder), prompts, s["max_new_tokens"]))
-    f = analyse(rows)
-    numbers = {"spread_ok": ok, "spread": spread, "data": data, "fit": f, "settings": s,
-               "runs": [[{"step": r["step"], "kl": sum(r["kl"]) / len(r["kl"]), "gold": sum(r["score"]) / len(r["score"])}
-                         for r in run] for run in rows]}
+    # the verdict reads the quality-gated gold (REPRODUCE.md section 2, fixed before the full run):
+    # plain VADER rewards a policy that repeats positive words, which is not the quality the claim is about
+    threshold = g.quality_threshold(rows[0][0])  # step 0 is the reference: its own samples set the bar
+    gated_rows = [[{**r, "score": g.gated_gold(r, threshold)} for r in run] for run in rows]
+    f, plain = analyse(gated_rows), analyse(rows)
+    numbers = {"spread_ok": ok, "spread": spread, "data": data, "fit": f, "fit_plain_vader": plain, "settings": s,
+               "gate": {"nll_per_token_threshold": threshold, "min_distinct_2": 0.5},
+               "runs": [[{"step": r["step"], "kl": mean(r["kl"]), "gold": mean(gr["score"]), "vader": mean(r["score"]),
+                          "gated_share": mean([x == -1.0 and y != -1.0 for x, y in zip(gr["score"], r["score"])])}
+                         for r, gr in zip(run, gated_run)] for run, gated_run in zip(rows, gated_rows)]}
     state, reason = verdict(numbers)
-    plot(rows, f, s["betas"], out_dir / "overoptimisation.png")
-    table = [{"beta": beta, "step": r["step"], "KL": f"{r['kl']:.3f}", "gold": f"{r['gold']:.3f}"}
+    plain_state, plain_reason = verdict({**numbers, "fit": plain})
+    reason = f"quality-gated gold: {reason}. Plain VADER (reported, not the verdict): {plain_state}: {plain_reason}"
+    plot(gated_rows, f, s["betas"], out_dir / "overoptimisation.png")
+    table = [{"beta": beta, "step": r["step"], "KL": f"{r['kl']:.3f}", "gated gold": f"{r['gold']:.3f}",
+              "VADER": f"{r['vader']:.3f}", "gated": f"{r['gated_share']:.2f}"}
              for beta, run in zip(s["betas"], numbers["runs"]) for r in run]
     peak = "none" if f["d_star"] is None else f"{f['d_star']:.2f}"
-    measured = (f"fit a {f['a']:+.3f}, b {f['b']:+.3f} [{f['b_low']:+.3f}, {f['b_high']:+.3f}], peak d* {peak}; "
-                f"RMSE log {f['rmse_log']:.4f} vs quadratic {f['rmse_quadratic']:.4f}")
+    measured = (f"quality-gated gold: fit a {f['a']:+.3f}, b {f['b']:+.3f} [{f['b_low']:+.3f}, {f['b_high']:+.3f}], "
+                f"peak d* {peak}; RMSE log {f['rmse_log']:.4f} vs quadratic {f['rmse_quadratic']:.4f}; plain VADER "
+                f"b {plain['b']:+.3f} [{plain['b_low']:+.3f}, {plain['b_high']:+.3f}]")
     return ClaimResult(Verdict(state), measured, reason, numbers, ["overoptimisation.png"], table)
