@@ -15,12 +15,10 @@ from prefalign.recipes.policy import resolve_run_dir
 CHEAP_DIAGNOSE = ["--pairs", "4", "--prompts", "2", "--max-new-tokens", "4", "--checkpoints", "2", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    """The tiny quickstart, shrunk (16 training pairs, 6 held out, 2 steps), run once for the module."""
+def shrunk_quickstart(out) -> str:
+    """The tiny quickstart, shrunk (16 training pairs, 6 held out, 2 steps), into `out`; what it printed."""
     import prefalign.recipes.quickstart as qs
 
-    out = tmp_path_factory.mktemp("qs") / "quickstart"
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(qs.HELD_OUT, "tiny", 6)
         mp.setitem(qs.TRAIN_LIMIT, "tiny", 16)
@@ -28,7 +26,26 @@ def quickstart(tmp_path_factory):
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             qs.run_quickstart("tiny", str(out), steps=2)
-    return out, printed.getvalue()
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The shrunk quickstart, run once for the module."""
+    out = tmp_path_factory.mktemp("qs") / "quickstart"
+    return out, shrunk_quickstart(out)
+
+
+def test_running_the_quickstart_again_starts_fresh_in_its_own_folder(tmp_path):
+    # a second `prefalign quickstart` must recognise every file the first one wrote (prompts.jsonl was
+    # once missing from that list, so the README's command failed the second time it was typed)
+    out = tmp_path / "quickstart"
+    shrunk_quickstart(out)
+    first = sorted(p.name for p in out.iterdir())
+    again = shrunk_quickstart(out)
+    assert "starting fresh: removed the earlier quickstart's" in again
+    assert all(name in again for name in first if name != ".prefalign-quickstart")
+    assert sorted(p.name for p in out.iterdir()) == first
 
 
 def test_quickstart_prints_the_run_folder_and_next_commands_that_work(quickstart, capsys):

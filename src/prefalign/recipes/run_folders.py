@@ -20,8 +20,9 @@ RUN_MARKERS = ("config.yaml", "summary.json", "final", "checkpoint-*")
 CURRICULUM_OUTPUTS = ("summary.json", "heldout.jsonl", "stage-*")
 CURRICULUM_MARKERS = ("summary.json", "stage-*")
 # what `prefalign quickstart` writes; it starts fresh in a folder that holds only these
-QUICKSTART_OUTPUTS = {"train.jsonl", "heldout.jsonl", "run", "quickstart.json", "training_curves.png",
-                      ".prefalign-quickstart"}
+# every file and folder run_quickstart writes (tests/test_quickstart.py reruns it in the same folder)
+QUICKSTART_OUTPUTS = {"train.jsonl", "heldout.jsonl", "prompts.jsonl", "run", "quickstart.json",
+                      "training_curves.png", ".prefalign-quickstart"}
 QUICKSTART_MARKER = ".prefalign-quickstart"
 
 
