@@ -226,6 +226,13 @@ def heldout_prompts(cfg: TrainConfig, n: int) -> list:
     return prompts[:n]
 
 
+def write_cache(path: Path, value) -> None:
+    """A measurement cache replaced whole: written beside it, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
 def evaluate_cell(cell: Cell, opts: SweepOptions, judge, prompts: list) -> dict:
     """The cell's measurements (cached in sweep_eval.json under the settings that made them)."""
     from prefalign.diagnostics.sweep_report import sample_and_score, summarize_samples
@@ -249,9 +256,7 @@ def evaluate_cell(cell: Cell, opts: SweepOptions, judge, prompts: list) -> dict:
               "eval_end": summary.get("eval_end"), "samples": summarize_samples(per_prompt, opts.bootstrap),
               "examples": [{"prompt": p, "response": t} for p, t in zip(prompts[:3], per_prompt["text"][:3])],
               "per_prompt": {k: per_prompt[k] for k in ("kl", "score", "tokens")}, "settings": settings}
-    tmp = cache.with_name(".sweep_eval.json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    tmp.replace(cache)
+    write_cache(cache, result)
     return result
 
 
@@ -274,9 +279,7 @@ def evaluate_untouched(model: str, dtype: str, opts: SweepOptions, judge, prompt
     entry = {"settings": settings, "samples": summarize_samples(per_prompt, opts.bootstrap),
              "per_prompt": per_prompt}
     saved = [e for e in saved if e.get("settings", {}).get("model") != model] + [entry]
-    tmp = cache.with_name(".untouched_eval.json.tmp")
-    tmp.write_text(json.dumps(saved, indent=1, default=str), encoding="utf-8")
-    tmp.replace(cache)
+    write_cache(cache, saved)
     return entry
 
 
