@@ -5,41 +5,68 @@ by a reward model trained on a disjoint split (the README's "A real model, judge
     python scripts/smollm2_study.py --work-dir runs/smollm2-study --objectives dpo,ipo,simpo --steps 80
 
 Steps (each an ordinary prefalign command, printed before it runs; rerunning the script continues):
-1. UltraFeedback (binarized sample, ../shared/data) is cut in two by row parity: even rows train
-   the judge, odd rows train the policies. No prompt is in both halves.
-2. `prefalign train-rm`: a Bradley-Terry reward model on all-MiniLM-L6-v2, trained on the even rows.
-3. `prefalign sweep`: SmolLM2-135M-Instruct + LoRA per objective on the odd rows, then each cell and the
-   untouched model sample the same held-out prompts (odd half, never trained on) with the same seed;
-   the reward model scores them: win rate against the untouched model with a bootstrap interval,
+1. HH-RLHF helpful (base, online and rejection-sampled test files, ../shared/data; 6,240 pairs) become
+   message-list pairs (each dialogue's turns as chat messages, so SmolLM2 sees its own chat template) and
+   are cut in two by a hash of the prompt: one half trains the judge, the other the policies. No
+   conversation is in both halves (the rejection-sampled file repeats prompts of the others; hashing
+   the prompt keeps every copy on one side). `--data` also takes UltraFeedback-style rows.
+2. `prefalign train-rm`: a Bradley-Terry reward model on all-MiniLM-L6-v2, trained on the judge half;
+   its held-out accuracy is printed and lands in the study summary, since a win rate is only as good
+   as the judge that counts it.
+3. `prefalign sweep`: SmolLM2-135M-Instruct + LoRA per objective on the policy half, then each cell and
+   the untouched model sample the same held-out prompts (policy half, never trained on) with the same
+   seed; the reward model scores them: win rate against the untouched model with a bootstrap interval,
    score and length change, sampled KL, sample pairs (OUTPUT/sweep/report.md).
-The gold VADER reward is not used: UltraFeedback's tasks are not a sentiment task.
+The gold VADER reward is not used: helpfulness is not a sentiment task.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "ultrafeedback_binarized_sample.jsonl.gz"
+DATA_DIR = REPO.parent / "shared" / "data"
+DATA = [DATA_DIR / f"hh_rlhf_helpful_{part}_test.jsonl.gz" for part in ("base", "online", "rejection_sampled")]
 
 
-def split_by_parity(source: Path, out: Path) -> tuple[Path, Path]:
-    """(judge half: even rows, policy half: odd rows) as JSONL files; rows are copied unchanged."""
+def as_message_pair(row: dict, source: Path, row_no: int) -> dict:
+    """An HH transcript pair as {prompt: messages, chosen, rejected}; rows with a prompt pass unchanged."""
+    from prefalign.data.records import split_hh_dialogue
+    from prefalign.recipes.quickstart import hh_to_messages
+
+    if "prompt" in row:
+        return row
+    prompt, chosen, rejected = split_hh_dialogue(row["chosen"], row["rejected"], str(source), row_no)
+    return {"prompt": hh_to_messages(prompt), "chosen": chosen.strip(), "rejected": rejected.strip()}
+
+
+def judge_side(prompt) -> bool:
+    """True for the judge's half: a stable hash of the prompt, so repeats of a prompt share a side."""
+    digest = hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).digest()
+    return digest[0] % 2 == 0
+
+
+def split_by_prompt(sources: list[Path], out: Path) -> tuple[Path, Path]:
+    """(judge half, policy half) as JSONL files of message-list pairs, disjoint in prompts."""
     out.mkdir(parents=True, exist_ok=True)
     judge, policy = out / "judge_half.jsonl", out / "policy_half.jsonl"
     if judge.is_file() and policy.is_file():
         return judge, policy
-    with gzip.open(source, "rt", encoding="utf-8") as f:
-        rows = [line for line in f if line.strip()]
-    prompts = [json.dumps(json.loads(r).get("prompt")) for r in rows]
-    if set(prompts[0::2]) & set(prompts[1::2]):
-        raise ValueError(f"{source}: a prompt occurs in both halves; the split would not be disjoint")
-    for path, part in ((judge, rows[0::2]), (policy, rows[1::2])):
+    halves: dict[bool, list[str]] = {True: [], False: []}
+    for source in sources:
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rt", encoding="utf-8") as f:
+            for row_no, line in enumerate(f, start=1):
+                if line.strip():
+                    pair = as_message_pair(json.loads(line), source, row_no)
+                    halves[judge_side(pair["prompt"])].append(json.dumps(pair, ensure_ascii=False) + "\n")
+    for path, part in ((judge, halves[True]), (policy, halves[False])):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(part), encoding="utf-8")
         tmp.replace(path)
@@ -54,11 +81,12 @@ def run(args: list[str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", default=str(REPO / "runs" / "smollm2-study"))
-    ap.add_argument("--data", default=str(DATA), help="UltraFeedback binarized rows (JSONL or .jsonl.gz)")
+    ap.add_argument("--data", nargs="+", default=[str(p) for p in DATA],
+                    help="preference files (HH-RLHF transcripts or rows with a prompt; JSONL or .jsonl.gz)")
     ap.add_argument("--objectives", default="dpo,ipo")
     ap.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps per objective (batch 8)")
     ap.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA learning rate")
-    ap.add_argument("--rm-steps", type=int, default=60)
+    ap.add_argument("--rm-steps", type=int, default=150, help="reward-model steps of 16 pairs (~8 s each on 2 cores)")
     ap.add_argument("--eval-prompts", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2, help="cells trained at once")
     a = ap.parse_args()
@@ -66,13 +94,17 @@ def main() -> int:
     from prefalign.recipes.quickstart import smollm2_folder
 
     work = Path(a.work_dir).resolve()
-    judge_half, policy_half = split_by_parity(Path(a.data), work / "data")
+    judge_half, policy_half = split_by_prompt([Path(p) for p in a.data], work / "data")
     rm_dir = work / "rm"
     if not (rm_dir / "final").is_dir():
-        run(["train-rm", f"backbone={minilm_path()}", "kind=bt", f"data.train={judge_half}", "data.eval_fraction=0.1",
-             f"max_steps={a.rm_steps}", "batch_size=16", "learning_rate=6e-5", "max_length=256",
+        run(["train-rm", f"backbone={minilm_path()}", "kind=bt", f"data.train={judge_half}", "data.eval_fraction=0.05",
+             "data.on_bad_row=skip", f"max_steps={a.rm_steps}", "batch_size=16", "learning_rate=1e-4", "max_length=192",
              f"output_dir={rm_dir}", "progress=false", "resume=true"])
-    run(["sweep", f"model={smollm2_folder()}", f"data.train={policy_half}", "data.eval_fraction=0.1",
+    rm = json.loads((rm_dir / "summary.json").read_text())
+    acc = {when: rm[f"eval_{when}"]["eval/rewards/accuracy"] for when in ("start", "end")}
+    print(f"judge: held-out accuracy {acc['start']:.3f} -> {acc['end']:.3f} on {rm['data']['eval_examples']} pairs "
+          "(a win rate below is only as good as this)", flush=True)
+    run(["sweep", f"model={smollm2_folder()}", f"data.train={policy_half}", "data.eval_fraction=0.03",
          "data.on_bad_row=skip", "lora=true", "lora_r=16", "lora_alpha=32", f"max_steps={a.steps}", "batch_size=8",
          f"learning_rate={a.learning_rate}", "warmup_ratio=0.1", "max_length=256", "max_prompt_length=128", "eval_batch_size=16",
          "progress=false", f"output_dir={work / 'sweep'}", "sweep.judge=reward_model",

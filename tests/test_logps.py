@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from prefalign.data.collate import collate
@@ -11,12 +12,14 @@ from prefalign.logps import ChunkedTokenLogps, naive_token_logps, token_logps
 from prefalign.models.causal_lm import PolicyLogps, load_model, sequence_sums
 
 
-def test_chunked_function_matches_log_softmax_and_gradcheck():
+@pytest.mark.parametrize("keep_elements", [0, 7 * 11], ids=["recomputed", "kept"])
+def test_chunked_function_matches_log_softmax_and_gradcheck(keep_elements):
+    """Both backward paths: logits recomputed per chunk, and probabilities kept from forward."""
     torch.manual_seed(0)
     h = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 11, (7,))
-    out = ChunkedTokenLogps.apply(h, w, t, 3)
+    out = ChunkedTokenLogps.apply(h, w, t, 3, keep_elements)
     ref = torch.log_softmax(h @ w.T, dim=1).gather(1, t[:, None]).squeeze(1)
     torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
     # backward against autograd of the naive formula, chunk smaller than the rows
@@ -25,6 +28,15 @@ def test_chunked_function_matches_log_softmax_and_gradcheck():
     rh, rw = torch.autograd.grad((ref * g).sum(), (h, w))
     torch.testing.assert_close(gh, rh)
     torch.testing.assert_close(gw, rw)
+
+
+def test_chunked_function_keeps_probabilities_only_when_gradients_are_wanted_and_they_fit():
+    h = torch.randn(7, 5, requires_grad=True)
+    w = torch.randn(11, 5)
+    t = torch.randint(0, 11, (7,))
+    kept = lambda out: out.grad_fn.saved_tensors[3] is not None  # noqa: E731
+    assert kept(ChunkedTokenLogps.apply(h, w, t, 3, 77))
+    assert not kept(ChunkedTokenLogps.apply(h, w, t, 3, 76))  # one element over the budget
 
 
 def test_lean_and_full_paths_equal_naive_on_a_padded_batch(tiny_model_dir, tokenizer, hh_file):

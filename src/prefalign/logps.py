@@ -25,24 +25,37 @@ LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scali
 
 
 class ChunkedTokenLogps(torch.autograd.Function):
-    """log softmax(hidden @ weight.T)[target] per row, computed and differentiated in chunks."""
+    """log softmax(hidden @ weight.T)[target] per row, computed and differentiated in chunks.
+
+    `keep_elements`: when gradients are wanted and all M x V probabilities fit in this many
+    elements, forward keeps them for backward, which then skips recomputing the logits (one of
+    the head's four matrix products, and a softmax). With a small vocabulary the head is a large
+    share of the step (40% of a token's FLOPs on the 8k-vocabulary benchmark model) and the kept
+    block is small; with a 49k vocabulary the block would cost more memory than it saves time.
+    """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                keep_elements: int = 0):
         # float32 at least (log-sum-exp over a large vocabulary in bf16 loses the answer)
         work = torch.promote_types(hidden.dtype, torch.float32)
         out = torch.empty(hidden.shape[0], dtype=work, device=hidden.device)
+        keep = any(ctx.needs_input_grad[:2]) and hidden.shape[0] * weight.shape[0] <= keep_elements
+        probs = torch.empty((hidden.shape[0], weight.shape[0]), dtype=work, device=hidden.device) if keep else None
         for start in range(0, hidden.shape[0], chunk):
             logits = (hidden[start:start + chunk] @ weight.T).to(work)
             picked = logits.gather(1, targets[start:start + chunk, None]).squeeze(1)
-            out[start:start + chunk] = picked - torch.logsumexp(logits, dim=1)
-        ctx.save_for_backward(hidden, weight, targets)
+            lse = torch.logsumexp(logits, dim=1)
+            out[start:start + chunk] = picked - lse
+            if keep:
+                torch.exp(logits.sub_(lse[:, None]), out=probs[start:start + chunk])
+        ctx.save_for_backward(hidden, weight, targets, probs)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        hidden, weight, targets = ctx.saved_tensors
+        hidden, weight, targets, probs = ctx.saved_tensors
         chunk = ctx.chunk
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         work = torch.promote_types(hidden.dtype, torch.float32)
@@ -52,7 +65,10 @@ class ChunkedTokenLogps(torch.autograd.Function):
             h = hidden[start:start + chunk]
             g_out = grad_out[start:start + chunk].to(work)
             # d logp[t] / d logits = onehot(t) - softmax(logits), scaled by the incoming grad.
-            grad_logits = torch.softmax((h @ weight.T).to(work), dim=1).mul_(-g_out[:, None])
+            if probs is None:
+                grad_logits = torch.softmax((h @ weight.T).to(work), dim=1).mul_(-g_out[:, None])
+            else:
+                grad_logits = probs[start:start + chunk].mul(-g_out[:, None])
             grad_logits[rows[: h.shape[0]], targets[start:start + chunk]] += g_out
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
@@ -61,7 +77,12 @@ class ChunkedTokenLogps(torch.autograd.Function):
                 grad_weight += grad_logits.to(work).T @ h.to(work)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None
+        return grad_hidden, grad_weight, None, None, None
+
+
+# Probabilities ChunkedTokenLogps may keep for backward: 2^23 float32 elements is 32 MiB, about a
+# micro-batch's response positions on an 8k vocabulary; a 49k one recomputes instead.
+KEEP_PROBS_ELEMENTS = 1 << 23
 
 
 def chunk_rows(vocab_size: int, budget_elements: int = 1 << 23) -> int:
@@ -143,7 +164,9 @@ def response_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_
         result = model.get_decoder()(**kwargs)
         rows = at(result.last_hidden_state)
         head = model.get_output_embeddings().weight
-        logps = ChunkedTokenLogps.apply(rows, head, targets, chunk_rows(head.shape[0])).float()
+        # under no_grad (the reference) autograd still reports needs_input_grad: keep nothing there
+        keep = KEEP_PROBS_ELEMENTS if torch.is_grad_enabled() else 0
+        logps = ChunkedTokenLogps.apply(rows, head, targets, chunk_rows(head.shape[0]), keep).float()
     else:
         result = model(**kwargs)
         rows, head = at(result.logits), None
