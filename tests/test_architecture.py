@@ -25,6 +25,7 @@ PKG = Path(prefalign.__file__).parent
 LAYERS = {
     "prefalign": 0,
     "prefalign.types": 0,
+    "prefalign.packing": 0,
     "prefalign.losses": 0,
     "prefalign.logps": 1,
     "prefalign.logging": 1,

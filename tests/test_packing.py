@@ -1,4 +1,4 @@
-"""Padding-free packing (data.packing): the layout checked against the rows it packs, and every
+"""Padding-free packing (packing.py): the layout checked against the rows it packs, and every
 objective family's step (policy, reference, features, loss, gradients) against the padded step."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from prefalign.data.packing import PackOptions, choose_packing, first_fit, pack_rows, prompt_units
+from prefalign.packing import PackOptions, choose_packing, first_fit, pack_rows, prompt_units
 from prefalign.models.causal_lm import load_model
 from tests_support import FIXTURES
 

@@ -1,4 +1,4 @@
-"""Every objective family's step on packed rows (data.packing) against the padded step: policy and
+"""Every objective family's step on packed rows (packing.py) against the padded step: policy and
 reference log-probs, every feature, the loss and the policy's gradients, with and without one
 shared prompt per example."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from prefalign.data.formats.readers import load_examples
-from prefalign.data.packing import PackOptions
+from prefalign.packing import PackOptions
 from prefalign.data.records import split_hh_dialogue
 from prefalign.features import collate, tokenize
 from prefalign.losses import get_objective

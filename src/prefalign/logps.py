@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from prefalign.data.packing import Packed, model_inputs
+from prefalign.packing import Packed, model_inputs
 
 # Config attributes that rescale or cap logits after the output projection. Models that set
 # any of them take the standard (full-logits) path, which applies them inside the model.
@@ -142,7 +142,7 @@ def response_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_
                      target_index: torch.Tensor | None = None, packed: Packed | None = None) -> ResponseForward:
     """The model's forward, reduced to what response tokens need; see `token_logps` and ResponseForward.
     `target_index` is predicting_index(target_mask) computed ahead (collate does it on the host).
-    With `packed` (data.packing) the model reads the packed rows instead of the padded ones; the
+    With `packed` (packing.py) the model reads the packed rows instead of the padded ones; the
     outputs are the same [N, T] grid and [M, ...] rows, taken from the packed positions."""
     target_mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
     index = target_index if target_index is not None else predicting_index(target_mask)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from prefalign.data.packing import Packed, PackOptions, pack_rows
+from prefalign.packing import Packed, PackOptions, pack_rows
 from prefalign.data.tokenize import TokenizedExample
 from prefalign.logps import predicting_index
 
@@ -28,7 +28,7 @@ class Rows:
     """Right-padded token rows [N, T]: what one forward of a model reads.
 
     target_index: the scored positions as flat indices, computed on the host (logps.predicting_index).
-    packed: the same rows packed without padding (data.packing), which the model reads instead, or None.
+    packed: the same rows packed without padding (packing.py), which the model reads instead, or None.
     """
 
     input_ids: torch.Tensor

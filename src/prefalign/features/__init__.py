@@ -50,7 +50,7 @@ def carried(examples: list) -> set[str]:
 
 def collate(examples: list, pad_id: int, features=(), pad_multiple: int = 1, pack=None) -> Batch:
     """data.collate.collate plus the tensors the suppliers of `features` (and of the rows the
-    examples carry) add at collate time. `pack` (data.packing.PackOptions): pack every row batch."""
+    examples carry) add at collate time. `pack` (packing.PackOptions): pack every row batch."""
     batch = collate_rows(examples, pad_id, pad_multiple, pack)
     for s in for_features(set(features) | carried(examples)):
         s.collate(examples, batch, pad_id, pad_multiple, pack=pack)

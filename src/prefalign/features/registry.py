@@ -56,7 +56,7 @@ class FeatureSupplier:
 
     def collate(self, examples: list, batch, pad_id: int, pad_multiple: int, pack=None) -> None:
         """Add tensors to batch.extras that data.collate cannot build from the examples alone
-        (row batches it builds are packed with `pack`, data.packing.PackOptions, when given)."""
+        (row batches it builds are packed with `pack`, packing.PackOptions, when given)."""
 
     def reference_rows(self, batch):
         """The rows the reference scores for the K responses instead of the list rows, or None."""

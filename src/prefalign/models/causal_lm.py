@@ -134,7 +134,7 @@ class PolicyLogps(torch.nn.Module):
         """[N, T] response token log-probs; with `reference`, a dict of them ("token_logps") and of
         the features computed against it: "token_kl" [N, T] when it has rows, "mask_logits"
         [N, T] (common mask) or [N, T, 2] (independent masks) when it has layers. `packed`: the
-        rows packed without padding (data.packing), which the model then reads instead."""
+        rows packed without padding (packing.py), which the model then reads instead."""
         if reference is None:
             return token_logps(self.model, input_ids, attention_mask, response_mask, self.impl, target_index, packed)
         fwd = response_forward(self.model, input_ids, attention_mask, response_mask, self.impl,

@@ -18,7 +18,7 @@ from prefalign.data.formats.readers import load_examples, seeded_split
 from prefalign.data.builders.pairs import pairs_from_lists
 from prefalign.data.builders.pipeline import BuildContext, run_builder, run_builders
 from prefalign.data.collate import to_device
-from prefalign.data.packing import choose_packing
+from prefalign.packing import choose_packing
 from prefalign.data.tokenize import TokenizeStats
 from prefalign.features import SUPPLIERS, for_features, get_supplier, tokenize, unsupplied
 from prefalign.losses import get_objective

@@ -44,7 +44,7 @@ class PolicyTrainee:
                  pack=None):
         self.accelerator, self.module, self.objective, self.params = accelerator, module, objective, objective_params
         self.reference, self.tokenizer, self.pad_multiple = reference, tokenizer, pad_multiple
-        self.pack = pack  # data.packing.PackOptions: batches packed without padding, or None
+        self.pack = pack  # packing.PackOptions: batches packed without padding, or None
         # the features whose suppliers add to each batch (precomputed reference values travel with the examples)
         self.features = tuple(objective.features if features is None else features)
 
