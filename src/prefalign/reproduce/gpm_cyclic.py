@@ -83,12 +83,6 @@ def best_total_order_accuracy(moves) -> float:
     return best / len(edges)
 
 
-@torch.no_grad()
-def pool(backbone, prompts, responses, batch=64):
-    return torch.cat([backbone(**backbone.encode(prompts[s:s + batch], responses[s:s + batch]))
-                      for s in range(0, len(responses), batch)])
-
-
 class BTHead(torch.nn.Module):
     """Scalar reward on the same trunk as the GPM head: P(a > b) = sigmoid(r_a - r_b)."""
 
@@ -163,8 +157,8 @@ def encode(n_moves: int):
     moves = MOVES[n_moves]
     items = texts(moves, TRAIN_TEMPLATES) + texts(moves, TEST_TEMPLATES)
     backbone = RewardBackbone(minilm_path(), max_length=64).eval()
-    feats = pool(backbone, [PROMPT] * len(items), [t for _, t in items])
-    return feats, pool(backbone, [PROMPT], [""]), backbone.hidden_size
+    feats = backbone.embed([PROMPT] * len(items), [t for _, t in items])
+    return feats, backbone.embed([PROMPT], [""]), backbone.hidden_size
 
 
 def verdict(cyc: dict, control: dict) -> tuple[Verdict, str]:

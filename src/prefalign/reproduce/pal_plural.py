@@ -107,12 +107,6 @@ def comparisons(user, items, topic_ids, n, rng):
 
 
 
-@torch.no_grad()
-def pool(backbone, prompts, texts, batch=64):
-    return torch.cat([backbone(**backbone.encode(prompts[s:s + batch], texts[s:s + batch]))
-                      for s in range(0, len(texts), batch)])
-
-
 def trunk(hidden, out, mlp_hidden):
     return torch.nn.Sequential(torch.nn.Linear(hidden, mlp_hidden), torch.nn.GELU(), torch.nn.Linear(mlp_hidden, out))
 
@@ -140,9 +134,9 @@ def encode():
             prompts.append(q)
             texts.append(text)
     backbone = RewardBackbone(minilm_path(), max_length=128).eval()
-    feats = pool(backbone, prompts, texts)
+    feats = backbone.embed(prompts, texts)
     topic_of = torch.tensor([t for t in range(len(TOPICS)) for _ in items[t]])
-    prompt_feats = pool(backbone, [q for q, _, _ in TOPICS], [""] * len(TOPICS))[topic_of]
+    prompt_feats = backbone.embed([q for q, _, _ in TOPICS], [""] * len(TOPICS))[topic_of]
     return feats, prompt_feats, items, backbone.hidden_size
 
 

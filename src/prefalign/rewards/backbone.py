@@ -101,3 +101,10 @@ class RewardBackbone(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[N, H] one pooled vector per (prompt, response)."""
         return self.pool(self.hidden_states(input_ids, attention_mask), attention_mask)
+
+    @torch.no_grad()
+    def embed(self, prompts: list, responses: list, batch_size: int = 64) -> torch.Tensor:
+        """[N, H] pooled vectors of aligned prompts and responses, batch_size rows at a time, without
+        gradients: frozen features for heads trained on top (the GPM and PAL reproductions)."""
+        return torch.cat([self(**self.encode(prompts[s:s + batch_size], responses[s:s + batch_size]))
+                          for s in range(0, len(responses), batch_size)])
