@@ -7,6 +7,9 @@ The recipes add their own model, reference and data, then call `run_loop`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +20,28 @@ from prefalign.recipes.run_folders import RUN_MARKERS, RUN_OUTPUTS, claim_run_di
 from prefalign.train.loop import LoopParts, LoopSettings, cosine_or_linear, train_loop
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def set_malloc_mmap_threshold(mib: float) -> bool:
+    """Fix glibc's mmap threshold at `mib` MiB; True when it was set.
+
+    glibc raises its threshold each time a mapped block is freed (up to 32 MiB), after which a step's
+    freed activations stay in the heap, fragmented, and the process's resident memory creeps up: on
+    SmolLM2-135M DPO the peak fell from 4,335 to 4,077 MiB with the threshold fixed at 1 MiB. The
+    price is a page fault for every fresh block: the 7M-parameter fixture ran 33% slower, so the
+    config's default is 0. Not glibc (macOS, musl), 0, or a MALLOC_MMAP_THRESHOLD_ the user set:
+    nothing is changed."""
+    if mib <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ or not os.uname().sysname == "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mib * (1 << 20))))
+
+
 def start_run(cfg: LoopConfig, command: str = "train"):
     """(accelerator, run folder, earlier outputs to replace): seeded, the folder checked for an earlier run.
 
@@ -24,6 +49,7 @@ def start_run(cfg: LoopConfig, command: str = "train"):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    set_malloc_mmap_threshold(cfg.malloc_mmap_threshold_mib)
     out_dir = Path(cfg.output_dir)
     earlier = claim_run_dir(out_dir, cfg.resume, cfg.overwrite, RUN_OUTPUTS, RUN_MARKERS, command)
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
