@@ -1,22 +1,23 @@
 """SmolLM2-135M-Instruct aligned with LoRA on real preference data, judged against the untouched model
 by a reward model trained on a disjoint split (the README's "A real model, judged").
 
-    python scripts/smollm2_study.py --work-dir runs/smollm2-study            # ~25 min on 2 cores
+    python scripts/smollm2_study.py --work-dir runs/smollm2-study            # about an hour on 2 cores
     python scripts/smollm2_study.py --work-dir runs/smollm2-study --objectives dpo,ipo,simpo --steps 80
 
 Steps (each an ordinary prefalign command, printed before it runs; rerunning the script continues):
 1. HH-RLHF helpful (base, online and rejection-sampled test files, ../shared/data; 6,240 pairs) become
    message-list pairs (each dialogue's turns as chat messages, so SmolLM2 sees its own chat template) and
    are cut in two by a hash of the prompt: one half trains the judge, the other the policies. No
-   conversation is in both halves (the rejection-sampled file repeats prompts of the others; hashing
-   the prompt keeps every copy on one side). `--data` also takes UltraFeedback-style rows.
+   conversation is in both halves (a prompt that occurs twice goes to one side with all its copies).
+   `--data` also takes UltraFeedback-style rows.
 2. `prefalign train-rm`: a Bradley-Terry reward model on all-MiniLM-L6-v2, trained on the judge half;
-   its held-out accuracy is printed and lands in the study summary, since a win rate is only as good
-   as the judge that counts it.
-3. `prefalign sweep`: SmolLM2-135M-Instruct + LoRA per objective on the policy half, then each cell and
-   the untouched model sample the same held-out prompts (policy half, never trained on) with the same
-   seed; the reward model scores them: win rate against the untouched model with a bootstrap interval,
-   score and length change, sampled KL, sample pairs (OUTPUT/sweep/report.md).
+   its held-out accuracy is printed (and is in OUTPUT/rm/summary.json), since a win rate is only as
+   good as the judge that counts it.
+3. `prefalign sweep`: SmolLM2-135M-Instruct + LoRA per objective on the policy half less 170 held-out
+   prompts (the first in hash order: data.eval), then each cell and the untouched model sample 160 of
+   those prompts with the same seed; the reward model scores them: win rate against the untouched
+   model with a bootstrap interval, score and length change, sampled KL, sample pairs
+   (OUTPUT/sweep/report.md).
 The gold VADER reward is not used: helpfulness is not a sentiment task.
 """
 
@@ -73,6 +74,22 @@ def split_by_prompt(sources: list[Path], out: Path) -> tuple[Path, Path]:
     return judge, policy
 
 
+def hold_out(policy_half: Path, n_prompts: int) -> tuple[Path, Path]:
+    """(training rows, held-out rows) of the policy half: the held-out rows are those of the n_prompts
+    prompts first in hash order (a fixed, content-based choice), so no held-out prompt is trained on."""
+    train, held = policy_half.with_name("policy_train.jsonl"), policy_half.with_name("policy_eval.jsonl")
+    if train.is_file() and held.is_file():
+        return train, held
+    lines = [line for line in policy_half.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    key = lambda line: hashlib.sha256(json.dumps(json.loads(line)["prompt"], sort_keys=True).encode()).hexdigest()  # noqa: E731
+    chosen = set(sorted({key(line) for line in lines})[:n_prompts])
+    for path, part in ((held, [x for x in lines if key(x) in chosen]), (train, [x for x in lines if key(x) not in chosen])):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(part), encoding="utf-8")
+        tmp.replace(path)
+    return train, held
+
+
 def run(args: list[str]) -> None:
     print("+ prefalign " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "prefalign.cli", *args], check=True, cwd=REPO)
@@ -87,7 +104,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps per objective (batch 8)")
     ap.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA learning rate")
     ap.add_argument("--rm-steps", type=int, default=150, help="reward-model steps of 16 pairs (~8 s each on 2 cores)")
-    ap.add_argument("--eval-prompts", type=int, default=48)
+    ap.add_argument("--eval-prompts", type=int, default=160, help="held-out prompts sampled and judged per model")
     ap.add_argument("--workers", type=int, default=2, help="cells trained at once")
     a = ap.parse_args()
     from prefalign.models.encoders import minilm_path
@@ -95,6 +112,8 @@ def main() -> int:
 
     work = Path(a.work_dir).resolve()
     judge_half, policy_half = split_by_prompt([Path(p) for p in a.data], work / "data")
+    # 10 spare prompts: a held-out row that fails validation is skipped, and the sweep takes the first N
+    policy_train, policy_eval = hold_out(policy_half, a.eval_prompts + 10)
     rm_dir = work / "rm"
     if not (rm_dir / "final").is_dir():
         run(["train-rm", f"backbone={minilm_path()}", "kind=bt", f"data.train={judge_half}", "data.eval_fraction=0.05",
@@ -104,7 +123,7 @@ def main() -> int:
     acc = {when: rm[f"eval_{when}"]["eval/rewards/accuracy"] for when in ("start", "end")}
     print(f"judge: held-out accuracy {acc['start']:.3f} -> {acc['end']:.3f} on {rm['data']['eval_examples']} pairs "
           "(a win rate below is only as good as this)", flush=True)
-    run(["sweep", f"model={smollm2_folder()}", f"data.train={policy_half}", "data.eval_fraction=0.03",
+    run(["sweep", f"model={smollm2_folder()}", f"data.train={policy_train}", f"data.eval={policy_eval}",
          "data.on_bad_row=skip", "lora=true", "lora_r=16", "lora_alpha=32", f"max_steps={a.steps}", "batch_size=8",
          f"learning_rate={a.learning_rate}", "warmup_ratio=0.1", "max_length=256", "max_prompt_length=128", "eval_batch_size=16",
          "progress=false", f"output_dir={work / 'sweep'}", "sweep.judge=reward_model",
