@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from prefalign.config import LoopConfig
 from prefalign.recipes.setup import set_malloc_mmap_threshold
 
@@ -21,7 +19,7 @@ def test_zero_and_a_user_setting_change_nothing(monkeypatch):
     assert set_malloc_mmap_threshold(1.0) is False
 
 
-@pytest.mark.skipif(os.uname().sysname != "Linux", reason="mallopt is glibc's")
-def test_glibc_accepts_the_threshold(monkeypatch):
+def test_glibc_accepts_the_threshold_and_other_systems_are_left_alone(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert set_malloc_mmap_threshold(1.0) is True
+    # mallopt is glibc's: on Linux (this project's CI) it must take; elsewhere nothing is changed
+    assert set_malloc_mmap_threshold(1.0) is (os.uname().sysname == "Linux")

@@ -32,7 +32,7 @@ def set_malloc_mmap_threshold(mib: float) -> bool:
     price is a page fault for every fresh block: the 7M-parameter fixture ran 33% slower, so the
     config's default is 0. Not glibc (macOS, musl), 0, or a MALLOC_MMAP_THRESHOLD_ the user set:
     nothing is changed."""
-    if mib <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ or not os.uname().sysname == "Linux":
+    if mib <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ or os.uname().sysname != "Linux":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
