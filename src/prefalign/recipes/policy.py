@@ -26,6 +26,7 @@ from prefalign.losses.registry import Objective, no_beta_message, unknown_params
 from prefalign.models.hub import resolve_model
 from prefalign.models.causal_lm import (model_args, AdapterOffReference, FrozenReference, MaskHead, PolicyLogps, add_lora, load_model,
                               load_tokenizer, reference_cache_path, sequence_sums)
+from prefalign.models.lean_mlp import install_lean_mlp
 from prefalign.models.reference_cache import ReferenceCache, ReferencedExamples, complete, write_reference_cache
 from prefalign.recipes.setup import (end_run, keep_best, loop_settings, metric_sinks, open_run_folder,
                               optimizer_and_scheduler, run_loop, start_run, summary_fields)
@@ -305,6 +306,8 @@ def setup_reference(cfg: TrainConfig, mode: str, model, acc, tokenizer, train_se
 
 def setup_policy(cfg: TrainConfig, obj: Objective, model) -> PolicyLogps:
     """The trainable policy: LoRA when asked, SparsePO's mask head when the objective learns masks."""
+    if cfg.lean_mlp:
+        install_lean_mlp(model)  # a LoRA down_proj keeps the plain forward (lean_mlp.py says when)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     mask_head = None
