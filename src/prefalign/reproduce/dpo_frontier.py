@@ -28,7 +28,8 @@ from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=3, bon=[1, 2, 4],
              methods=[("dpo", 0.1, {}), ("dpo", 1.0, {}), ("sft", None, {})])
 FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=150, bon=[1, 2, 4, 8, 16],
-            methods=[("dpo", 0.05, {}), ("dpo", 0.1, {}), ("dpo", 0.5, {}), ("dpo", 2.0, {}), ("ipo", 0.1, {}),
+            methods=[("dpo", 0.05, {}), ("dpo", 0.1, {}), ("dpo", 0.5, {}), ("dpo", 2.0, {}), ("dpo", 5.0, {}),
+                     ("ipo", 0.1, {}),
                      ("simpo", 2.0, {}),
                      ("fdpo", 0.1, {"divergence": "js"}), ("sft", None, {})])
 
