@@ -20,6 +20,7 @@ from prefalign.features import tokenize
 from prefalign.losses import get_objective
 from prefalign.models.causal_lm import AdapterOffReference, FrozenReference, PolicyLogps, add_lora, load_model, \
     load_tokenizer
+from prefalign.models.lean_mlp import install_lean_mlp
 from prefalign.recipes.policy import objective_params
 from prefalign.train.loop import make_batch
 from prefalign.train.step import forward_batch, run_objective
@@ -42,6 +43,7 @@ def train(model_dir: str, data: str, lora: bool, world: int, rank: int) -> dict:
     examples = tokenize(examples[: STEPS * BATCH], tokenizer, max_length=96, max_prompt_length=64,
                         features=obj.features)
     model = load_model(model_dir)
+    lean_mlps = install_lean_mlp(model)  # as `prefalign train` does by default (LoRA's down_proj keeps the plain one)
     if lora:
         model = add_lora(model, r=4, alpha=8)
     policy = PolicyLogps(model)
@@ -72,7 +74,7 @@ def train(model_dir: str, data: str, lora: bool, world: int, rank: int) -> dict:
         losses.append(float(value) / world)
     final = torch.cat([full(p.detach()).flatten() for p in params]).tolist()
     return {"losses": losses, "grad_norms": norms, "params": final, "sharded_params": sharded,
-            "trainable": len(params), "world": world}
+            "trainable": len(params), "world": world, "lean_mlps": lean_mlps}
 
 
 def main() -> None:

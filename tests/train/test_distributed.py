@@ -57,6 +57,7 @@ def test_fsdp2_two_gloo_processes_train_like_one(tiny_model_dir, tmp_path):
         a, b = one[name], two[name]
         assert b["world"] == 2 and b["sharded_params"] == b["trainable"] > 0, name  # really sharded
         assert a["sharded_params"] == 0
+        assert a["lean_mlps"] == b["lean_mlps"] == 2, name  # the default lean MLP runs sharded too
         assert a["losses"] == pytest.approx(b["losses"], abs=1e-5), name
         assert a["grad_norms"] == pytest.approx(b["grad_norms"], rel=1e-5), name
         moved = max(abs(x) for x in a["params"])
