@@ -110,20 +110,65 @@ def test_plain_forward_where_the_lean_one_could_differ():
     assert type(lean(x).grad_fn).__name__ == "SwiGLUDownBackward"
 
 
-def test_lora_on_down_proj_keeps_the_plain_forward_and_its_gradients(tiny_model_dir):
-    from prefalign.models.causal_lm import add_lora, load_model
+def lora_pair(tiny_model_dir, dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
 
-    plain = add_lora(load_model(str(tiny_model_dir)))
+    from prefalign.models.causal_lm import load_model
+
+    config = dict(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    plain = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(**config))
     lean_base = load_model(str(tiny_model_dir))
     assert install_lean_mlp(lean_base) == 2
-    lean = add_lora(lean_base)
+    lean = get_peft_model(lean_base, LoraConfig(**config))
     lean.load_state_dict(plain.state_dict())
+    with torch.no_grad():  # B starts at zero, which would hide every term through it: give it values
+        for (name, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+                q.copy_(p)
+    return plain, lean
+
+
+def test_lora_down_proj_same_gradients_and_less_kept(tiny_model_dir):
+    plain, lean = lora_pair(tiny_model_dir)
     ids = torch.randint(0, 100, (2, 9))
-    plain(input_ids=ids).logits.square().mean().backward()
-    lean(input_ids=ids).logits.square().mean().backward()
+    out_p, out_l = plain(input_ids=ids).logits, lean(input_ids=ids).logits
+    assert any(type(f).__name__ == "SwiGLUDownLoRABackward" for f in walk(out_l.grad_fn))
+    torch.testing.assert_close(out_l, out_p, rtol=0, atol=1e-6)
+    out_p.log_softmax(-1)[..., 7].sum().backward()
+    out_l.log_softmax(-1)[..., 7].sum().backward()
+    trained = 0
     for (name, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
         if p.requires_grad:
-            torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0, msg=name)
+            trained += "down_proj" in name
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert trained == 4  # A and B of both layers' down_proj
+    mlp_p = plain.base_model.model.model.layers[0].mlp
+    mlp_l = lean.base_model.model.model.layers[0].mlp
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    # the plain LoRA MLP keeps four [T, I] tensors (the product once, shared by the base layer and A)
+    assert saved_bytes(mlp_p, x) - saved_bytes(mlp_l, x) == 2 * 3 * 7 * 64 * 4
+
+
+def test_lora_backward_against_finite_differences():
+    from prefalign.models.lean_mlp import SwiGLUDownLoRA
+
+    torch.manual_seed(2)
+    args = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+            for shape in ((2, 3, 6), (2, 3, 6), (5, 6), (2, 6), (5, 2))]
+    assert torch.autograd.gradcheck(lambda g, u, w, a, b: SwiGLUDownLoRA.apply(g, u, w, a, b, 1.7), args)
+
+
+def test_lora_with_dropout_or_switched_off_keeps_peft_forward(tiny_model_dir):
+    _, lean = lora_pair(tiny_model_dir, dropout=0.1)
+    ids = torch.randint(0, 100, (2, 9))
+    names = {type(f).__name__ for f in walk(lean(input_ids=ids).logits.grad_fn)}
+    assert not names & {"SwiGLUDownLoRABackward", "SwiGLUDownBackward"}
+    _, lean = lora_pair(tiny_model_dir)
+    with lean.disable_adapter():  # the adapter-off reference with gradients on: the base layer alone
+        names = {type(f).__name__ for f in walk(lean(input_ids=ids).logits.grad_fn)}
+    assert "SwiGLUDownLoRABackward" not in names
 
 
 def test_whole_model_logits_and_gradients_match(tiny_model_dir):
