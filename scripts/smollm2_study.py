@@ -106,6 +106,8 @@ def main() -> int:
     ap.add_argument("--rm-steps", type=int, default=150, help="reward-model steps of 16 pairs (~8 s each on 2 cores)")
     ap.add_argument("--eval-prompts", type=int, default=160, help="held-out prompts sampled and judged per model")
     ap.add_argument("--workers", type=int, default=2, help="cells trained at once")
+    ap.add_argument("--save-steps", type=int, default=0,
+                    help="checkpoint each cell every N steps, so that a stopped study resumes mid-cell (0: never)")
     a = ap.parse_args()
     from prefalign.models.encoders import minilm_path
     from prefalign.recipes.quickstart import smollm2_folder
@@ -128,7 +130,7 @@ def main() -> int:
          f"learning_rate={a.learning_rate}", "warmup_ratio=0.1", "max_length=256", "max_prompt_length=128", "eval_batch_size=16",
          "progress=false", f"output_dir={work / 'sweep'}", "sweep.judge=reward_model",
          f"sweep.judge_args={{path: {rm_dir / 'final'}}}", f"sweep.eval_prompts={a.eval_prompts}",
-         "sweep.max_new_tokens=64", "--workers", str(a.workers), "--grid", f"objective={a.objectives}"])  # each objective its default beta
+         "sweep.max_new_tokens=64", f"save_steps={a.save_steps}", "--workers", str(a.workers), "--grid", f"objective={a.objectives}"])  # each objective its default beta
     print(f"report: {work / 'sweep' / 'report.md'}")
     return 0
 
