@@ -29,6 +29,13 @@ import torch.nn.functional as F
 SWIGLU_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 
 
+def gate_up_grads(ctx, grad_product, gate, up, act):
+    """Gradients of product = silu(gate) * up with respect to gate and up (None where not wanted)."""
+    grad_gate = torch.ops.aten.silu_backward(grad_product * up, gate) if ctx.needs_input_grad[0] else None
+    grad_up = grad_product * act if ctx.needs_input_grad[1] else None
+    return grad_gate, grad_up
+
+
 class SwiGLUDown(torch.autograd.Function):
     """down(silu(gate) * up) = (silu(gate) * up) @ weight.T, keeping gate and up only."""
 
@@ -46,9 +53,7 @@ class SwiGLUDown(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             product = act * up
             grad_weight = grad_out.reshape(-1, grad_out.shape[-1]).T @ product.reshape(-1, product.shape[-1])
-        grad_up = grad_product * act if ctx.needs_input_grad[1] else None
-        grad_gate = torch.ops.aten.silu_backward(grad_product * up, gate) if ctx.needs_input_grad[0] else None
-        return grad_gate, grad_up, grad_weight
+        return (*gate_up_grads(ctx, grad_product, gate, up, act), grad_weight)
 
 
 class SwiGLUDownLoRA(torch.autograd.Function):
@@ -77,9 +82,7 @@ class SwiGLUDownLoRA(torch.autograd.Function):
         grad_weight = flat_out.T @ flat_product if ctx.needs_input_grad[2] else None
         grad_a = grad_down_a.reshape(-1, grad_down_a.shape[-1]).T @ flat_product if ctx.needs_input_grad[3] else None
         grad_b = (flat_out.T @ down_a.reshape(-1, down_a.shape[-1])) * ctx.scaling if ctx.needs_input_grad[4] else None
-        grad_up = grad_product * act if ctx.needs_input_grad[1] else None
-        grad_gate = torch.ops.aten.silu_backward(grad_product * up, gate) if ctx.needs_input_grad[0] else None
-        return grad_gate, grad_up, grad_weight, grad_a, grad_b, None
+        return (*gate_up_grads(ctx, grad_product, gate, up, act), grad_weight, grad_a, grad_b, None)
 
 
 def is_silu(act) -> bool:
