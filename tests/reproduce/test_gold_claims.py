@@ -85,3 +85,25 @@ def test_dpo_frontier_quick(tmp_path, quick_data):
     assert n["best_of_n"][0]["score"] <= n["best_of_n"][1]["score"] <= n["best_of_n"][2]["score"]
     assert result.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE)
     assert (tmp_path / "frontier.png").stat().st_size > 0 and "dpo-1.0" in (tmp_path / "report.md").read_text()
+    # every checkpoint of the compared methods is evaluated; step 0 is the reference itself (KL 0)
+    for c in n["cells"]:
+        assert [r["step"] for r in c["checkpoints"]] == [0, 1, 2, 3]
+        assert c["checkpoints"][0]["kl"] == 0.0 and c["checkpoints"][0]["score"] == pytest.approx(
+            n["reference_score"]["mean"])
+        assert (c["kl"], c["score"]) == pytest.approx((c["checkpoints"][-1]["kl"], c["checkpoints"][-1]["score"]))
+    # the envelope is built from those points: its first point is the reference's, its scores rise
+    pts = [(r["kl"], r["score"]) for c in n["cells"] if c["objective"] == "dpo" for r in c["checkpoints"]]
+    assert n["frontiers"]["dpo"] == [list(p) for p in dpo_frontier.frontier(pts)]
+    assert [p["kl"] for p in n["frontier_gaps"]["sft"]] == [1.0, 2.0, 4.0]
+    for p in n["frontier_gaps"]["sft"]:
+        assert p["a"] == (None if dpo_frontier.envelope(pts, p["kl"]) is None
+                          else pytest.approx(dpo_frontier.envelope(pts, p["kl"])))
+    # one evaluation file per distinct model (the reference once, shared by every cell); a rerun samples nothing
+    kept = sorted((tmp_path / "evaluations").glob("*.json"))
+    assert len(kept) == 1 + 3 * 3
+    before = [f.stat().st_mtime_ns for f in kept]
+    again = run_claim("dpo-frontier", tmp_path, quick=True)
+    assert [f.stat().st_mtime_ns for f in kept] == before and again.numbers["cells"] == n["cells"]
+    # a finished cell trained with other settings is never reused in the place of the one asked for
+    with pytest.raises(ValueError, match="save_steps: 1 there, 0 asked"):
+        gold_testbed.train_run(tmp_path / "runs" / "dpo-0.1", tmp_path / "data", "dpo", QUICK["steps"], 0.1)

@@ -78,19 +78,25 @@ def gain(mean, low, high):
     return {"mean": mean, "low": low, "high": high}
 
 
+def gap_point(kl, mean, low, high):
+    return {"kl": kl, "a": 0.5, "b": 0.5 - mean, "gap": {"mean": mean, "low": low, "high": high, "resamples": 1000}}
+
+
 def frontier_numbers(**change):
     cells = [{"objective": "dpo", "beta": 0.1, "kl": 3.0, "score": 0.5}, {"objective": "dpo", "beta": 1.0, "kl": 1.0,
                                                                            "score": 0.3},
-             {"objective": "sft", "beta": None, "kl": 2.0, "score": 0.35, "se": 0.02}]
+             {"objective": "sft", "beta": None, "kl": 2.0, "score": 0.35}]
     numbers = {"spread_ok": True, "spread": "s", "cells": cells,
                "best_of_n": [{"n": 1, "score": 0.1}, {"n": 2, "score": 0.2}, {"n": 4, "score": 0.3}],
-               "bon_gain": gain(0.2, 0.1, 0.3), "dpo_best_gain": gain(0.3, 0.2, 0.4)}
+               "bon_gain": gain(0.2, 0.1, 0.3), "dpo_best_gain": gain(0.3, 0.2, 0.4),
+               "frontier_gaps": {"sft": [gap_point(1, 0.1, 0.02, 0.2), gap_point(2, 0.2, 0.1, 0.3),
+                                         gap_point(4, 0.06, 0.01, 0.1)]}}
     numbers.update(change)
     return numbers
 
 
 def test_dpo_frontier_rules_pass_fail_and_stay_open():
-    assert dpo_frontier.verdict(frontier_numbers())[0] == "PASS"  # DPO at KL 2: 0.4 >= 0.35
+    assert dpo_frontier.verdict(frontier_numbers())[0] == "PASS"
     assert dpo_frontier.verdict(frontier_numbers(spread_ok=False))[0] == "INCONCLUSIVE"
     assert dpo_frontier.verdict(frontier_numbers(dpo_best_gain=gain(0.05, -0.05, 0.15)))[0] == "INCONCLUSIVE"
     assert dpo_frontier.verdict(frontier_numbers(dpo_best_gain=gain(-0.1, -0.2, 0.0)))[0] == "FAIL"
@@ -98,20 +104,62 @@ def test_dpo_frontier_rules_pass_fail_and_stay_open():
     worse_kl["cells"][0]["kl"], worse_kl["cells"][1]["kl"] = 1.0, 3.0  # KL rises with beta
     state, reason = dpo_frontier.verdict(worse_kl)
     assert state == "FAIL" and "Spearman +1.00" in reason
-    sft_better = frontier_numbers()
-    sft_better["cells"][2]["score"] = 0.6  # DPO's 0.4 at KL 2 is 10 SE below
-    assert dpo_frontier.verdict(sft_better)[0] == "FAIL"
-    # Preferred-FT beyond DPO's KL range: a DPO cell with more reward at less KL dominates it ...
-    beyond = frontier_numbers()
-    beyond["cells"][2].update(kl=3.5, score=0.45)
-    assert dpo_frontier.verdict(beyond)[0] == "PASS"
-    # ... but with more reward than any DPO cell there, nothing can be said
-    beyond["cells"][2]["score"] = 0.55
-    state, reason = dpo_frontier.verdict(beyond)
-    assert state == "INCONCLUSIVE" and "outside DPO's KL range" in reason
     bon_falls = frontier_numbers(best_of_n=[{"n": 1, "score": 0.3}, {"n": 2, "score": 0.2}, {"n": 4, "score": 0.4}])
     assert dpo_frontier.verdict(bon_falls)[0] == "FAIL"
     assert dpo_frontier.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_dpo_frontier_gap_rule_needs_the_margin_and_an_interval_above_zero():
+    def with_point(point):
+        numbers = frontier_numbers()
+        numbers["frontier_gaps"]["sft"][1] = point
+        return dpo_frontier.verdict(numbers)
+
+    assert with_point(gap_point(2, 0.04, 0.01, 0.07))[0] == "INCONCLUSIVE"  # below the 0.05 margin, could reach it
+    assert with_point(gap_point(2, 0.1, -0.01, 0.2))[0] == "INCONCLUSIVE"  # interval touches 0
+    state, reason = with_point(gap_point(2, 0.01, -0.02, 0.049))  # the interval lies below the margin
+    assert state == "FAIL" and "KL 2: DPO" in reason
+    assert with_point(gap_point(2, -0.2, -0.3, -0.1))[0] == "FAIL"  # Preferred-FT above
+    state, reason = with_point({"kl": 2, "a": 0.5, "b": None, "gap": None})
+    assert state == "INCONCLUSIVE" and "beyond Preferred-FT's KLs" in reason
+    # Unlikelihood only has to be matched: a negative mean whose interval reaches 0 stays open
+    for point, want in ((gap_point(2, 0.0, -0.1, 0.1), "PASS"), (gap_point(2, -0.05, -0.15, 0.02), "INCONCLUSIVE"),
+                        (gap_point(2, -0.1, -0.2, -0.01), "FAIL")):
+        numbers = frontier_numbers()
+        numbers["frontier_gaps"]["unlikelihood"] = [point]
+        assert dpo_frontier.verdict(numbers)[0] == want
+
+
+def rows_of(points, noise=0.0, prompts=6):
+    """Evaluations with these (mean KL, mean score); per-prompt noise +-noise that averages to 0."""
+    return [{"kl": [kl] * prompts, "score": [score + noise * (1 if j % 2 else -1) for j in range(prompts)]}
+            for kl, score in points]
+
+
+def test_envelope_keeps_the_points_nothing_beats_at_no_more_kl():
+    points = [(0.0, 0.2), (2.0, 0.6), (4.0, 0.5), (6.0, 0.9), (7.0, 0.8)]
+    assert dpo_frontier.frontier(points) == [(0.0, 0.2), (2.0, 0.6), (6.0, 0.9)]
+    assert dpo_frontier.envelope(points, 1.0) == pytest.approx(0.4)  # halfway from 0.2 to 0.6
+    assert dpo_frontier.envelope(points, 4.0) == pytest.approx(0.75)  # the dominated (4, 0.5) is skipped
+    assert dpo_frontier.envelope(points, 6.5) == pytest.approx(0.9)  # flat after the best point
+    assert dpo_frontier.envelope(points, 7.5) is None and dpo_frontier.envelope([], 1.0) is None
+
+
+def test_frontier_gap_by_hand_and_its_interval():
+    a = [(0.0, 0.2), (2.0, 0.6), (4.0, 0.5), (6.0, 0.9)]
+    b = [(0.0, 0.2), (3.0, 0.35), (5.0, 0.3)]
+    gaps = dpo_frontier.frontier_gap(rows_of(a), rows_of(b), kls=(1.0, 2.0, 4.0, 5.5), n_boot=200)
+    # by hand: a's envelope 0.4, 0.6, 0.75; b's 0.25, 0.3, 0.35 (flat after its best point at KL 3)
+    assert [p["a"] for p in gaps[:3]] == pytest.approx([0.4, 0.6, 0.75])
+    assert [p["b"] for p in gaps[:3]] == pytest.approx([0.25, 0.3, 0.35])
+    for p, want in zip(gaps, (0.15, 0.3, 0.4)):
+        # no spread across prompts: every resample gives the same gap
+        assert p["gap"]["mean"] == pytest.approx(want)
+        assert p["gap"]["low"] == pytest.approx(want) and p["gap"]["high"] == pytest.approx(want)
+    assert gaps[3]["b"] is None and gaps[3]["gap"] is None  # beyond b's largest KL (5)
+    noisy = dpo_frontier.frontier_gap(rows_of(a, noise=0.1), rows_of(b), kls=(2.0,), n_boot=300)[0]["gap"]
+    assert noisy["mean"] == pytest.approx(0.3) and noisy["low"] < 0.3 < noisy["high"]
+    assert noisy["high"] - noisy["low"] > 0.05
 
 
 def run_rows(a: float, b: float, ds: list[float], prompts: int = 6, noise: float = 0.0):

@@ -10,28 +10,43 @@ log N - (N-1)/N) is the PPO-free baseline. PPO is not run (prefalign has no PPO 
 Rules (each can fail; INCONCLUSIVE when the testbed cannot tell, never PASS):
 - precondition: VADER varies within a prompt (std >= 0.1 on half the prompts), else INCONCLUSIVE;
 - best-of-N: gold rises with N (each step >= -0.02) and N_max beats N = 1 (checks scorer and sampler);
-- KL falls as DPO's beta grows (Spearman <= -0.8);
+- KL falls as DPO's beta grows (Spearman <= -0.8, final checkpoints);
 - DPO raises the gold score: its best cell's paired gain over the reference's samples, CI above 0;
-- DPO >= Preferred-FT at matched KL: PASS when a DPO cell has at least Preferred-FT's score at no more
-  KL (dominance); else DPO's curve interpolated at Preferred-FT's KL, FAIL if lower by more than 2
-  standard errors of Preferred-FT's mean; INCONCLUSIVE when Preferred-FT's KL is outside DPO's range.
+- DPO's frontier >= Preferred-FT's (REPRODUCE.md section 1, rule 1): every checkpoint of every DPO
+  cell, and of Preferred-FT, is evaluated (the reference at KL 0 starts both); each method's upper
+  envelope joins the points no other point of that method beats at no more KL. At KL 1, 2 and 4 the
+  gap DPO - Preferred-FT, with a prompt-bootstrap interval: PASS at a point when it is >= 0.05 and
+  its interval lies above 0, FAIL when the interval lies below 0.05, else INCONCLUSIVE, and
+  INCONCLUSIVE at a KL beyond either method's largest; the rule is the worst of its three points;
+- DPO's frontier >= Unlikelihood's at the same KLs (when Unlikelihood cells ran): FAIL at a point whose
+  interval lies below 0, PASS when the gap's mean is >= 0, else INCONCLUSIVE.
+An earlier version compared final checkpoints only; Preferred-FT's final KL (5.97) then sat just
+outside DPO's final KLs (6.02-19.3) and the rule could not be read. Evaluating checkpoints every
+25 steps is the design REPRODUCE.md registered before any run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from prefalign.diagnostics.overoptimization import run_models
 from prefalign.diagnostics.sweep_report import interpolate, plot_frontier
 from prefalign.reproduce import gold_testbed as g
 from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 
-QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=3, bon=[1, 2, 4],
+QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=3, save_steps=1, bon=[1, 2, 4],
              methods=[("dpo", 0.1, {}), ("dpo", 1.0, {}), ("sft", None, {})])
-FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=150, bon=[1, 2, 4, 8, 16],
+FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=150, save_steps=25, bon=[1, 2, 4, 8, 16],
             methods=[("dpo", 0.05, {}), ("dpo", 0.1, {}), ("dpo", 0.5, {}), ("dpo", 2.0, {}), ("dpo", 5.0, {}),
                      ("ipo", 0.1, {}),
                      ("simpo", 2.0, {}),
                      ("fdpo", 0.1, {"divergence": "js"}), ("sft", None, {})])
+# the methods whose frontiers the rules compare: every checkpoint of theirs is evaluated
+ENVELOPE_METHODS = ("dpo", "sft", "unlikelihood")
+KL_POINTS = (1.0, 2.0, 4.0)
+MARGIN = 0.05  # REPRODUCE.md: DPO exceeds Preferred-FT by >= 0.05 VADER
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -51,6 +66,77 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / var if var else 0.0
 
 
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (kl, score) points no other point beats at no more KL, by KL."""
+    kept: list[tuple[float, float]] = []
+    for kl, score in sorted(points):
+        if not kept or score > kept[-1][1]:
+            kept.append((kl, score))
+    return kept
+
+
+def envelope(points: list[tuple[float, float]], x: float) -> float | None:
+    """The upper envelope at KL x: the frontier joined linearly, flat after its best point (that
+    point is reachable at any larger KL), None outside the KLs observed."""
+    if not points or x < min(p[0] for p in points) or x > max(p[0] for p in points):
+        return None
+    front = frontier(points)
+    return front[-1][1] if x >= front[-1][0] else interpolate(front, x)
+
+
+def frontier_gap(a_rows: list[dict], b_rows: list[dict], kls=KL_POINTS, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Per KL x: the envelopes of two methods' evaluations (each row per-prompt `kl` and `score` on the
+    same prompts) and a - b with its 95% interval from resampling prompts (every point's means
+    recomputed on each resample, so the envelope can pick other points)."""
+    def means(rows, idx):  # [n_boot or 1, points] mean KL and score of every evaluation on the prompts idx
+        kl = torch.stack([torch.tensor(r["kl"], dtype=torch.float64)[idx].mean(-1) for r in rows], -1)
+        score = torch.stack([torch.tensor(r["score"], dtype=torch.float64)[idx].mean(-1) for r in rows], -1)
+        return kl.tolist(), score.tolist()
+
+    n = len(a_rows[0]["kl"])
+    idx = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    full, boot = (means(a_rows, torch.arange(n)[None]), means(b_rows, torch.arange(n)[None])), \
+        (means(a_rows, idx), means(b_rows, idx))
+    out = []
+    for x in kls:
+        a = envelope(list(zip(full[0][0][0], full[0][1][0])), x)
+        b = envelope(list(zip(full[1][0][0], full[1][1][0])), x)
+        row = {"kl": x, "a": a, "b": b, "gap": None}
+        if a is not None and b is not None:
+            gaps = []
+            for i in range(n_boot):
+                ea = envelope(list(zip(boot[0][0][i], boot[0][1][i])), x)
+                eb = envelope(list(zip(boot[1][0][i], boot[1][1][i])), x)
+                if ea is not None and eb is not None:
+                    gaps.append(ea - eb)
+            q = torch.tensor(gaps, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
+            row["gap"] = {"mean": a - b, "low": float(q[0]), "high": float(q[1]), "resamples": len(gaps)}
+        out.append(row)
+    return out
+
+
+def gap_rule(points: list[dict], other: str, margin: float | None) -> tuple[str, str]:
+    """The frontier rules above: with a margin, DPO must exceed `other` by it; without, match it."""
+    states, texts = [], []
+    for p in points:
+        g_ = p["gap"]
+        if g_ is None:
+            states.append("INCONCLUSIVE")
+            texts.append(f"KL {p['kl']:g}: beyond {'DPO' if p['a'] is None else other}'s KLs")
+            continue
+        if margin is not None:
+            state = ("PASS" if g_["mean"] >= margin and g_["low"] > 0 else
+                     "FAIL" if g_["high"] < margin else "INCONCLUSIVE")
+        else:
+            state = "FAIL" if g_["high"] < 0 else "PASS" if g_["mean"] >= 0 else "INCONCLUSIVE"
+        states.append(state)
+        texts.append(f"KL {p['kl']:g}: DPO {p['a']:.3f} - {other} {p['b']:.3f} = {g_['mean']:+.3f} "
+                     f"[{g_['low']:+.3f}, {g_['high']:+.3f}]")
+    state = "FAIL" if "FAIL" in states else "INCONCLUSIVE" if "INCONCLUSIVE" in states else "PASS"
+    need = f"need >= {margin:g} with the interval above 0" if margin is not None else "need >= 0"
+    return state, "; ".join(texts) + f" ({need})"
+
+
 def verdict(numbers: dict) -> tuple[str, str]:
     """The rules above, from the measured numbers (a pure function: the tests feed it made-up numbers)."""
     if not numbers["spread_ok"]:
@@ -66,23 +152,20 @@ def verdict(numbers: dict) -> tuple[str, str]:
         rho = spearman([c["beta"] for c in dpo], [c["kl"] for c in dpo])
         rules.append(("KL falls with beta", "PASS" if rho <= -0.8 else "FAIL", f"Spearman {rho:+.2f}, need <= -0.8"))
     rules.append(("DPO raises the gold score", *g.gain_rule(numbers["dpo_best_gain"], "best DPO cell - reference")))
-    sft = next((c for c in numbers["cells"] if c["objective"] == "sft"), None)
-    if sft is not None:
-        at = interpolate([(c["kl"], c["score"]) for c in dpo], sft["kl"])
-        dominating = [c for c in dpo if c["kl"] <= sft["kl"] and c["score"] >= sft["score"]]
-        if dominating:  # more reward at no more KL: dominance, wherever the curves' ranges end
-            c = max(dominating, key=lambda c: c["score"])
-            rules.append(("DPO >= Preferred-FT at matched KL", "PASS",
-                          f"DPO beta {c['beta']} {c['score']:.3f} at KL {c['kl']:.3f} >= Preferred-FT "
-                          f"{sft['score']:.3f} at KL {sft['kl']:.3f}"))
-        elif at is None:
-            rules.append(("DPO >= Preferred-FT at matched KL", "INCONCLUSIVE",
-                          f"Preferred-FT's KL {sft['kl']:.3f} is outside DPO's KL range"))
-        else:
-            worse = at < sft["score"] - 2 * sft["se"]
-            rules.append(("DPO >= Preferred-FT at matched KL", "FAIL" if worse else "PASS",
-                          f"DPO {at:.3f} vs Preferred-FT {sft['score']:.3f} (SE {sft['se']:.3f}) at KL {sft['kl']:.3f}"))
+    gaps = numbers.get("frontier_gaps", {})
+    if "sft" in gaps:
+        rules.append(("DPO's frontier >= Preferred-FT's", *gap_rule(gaps["sft"], "Preferred-FT", MARGIN)))
+    if "unlikelihood" in gaps:
+        rules.append(("DPO's frontier >= Unlikelihood's", *gap_rule(gaps["unlikelihood"], "Unlikelihood", None)))
     return g.combine(rules)
+
+
+def cell_name(objective: str, beta, args: dict) -> str:
+    return f"{objective}-{beta}" + "".join(f"-{v}" for v in args.values())
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
 
 
 @claim("dpo-frontier", paper="Rafailov et al., Direct Preference Optimization (arXiv:2305.18290), Fig. 2 left",
@@ -94,40 +177,64 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
     data = g.build_gold_data(out_dir / "data", s["train_prompts"], s["eval_prompts"], max_new_tokens=s["max_new_tokens"])
     ok, spread = g.spread_ok(data)
     prompts = g.story_prompts(s["eval_prompts"], held_out=True)
-    reference = g.evaluate_models([(0, Path(g.tiny_base()))], prompts, s["max_new_tokens"])[0]
-    cells = []
+    evaluations = out_dir / "evaluations"  # one file per evaluated model: a rerun samples nothing twice
+    reference = g.evaluate_models([(0, Path(g.tiny_base()))], prompts, s["max_new_tokens"], cache_dir=evaluations)[0]
+    cells, per_method = [], {}
     for objective, beta, args in s["methods"]:
-        name = f"{objective}-{beta}" + "".join(f"-{v}" for v in args.values())
+        name = cell_name(objective, beta, args)
+        tracked = objective in ENVELOPE_METHODS
         folder = g.train_run(out_dir / "runs" / name, out_dir / "data", objective, s["steps"], beta,
-                             objective_args=args)
-        row = g.evaluate_models([(s["steps"], folder / "final")], prompts, s["max_new_tokens"])[0]
+                             save_steps=s["save_steps"] if tracked else 0, objective_args=args)
+        models = run_models(folder) if tracked else [(s["steps"], folder / "final")]
+        rows = g.evaluate_models(models, prompts, s["max_new_tokens"], cache_dir=evaluations)
+        per_method.setdefault(objective, []).extend(rows)
+        row = rows[-1]  # the last step's model
         score = g.mean_ci(row["score"])
-        cells.append({"name": name, "objective": objective, "beta": beta, "kl": sum(row["kl"]) / len(row["kl"]),
+        cells.append({"name": name, "objective": objective, "beta": beta, "kl": mean(row["kl"]),
                       "score": score["mean"], "low": score["low"], "high": score["high"],
-                      "se": (sum((v - score["mean"]) ** 2 for v in row["score"]) / max(len(row["score"]) - 1, 1)
-                             / len(row["score"])) ** 0.5,
-                      "gain": g.paired_gain(row["score"], reference["score"])})
+                      "gain": g.paired_gain(row["score"], reference["score"]),
+                      "checkpoints": [{"step": r["step"], "kl": mean(r["kl"]), "score": mean(r["score"])} for r in rows]})
     bon = g.best_of_n(prompts, s["bon"], s["max_new_tokens"])
-    bon_rows = [{"n": b["n"], "kl": b["kl"], "score": sum(b["score"]) / len(b["score"])} for b in bon]
+    bon_rows = [{"n": b["n"], "kl": b["kl"], "score": mean(b["score"])} for b in bon]
     dpo = [c for c in cells if c["objective"] == "dpo"]
+    gaps = {other: frontier_gap(per_method["dpo"], per_method[other]) for other in ENVELOPE_METHODS[1:]
+            if other in per_method}
     numbers = {"spread_ok": ok, "spread": spread, "data": data, "cells": cells, "best_of_n": bon_rows,
                "bon_gain": g.paired_gain(bon[-1]["score"], bon[0]["score"]),
                "dpo_best_gain": max((c["gain"] for c in dpo), key=lambda x: x["mean"]),
+               "frontier_gaps": gaps,
+               "frontiers": {m: [list(p) for p in frontier([(mean(r["kl"]), mean(r["score"])) for r in rows])]
+                             for m, rows in per_method.items() if m in ENVELOPE_METHODS},
                "reference_score": g.mean_ci(reference["score"]), "settings": {k: v for k, v in s.items()}}
     state, reason = verdict(numbers)
-    curves = {}
-    for c in cells:
-        label = f"b={c['beta']:g}" if c["beta"] is not None else ""
-        curves.setdefault(c["objective"] if c["objective"] != "sft" else "Preferred-FT (sft)", []).append(
-            {"kl": c["kl"], "score": c["score"], "low": c["low"], "high": c["high"], "label": label})
-    curves["best-of-N (KL bound)"] = [{"kl": b["kl"], "score": b["score"], "label": f"N={b['n']}"} for b in bon_rows]
-    plot_frontier(curves, out_dir / "frontier.png", "VADER gold score (held-out prompts)",
-                  "dpo-frontier: gold reward vs KL")
+    plot(numbers, out_dir / "frontier.png")
     table = [{"method": c["name"], "KL": f"{c['kl']:.3f}", "gold": f"{c['score']:.3f} [{c['low']:.3f}, {c['high']:.3f}]",
               "gain vs reference": f"{c['gain']['mean']:+.3f}"} for c in cells]
     table += [{"method": f"best-of-{b['n']}", "KL": f"{b['kl']:.3f}", "gold": f"{b['score']:.3f}",
                "gain vs reference": ""} for b in bon_rows]
+    table += [{"method": f"frontier gap DPO - {other} at KL {p['kl']:g}", "KL": f"{p['kl']:g}",
+               "gold": "-" if p["gap"] is None else
+               f"{p['gap']['mean']:+.3f} [{p['gap']['low']:+.3f}, {p['gap']['high']:+.3f}]",
+               "gain vs reference": ""} for other, pts in gaps.items() for p in pts]
     best = max(dpo, key=lambda c: c["score"])
     measured = (f"reference gold {numbers['reference_score']['mean']:.3f}; best DPO (beta {best['beta']}) "
                 f"{best['score']:.3f} at KL {best['kl']:.2f}; best-of-{bon_rows[-1]['n']} {bon_rows[-1]['score']:.3f}")
+    if "sft" in gaps:
+        measured += "; frontier gap DPO - Preferred-FT at KL " + ", ".join(
+            f"{p['kl']:g}: " + ("-" if p["gap"] is None else f"{p['gap']['mean']:+.3f}") for p in gaps["sft"])
     return ClaimResult(Verdict(state), measured, reason, numbers, ["frontier.png"], table)
+
+
+def plot(numbers: dict, out_png: Path) -> None:
+    """Final cells by objective, the compared methods' envelopes over every checkpoint, best-of-N."""
+    names = {"sft": "Preferred-FT (sft)", "unlikelihood": "Unlikelihood"}
+    curves = {}
+    for c in numbers["cells"]:
+        label = f"b={c['beta']:g}" if c["beta"] is not None else ""
+        curves.setdefault(f"{names.get(c['objective'], c['objective'])}, last step", []).append(
+            {"kl": c["kl"], "score": c["score"], "low": c["low"], "high": c["high"], "label": label})
+    for m, front in numbers["frontiers"].items():
+        curves[f"{names.get(m, m.upper())} envelope (every checkpoint)"] = [{"kl": k, "score": v} for k, v in front]
+    curves["best-of-N (KL bound)"] = [{"kl": b["kl"], "score": b["score"], "label": f"N={b['n']}"}
+                                      for b in numbers["best_of_n"]]
+    plot_frontier(curves, out_png, "VADER gold score (held-out prompts)", "dpo-frontier: gold reward vs KL")

@@ -96,8 +96,6 @@ def train_run(out_dir: Path, data_dir: Path, objective: str, steps: int, beta: f
     from prefalign.recipes.policy import train
 
     out_dir = Path(out_dir)
-    if (out_dir / "summary.json").is_file():
-        return out_dir
     tree = {"model": model or tiny_base(), "objective": objective, "beta": beta, "objective_args": objective_args or {},
             "output_dir": str(out_dir), "max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
             "warmup_ratio": 0.05, "lr_scheduler": "constant", "max_length": 96, "max_prompt_length": 40,
@@ -105,16 +103,44 @@ def train_run(out_dir: Path, data_dir: Path, objective: str, steps: int, beta: f
             "overwrite": (out_dir / "config.yaml").exists(),
             "data": {"train": str(Path(data_dir) / "train.jsonl"), "eval": str(Path(data_dir) / "eval.jsonl"),
                      "format": "pairs"}}
+    if (out_dir / "summary.json").is_file():
+        reuse_finished(out_dir, tree)
+        return out_dir
     cfg = build(TrainConfig, tree)
     validate(cfg)
     train(cfg)
     return out_dir
 
 
+def reuse_finished(out_dir: Path, tree: dict) -> None:
+    """A finished run is reused only when it was trained as asked: one trained with other steps, beta or
+    checkpoints would silently stand in for the cell the claim describes."""
+    import yaml
+
+    saved = yaml.safe_load((out_dir / "config.yaml").read_text())
+    keys = ("model", "objective", "beta", "objective_args", "max_steps", "learning_rate", "save_steps", "seed")
+    differ = [f"{k}: {saved.get(k)!r} there, {tree[k]!r} asked" for k in keys if saved.get(k) != tree[k]]
+    if differ:
+        raise ValueError(f"{out_dir} holds a finished run trained with other settings ({'; '.join(differ)}); "
+                         "remove it or choose another output folder")
+
+
+def evaluation_key(folder: Path, prompts: list[str], max_new_tokens: int, seed: int, indicators: bool,
+                   reference: str) -> str:
+    """A name for one evaluation: the model's weights (path, size, time) and every setting that changes it."""
+    import hashlib
+
+    folder = Path(folder).resolve()
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))
+    what = [str(folder), weights, prompts, max_new_tokens, seed, indicators, str(Path(reference).resolve())]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:20]
+
+
 def evaluate_models(models: list[tuple[int, Path]], prompts: list[str], max_new_tokens: int = 32, seed: int = 1,
-                    indicators: bool = False, reference: str | None = None) -> list[dict]:
+                    indicators: bool = False, reference: str | None = None, cache_dir: Path | None = None) -> list[dict]:
     """Per (step, model folder): gold (VADER) score, sampled KL to the reference and length per prompt,
-    and the top-k entropy and mass along the samples when `indicators`."""
+    and the top-k entropy and mass along the samples when `indicators`. With `cache_dir`, each
+    evaluation is kept there and reused when the claim runs again (sampling is seeded: same result)."""
     from prefalign.diagnostics.overoptimization import likelihood_indicators
     from prefalign.diagnostics.sweep_report import sample_and_score
     from prefalign.judges import make_judge
@@ -125,11 +151,22 @@ def evaluate_models(models: list[tuple[int, Path]], prompts: list[str], max_new_
     judge = make_judge("vader_sentiment")
     rows = []
     for step, folder in models:
+        kept = None
+        if cache_dir is not None:
+            kept = Path(cache_dir) / f"{evaluation_key(folder, prompts, max_new_tokens, seed, indicators, reference)}.json"
+            if kept.is_file():
+                rows.append({**json.loads(kept.read_text()), "step": step})
+                continue
         policy = load_model(str(folder)).eval()
         row = {"step": step, **sample_and_score(policy, ref_model, tokenizer, judge, prompts, max_new_tokens, seed)}
         if indicators:
             ind = likelihood_indicators(policy, tokenizer, prompts, 10, max_new_tokens, seed)
             row.update(topk_entropy=ind["topk_entropy"], topk_mass=ind["topk_mass"])
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            part = kept.with_suffix(".part")
+            part.write_text(json.dumps(row))
+            part.replace(kept)  # never a half-written evaluation
         rows.append(row)
     return rows
 
