@@ -1,4 +1,5 @@
-"""Token-level objectives of prefalign.losses.token_level: sparsepo, sparsepo_act, treg, longpo.
+"""Token-level objectives of prefalign.losses.token_level: sparsepo, sparsepo_act, treg, longpo,
+unlikelihood.
 
 Golden values are computed by hand (arithmetic in each docstring) and checked against plain
 `math` expressions written here, never against the objectives' own internals.
@@ -6,6 +7,7 @@ Golden values are computed by hand (arithmetic in each docstring) and checked ag
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -380,6 +382,121 @@ def test_longpo_swap_flips_margin():
     out = run("longpo", longpo_batch(), beta=0.5)
     out_s = run("longpo", longpo_batch(((-3.0, -1.0),)), beta=0.5)
     close(out_s.rewards[:, 0] - out_s.rewards[:, 1], -(out.rewards[:, 0] - out.rewards[:, 1]))
+
+
+# -------------------------------------------------------------------------------- unlikelihood
+# Two prompts, T = 3. Row 0: chosen 2 tokens (+ 1 padding position holding junk), rejected 3 tokens
+# (-0.1 takes log1mexp's expm1 branch, -2.0 and -0.7 its log1p branch). Row 1: one token each.
+UL_MASK = [[[True, True, False], [True, True, True]],
+           [[True, False, False], [True, False, False]]]
+UL_TOK = [[[-0.5, -1.5, 7.0], [-0.1, -2.0, -0.7]],
+          [[-0.4, 99.0, -5.0], [-0.3, 3.0, float("-inf")]]]
+
+
+def ul_batch(tok=UL_TOK, mask=UL_MASK) -> SeqLogps:
+    """No reference; sequence log-probs and n_tokens are the masked sums and counts of the tokens,
+    as the trainer's step builds them (the sums keep the token log-probs' gradient)."""
+    m = torch.tensor(mask)
+    tok_t = tok if torch.is_tensor(tok) else t(tok)
+    policy = tok_t.masked_fill(~m, 0.0).sum(-1)
+    return SeqLogps(policy=policy, n_tokens=m.sum(-1).to(F64),
+                    features={"policy_token_logps": tok_t, "token_mask": m})
+
+
+def log1m_p(lp: float) -> float:
+    """log(1 - p) for p = exp(lp), plain math."""
+    return math.log(1.0 - math.exp(lp))
+
+
+def test_golden_unlikelihood():
+    """Row 0: NLL = (0.5 + 1.5) / 2 = 1.0; UL = -(log(1 - e^-0.1) + log(1 - e^-2) + log(1 - e^-0.7)) / 3
+    = (2.3521685 + 0.1454135 + 0.6863410) / 3 = 1.0613076; alpha = 0.5 -> 1.5306538.
+    Row 1: NLL = 0.4; UL = -log(1 - e^-0.3) = 1.3502256 -> 0.4 + 0.6751128 = 1.0751128.
+    Default alpha = 1: 2.0613076 and 1.7502256. rewards: mean token log-probs ((-1, -0.9333), (-0.4, -0.3))."""
+    ul0 = -(log1m_p(-0.1) + log1m_p(-2.0) + log1m_p(-0.7)) / 3
+    ul1 = -log1m_p(-0.3)
+    out = run("unlikelihood", ul_batch(), alpha=0.5)
+    close(out.per_example, [1.0 + 0.5 * ul0, 0.4 + 0.5 * ul1])
+    close(out.per_example, [1.5306538, 1.0751128], tol=1e-6)
+    close(out.rewards, [[-1.0, -2.8 / 3], [-0.4, -0.3]])
+    assert not out.rewards.requires_grad
+    close(out.extras["nll"], (1.0 + 0.4) / 2)
+    close(out.extras["unlikelihood"], (ul0 + ul1) / 2)
+    close(run("unlikelihood", ul_batch()).per_example, [1.0 + ul0, 0.4 + ul1])
+    close(run("unlikelihood", ul_batch()).per_example, [2.0613076, 1.7502256], tol=1e-6)
+
+
+def test_unlikelihood_gradients_match_the_analytic_derivative():
+    """d loss / d lp: -1/|y_w| on chosen tokens; alpha e^lp / (1 - e^lp) / |y_l| on rejected tokens
+    (from -alpha log(1 - e^lp) / |y_l|); 0 on padding."""
+    alpha = 0.7
+    tok = t(UL_TOK, grad=True)
+    run("unlikelihood", ul_batch(tok), alpha=alpha).per_example.sum().backward()
+
+    def d_ul(lp: float, n: int) -> float:
+        return alpha * math.exp(lp) / (1.0 - math.exp(lp)) / n
+
+    expected = [[[-1 / 2, -1 / 2, 0.0], [d_ul(-0.1, 3), d_ul(-2.0, 3), d_ul(-0.7, 3)]],
+                [[-1.0, 0.0, 0.0], [d_ul(-0.3, 1), 0.0, 0.0]]]
+    close(tok.grad, expected)
+
+
+def test_gradcheck_unlikelihood():
+    torch.manual_seed(5)
+    tok = (-torch.rand(3, 2, 4, dtype=F64) * 3 - 0.05).requires_grad_()
+    mask = [[[True] * 4, [True, True, False, False]], [[True, False, False, False], [True] * 4],
+            [[True, True, True, False], [True, False, False, False]]]
+    assert torch.autograd.gradcheck(lambda x: run("unlikelihood", ul_batch(x, mask), alpha=0.3).per_example,
+                                    (tok,))
+
+
+def test_unlikelihood_alpha_zero_is_sft():
+    batch = ul_batch()
+    out, sft = run("unlikelihood", batch, alpha=0.0), run("sft", batch)
+    assert torch.equal(out.per_example, sft.per_example)
+    assert torch.equal(out.rewards, sft.rewards)
+
+
+def test_unlikelihood_padding_does_not_contribute():
+    """Junk in padding positions (0, which is p = 1, huge values, +-inf) or extra padding columns
+    change nothing in the loss, and padding positions get zero (finite) gradient."""
+    base = run("unlikelihood", ul_batch(), alpha=0.5).per_example
+    for junk in (0.0, 1e30, float("-inf"), float("inf")):
+        tok = t(UL_TOK)
+        tok[~torch.tensor(UL_MASK)] = junk
+        tok.requires_grad_()
+        out = run("unlikelihood", ul_batch(tok), alpha=0.5).per_example
+        close(out, base)
+        out.sum().backward()
+        assert torch.isfinite(tok.grad).all()
+        assert (tok.grad[~torch.tensor(UL_MASK)] == 0).all()
+    wider = [[resp + [5.0, -9.0] for resp in row] for row in UL_TOK]
+    wider_mask = [[resp + [False, False] for resp in row] for row in UL_MASK]
+    close(run("unlikelihood", ul_batch(wider, wider_mask), alpha=0.5).per_example, base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unlikelihood_token_with_probability_one_is_finite(dtype):
+    """A rejected token with log-prob 0 (p = 1) would give -log(1 - p) = inf; the clamp at
+    1 - p >= 1e-5 gives -log(1e-5) = 11.5129 for it, with finite gradients."""
+    tok = torch.tensor([[[-1.0, -1.0], [0.0, -0.5]]], dtype=dtype, requires_grad=True)
+    batch = SeqLogps(policy=tok.sum(-1), n_tokens=torch.tensor([[2.0, 2.0]], dtype=dtype),
+                     features={"policy_token_logps": tok, "token_mask": torch.ones(1, 2, 2, dtype=torch.bool)})
+    out = run("unlikelihood", batch)
+    assert torch.isfinite(out.per_example).all()
+    expected = 1.0 + (-math.log(1e-5) - log1m_p(-0.5)) / 2
+    assert out.per_example.item() == pytest.approx(expected, rel=1e-4)
+    out.per_example.sum().backward()
+    assert torch.isfinite(tok.grad).all()
+
+
+def test_unlikelihood_registry_entry():
+    obj = get_objective("unlikelihood")
+    assert (obj.kind, obj.paper, obj.needs_reference, obj.couples_batch) == ("token_level", "1908.04319", False,
+                                                                             False)
+    assert obj.features == ("token_logps", "lengths") and obj.params == {"alpha": 1.0}
+    with pytest.raises(ValueError, match="exactly 2 responses"):
+        run("unlikelihood", SeqLogps(policy=t([[-1.0, -2.0, -3.0]]), n_tokens=t([[1.0, 1.0, 1.0]])))
 
 
 def test_missing_features_are_named():

@@ -82,6 +82,8 @@ CASES = {
     "treg": ("treg", {}, "hh_harmless_64.jsonl", "rewards/margins"),
     "selm": ("selm", {}, hh_with_ref_sample, "rewards/margins"),
     "xpo": ("xpo", {}, hh_with_ref_sample, "rewards/margins"),
+    # rewards are mean token log-probs (as sft): the chosen up by the NLL, the rejected down by the unlikelihood
+    "unlikelihood": ("unlikelihood", {}, "hh_harmless_64.jsonl", "rewards/margins"),
     # TRL's DPO loss_types (prefalign.losses.trl_family) and its sigmoid_norm
     "dpo_length_normalized": ("dpo", {"length_normalize": True}, "hh_harmless_64.jsonl", "rewards/margins"),
     "exo_pair": ("exo_pair", {}, "hh_harmless_64.jsonl", "rewards/margins"),

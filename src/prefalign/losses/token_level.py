@@ -5,10 +5,13 @@ features["reference_token_logps"] [B, K, T] and features["token_mask"] [B, K, T]
 response tokens). Column 0 of K = 2 is the chosen response, column 1 the rejected one. Every
 per-token input is read through `tokens`, which zeroes positions where token_mask is False, so
 padding may hold anything (even -inf) without reaching the loss or the gradients.
-`longpo` is here for its data layout (short and long contexts) but works on sequence log-probs.
+`longpo` is here for its data layout (short and long contexts) but works on sequence log-probs;
+`unlikelihood` reads the policy's token log-probs only (no reference).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -200,3 +203,50 @@ def longpo(batch: SeqLogps, *, beta: float = 0.01, lambda_: float = 0.01) -> Los
     nll = batch.feature("long_chosen_nll")
     extras = {"nll": nll.detach().mean(), "preference": preference.detach().mean()}
     return LossOut(nll + lambda_ * preference, (beta * h).detach(), extras)
+
+
+# Largest token log-prob the unlikelihood term reads: log(1 - 1e-5). A token the policy already gives
+# p = 1 (log-prob 0; float rounding reaches it) would make log(1 - p) = -inf; clamped, 1 - p is at
+# least 1e-5, so the term is at least log(1e-5) = -11.5 per token. The price: a token above the clamp
+# (p > 1 - 1e-5) gets no gradient from this term until its probability falls below it.
+_UL_MAX_LOGP = math.log1p(-1e-5)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler's split at x = -ln 2): expm1 near 0,
+    where 1 - exp(x) cancels, and log1p for very negative x, where exp(x) is tiny."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+@objective("unlikelihood", kind="token_level", paper="1908.04319", reference=False,
+           features=("token_logps", "lengths"))
+def unlikelihood(batch: SeqLogps, *, alpha: float = 1.0) -> LossOut:
+    """Unlikelihood: SFT on the chosen response plus alpha * token unlikelihood of the rejected one.
+
+    Welleck et al., "Neural Text Generation with Unlikelihood Training", arXiv:1908.04319: the
+    token-level unlikelihood term -sum_t log(1 - p(c_t | prefix)) over negative tokens c_t, added to
+    the likelihood loss. As the preference baseline of the DPO paper (Rafailov et al.,
+    arXiv:2305.18290, Sec. 6: it "maximizes p(y_w|x) while minimizing p(y_l|x)", with alpha in [0, 1]
+    on the unlikelihood term) the negative tokens are those of the rejected response:
+        loss = -(1/|y_w|) sum_t log pi(y_w,t | x, y_w,<t)
+               - alpha (1/|y_l|) sum_t log(1 - pi(y_l,t | x, y_l,<t)).
+    The first term is `sft` exactly (the chosen response's summed log-prob over its n_tokens), so
+    alpha = 0 gives sft; the second is a per-token mean over the rejected response's tokens
+    (token_mask). log(1 - p) is computed as log1mexp of the token log-prob, with the log-prob clamped
+    at log(1 - 1e-5) so that p = 1 gives a finite loss (see _UL_MAX_LOGP). No reference model.
+
+    Shapes: batch.policy and n_tokens [B, 2] (chosen, rejected); features 'policy_token_logps' and
+    'token_mask' [B, 2, T]. rewards: the policy's mean token log-prob of each response, [B, 2]
+    (as sft). extras: "nll" (chosen per-token NLL) and "unlikelihood" (the rejected per-token mean
+    -log(1 - p)), batch means.
+    """
+    require_pairs(batch, "unlikelihood")
+    per_token = batch.policy / batch.lengths().clamp(min=1)
+    nll = -per_token[:, 0]
+    mask = batch.feature("token_mask")[:, 1]
+    # clamp before log1mexp: padding (zeroed by `tokens`) and p = 1 tokens then stay finite, values and gradients
+    rejected = tokens(batch, "policy_token_logps")[:, 1].clamp(max=_UL_MAX_LOGP)
+    log_not_p = log1mexp(rejected).masked_fill(~mask, 0.0)
+    ul = -log_not_p.sum(-1) / mask.sum(-1).clamp(min=1).to(log_not_p.dtype)
+    extras = {"nll": nll.detach().mean(), "unlikelihood": ul.detach().mean()}
+    return LossOut(nll + alpha * ul, per_token.detach(), extras)
