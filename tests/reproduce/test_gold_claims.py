@@ -79,7 +79,7 @@ def test_overoptimisation_quick(tmp_path, quick_data):
 def test_dpo_frontier_quick(tmp_path, quick_data):
     result = run_claim("dpo-frontier", claim_dir(tmp_path, quick_data), quick=True)
     n = result.numbers
-    assert [c["name"] for c in n["cells"]] == ["dpo-0.1", "dpo-1.0", "sft-None"]
+    assert [c["name"] for c in n["cells"]] == ["dpo-0.1", "dpo-1.0", "sft-None", "unlikelihood-None-1.0"]
     assert [b["n"] for b in n["best_of_n"]] == [1, 2, 4] and n["best_of_n"][0]["kl"] == 0.0
     # best-of-N can only gain on best-of-1: the max of more samples of the same stream
     assert n["best_of_n"][0]["score"] <= n["best_of_n"][1]["score"] <= n["best_of_n"][2]["score"]
@@ -95,12 +95,13 @@ def test_dpo_frontier_quick(tmp_path, quick_data):
     pts = [(r["kl"], r["score"]) for c in n["cells"] if c["objective"] == "dpo" for r in c["checkpoints"]]
     assert n["frontiers"]["dpo"] == [list(p) for p in dpo_frontier.frontier(pts)]
     assert [p["kl"] for p in n["frontier_gaps"]["sft"]] == [1.0, 2.0, 4.0]
+    assert "DPO's frontier >= Unlikelihood's" in result.reason or "precondition" in result.reason
     for p in n["frontier_gaps"]["sft"]:
         assert p["a"] == (None if dpo_frontier.envelope(pts, p["kl"]) is None
                           else pytest.approx(dpo_frontier.envelope(pts, p["kl"])))
     # one evaluation file per distinct model (the reference once, shared by every cell); a rerun samples nothing
     kept = sorted((tmp_path / "evaluations").glob("*.json"))
-    assert len(kept) == 1 + 3 * 3
+    assert len(kept) == 1 + 4 * 3
     before = [f.stat().st_mtime_ns for f in kept]
     again = run_claim("dpo-frontier", tmp_path, quick=True)
     assert [f.stat().st_mtime_ns for f in kept] == before and again.numbers["cells"] == n["cells"]

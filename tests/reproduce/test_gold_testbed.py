@@ -121,7 +121,7 @@ def test_dpo_frontier_gap_rule_needs_the_margin_and_an_interval_above_zero():
     assert state == "FAIL" and "KL 2: DPO" in reason
     assert with_point(gap_point(2, -0.2, -0.3, -0.1))[0] == "FAIL"  # Preferred-FT above
     state, reason = with_point({"kl": 2, "a": 0.5, "b": None, "gap": None})
-    assert state == "INCONCLUSIVE" and "beyond Preferred-FT's KLs" in reason
+    assert state == "INCONCLUSIVE" and "KL 2: beyond Preferred-FT's largest KL" in reason
     # Unlikelihood only has to be matched: a negative mean whose interval reaches 0 stays open
     for point, want in ((gap_point(2, 0.0, -0.1, 0.1), "PASS"), (gap_point(2, -0.05, -0.15, 0.02), "INCONCLUSIVE"),
                         (gap_point(2, -0.1, -0.2, -0.01), "FAIL")):

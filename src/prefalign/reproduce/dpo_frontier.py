@@ -3,8 +3,9 @@
 Rafailov et al., "Direct Preference Optimization", arXiv:2305.18290, section 6.1: on controlled
 sentiment generation DPO's reward-vs-KL frontier lies above PPO's and Preferred-FT's (SFT on the
 chosen responses). Here, on the gold-reward testbed (gold_testbed.py): DPO at several beta, IPO,
-SimPO, f-DPO (Jensen-Shannon) and Preferred-FT train on VADER-labelled pairs; each final policy is
-scored by VADER on held-out prompts with its sampled KL; best-of-N from the reference (KL bound
+SimPO, f-DPO (Jensen-Shannon), Preferred-FT and Unlikelihood (alpha 0.1, 1) train on VADER-labelled
+pairs; each policy is scored by VADER on held-out prompts with its sampled KL (DPO's, Preferred-FT's
+and Unlikelihood's at every checkpoint); best-of-N from the reference (KL bound
 log N - (N-1)/N) is the PPO-free baseline. PPO is not run (prefalign has no PPO learner).
 
 Rules (each can fail; INCONCLUSIVE when the testbed cannot tell, never PASS):
@@ -37,12 +38,13 @@ from prefalign.reproduce import gold_testbed as g
 from prefalign.reproduce.claims import ClaimResult, Verdict, claim
 
 QUICK = dict(train_prompts=16, eval_prompts=8, max_new_tokens=16, steps=3, save_steps=1, bon=[1, 2, 4],
-             methods=[("dpo", 0.1, {}), ("dpo", 1.0, {}), ("sft", None, {})])
+             methods=[("dpo", 0.1, {}), ("dpo", 1.0, {}), ("sft", None, {}), ("unlikelihood", None, {"alpha": 1.0})])
 FULL = dict(train_prompts=256, eval_prompts=64, max_new_tokens=32, steps=150, save_steps=25, bon=[1, 2, 4, 8, 16],
             methods=[("dpo", 0.05, {}), ("dpo", 0.1, {}), ("dpo", 0.5, {}), ("dpo", 2.0, {}), ("dpo", 5.0, {}),
                      ("ipo", 0.1, {}),
                      ("simpo", 2.0, {}),
-                     ("fdpo", 0.1, {"divergence": "js"}), ("sft", None, {})])
+                     ("fdpo", 0.1, {"divergence": "js"}), ("sft", None, {}),
+                     ("unlikelihood", None, {"alpha": 0.1}), ("unlikelihood", None, {"alpha": 1.0})])
 # the methods whose frontiers the rules compare: every checkpoint of theirs is evaluated
 ENVELOPE_METHODS = ("dpo", "sft", "unlikelihood")
 KL_POINTS = (1.0, 2.0, 4.0)
@@ -122,7 +124,8 @@ def gap_rule(points: list[dict], other: str, margin: float | None) -> tuple[str,
         g_ = p["gap"]
         if g_ is None:
             states.append("INCONCLUSIVE")
-            texts.append(f"KL {p['kl']:g}: beyond {'DPO' if p['a'] is None else other}'s KLs")
+            beyond = [m for m, v in (("DPO", p["a"]), (other, p["b"])) if v is None]
+            texts.append(f"KL {p['kl']:g}: beyond {' and '.join(beyond)}'s largest KL")
             continue
         if margin is not None:
             state = ("PASS" if g_["mean"] >= margin and g_["low"] > 0 else
@@ -190,7 +193,7 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
         per_method.setdefault(objective, []).extend(rows)
         row = rows[-1]  # the last step's model
         score = g.mean_ci(row["score"])
-        cells.append({"name": name, "objective": objective, "beta": beta, "kl": mean(row["kl"]),
+        cells.append({"name": name, "objective": objective, "beta": beta, "args": args, "kl": mean(row["kl"]),
                       "score": score["mean"], "low": score["low"], "high": score["high"],
                       "gain": g.paired_gain(row["score"], reference["score"]),
                       "checkpoints": [{"step": r["step"], "kl": mean(r["kl"]), "score": mean(r["score"])} for r in rows]})
@@ -230,7 +233,8 @@ def plot(numbers: dict, out_png: Path) -> None:
     names = {"sft": "Preferred-FT (sft)", "unlikelihood": "Unlikelihood"}
     curves = {}
     for c in numbers["cells"]:
-        label = f"b={c['beta']:g}" if c["beta"] is not None else ""
+        label = (f"b={c['beta']:g}" if c["beta"] is not None else
+                 "a=" + ",".join(f"{v:g}" for v in c["args"].values()) if c["args"] else "")
         curves.setdefault(f"{names.get(c['objective'], c['objective'])}, last step", []).append(
             {"kl": c["kl"], "score": c["score"], "low": c["low"], "high": c["high"], "label": label})
     for m, front in numbers["frontiers"].items():
