@@ -29,6 +29,7 @@ outside DPO's final KLs (6.02-19.3) and the rule could not be read. Evaluating c
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import fmean as mean
 
 import torch
 
@@ -86,32 +87,31 @@ def envelope(points: list[tuple[float, float]], x: float) -> float | None:
     return front[-1][1] if x >= front[-1][0] else interpolate(front, x)
 
 
+def mean_points(rows: list[dict], idx: torch.Tensor) -> list[list[tuple[float, float]]]:
+    """Per row of prompt indices idx [R, n]: the (mean KL, mean score) of every evaluation on those prompts."""
+    def means(key):
+        return torch.stack([torch.tensor(r[key], dtype=torch.float64)[idx].mean(-1) for r in rows], -1).tolist()
+
+    return [list(zip(kl, score)) for kl, score in zip(means("kl"), means("score"))]
+
+
 def frontier_gap(a_rows: list[dict], b_rows: list[dict], kls=KL_POINTS, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Per KL x: the envelopes of two methods' evaluations (each row per-prompt `kl` and `score` on the
     same prompts) and a - b with its 95% interval from resampling prompts (every point's means
     recomputed on each resample, so the envelope can pick other points)."""
-    def means(rows, idx):  # [n_boot or 1, points] mean KL and score of every evaluation on the prompts idx
-        kl = torch.stack([torch.tensor(r["kl"], dtype=torch.float64)[idx].mean(-1) for r in rows], -1)
-        score = torch.stack([torch.tensor(r["score"], dtype=torch.float64)[idx].mean(-1) for r in rows], -1)
-        return kl.tolist(), score.tolist()
-
     n = len(a_rows[0]["kl"])
     idx = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
-    full, boot = (means(a_rows, torch.arange(n)[None]), means(b_rows, torch.arange(n)[None])), \
-        (means(a_rows, idx), means(b_rows, idx))
+    every = torch.arange(n)[None]
+    a_full, b_full = mean_points(a_rows, every)[0], mean_points(b_rows, every)[0]
+    a_boot, b_boot = mean_points(a_rows, idx), mean_points(b_rows, idx)
     out = []
     for x in kls:
-        a = envelope(list(zip(full[0][0][0], full[0][1][0])), x)
-        b = envelope(list(zip(full[1][0][0], full[1][1][0])), x)
+        a, b = envelope(a_full, x), envelope(b_full, x)
         row = {"kl": x, "a": a, "b": b, "gap": None}
         if a is not None and b is not None:
-            gaps = []
-            for i in range(n_boot):
-                ea = envelope(list(zip(boot[0][0][i], boot[0][1][i])), x)
-                eb = envelope(list(zip(boot[1][0][i], boot[1][1][i])), x)
-                if ea is not None and eb is not None:
-                    gaps.append(ea - eb)
-            q = torch.tensor(gaps, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
+            pairs = [(envelope(pa, x), envelope(pb, x)) for pa, pb in zip(a_boot, b_boot)]
+            gaps = torch.tensor([ea - eb for ea, eb in pairs if ea is not None and eb is not None], dtype=torch.float64)
+            q = gaps.quantile(torch.tensor([0.025, 0.975], dtype=torch.float64))
             row["gap"] = {"mean": a - b, "low": float(q[0]), "high": float(q[1]), "resamples": len(gaps)}
         out.append(row)
     return out
@@ -167,10 +167,6 @@ def cell_name(objective: str, beta, args: dict) -> str:
     return f"{objective}-{beta}" + "".join(f"-{v}" for v in args.values())
 
 
-def mean(values) -> float:
-    return sum(values) / len(values)
-
-
 @claim("dpo-frontier", paper="Rafailov et al., Direct Preference Optimization (arXiv:2305.18290), Fig. 2 left",
        paper_claim="DPO's reward-vs-KL frontier dominates: higher reward than Preferred-FT and PPO at every KL "
                    "(e.g. ~0.9 reward at KL 2); KL falls as beta grows")
@@ -206,8 +202,9 @@ def run(out_dir: Path, quick: bool) -> ClaimResult:
                "bon_gain": g.paired_gain(bon[-1]["score"], bon[0]["score"]),
                "dpo_best_gain": max((c["gain"] for c in dpo), key=lambda x: x["mean"]),
                "frontier_gaps": gaps,
-               "frontiers": {m: [list(p) for p in frontier([(mean(r["kl"]), mean(r["score"])) for r in rows])]
-                             for m, rows in per_method.items() if m in ENVELOPE_METHODS},
+               "frontiers": {m: [list(p) for p in frontier([(r["kl"], r["score"]) for c in cells if c["objective"] == m
+                                                            for r in c["checkpoints"]])]
+                             for m in ENVELOPE_METHODS if m in per_method},
                "reference_score": g.mean_ci(reference["score"]), "settings": {k: v for k, v in s.items()}}
     state, reason = verdict(numbers)
     plot(numbers, out_dir / "frontier.png")
